@@ -1,0 +1,117 @@
+"""Assemble library objects from a run configuration (the composed Hydra config).
+
+Entry points stay thin: they call these functions. A trained run folder holds ``config.yaml``
+(written once the configuration has been validated) and ``model.pt``; :func:`load_run` rebuilds
+target and model from them.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from flowcg.flows import StructuredFlow, build_flow
+from flowcg.targets import Target, load_target
+from flowcg.training import TrainConfig, build_schedule
+from flowcg.training import checkpoint
+from flowcg.training.schedules import Schedule
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CONFIG_NAME = "config.yaml"
+MODEL_NAME = "model.pt"
+
+
+def _plain(section) -> dict:
+    return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section or {})
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch device from a config string; a clear error if CUDA is asked for but absent."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def seed_everything(seed: int) -> None:
+    """One seed drives torch, numpy and Python's RNG."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def describe_device(device: torch.device) -> str:
+    """Human-readable device for metrics: GPU name, or CPU model and thread count."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} torch threads"
+
+
+def build_target(cfg_target) -> Target:
+    """Target from ``{name, options}``."""
+    return load_target(cfg_target["name"], **_plain(cfg_target.get("options")))
+
+
+def build_model(cfg_model, target: Target) -> StructuredFlow:
+    """Structured flow sized for ``target`` from the model options."""
+    if len(target.event_shape) != 1:
+        raise ValueError(
+            f"target '{target.name}' has configurations of shape {target.event_shape}; "
+            "building a flow for it needs a coordinate transform, which this model config does not define"
+        )
+    return build_flow(dim=target.dim, **_plain(cfg_model))
+
+
+def build_training(cfg_train) -> tuple[Schedule, TrainConfig]:
+    """Tempering schedule and optimisation settings from the ``train`` config."""
+    options = _plain(cfg_train)
+    schedule_options = options.pop("schedule")
+    return build_schedule(schedule_options.pop("kind"), **schedule_options), TrainConfig(**options)
+
+
+@dataclass
+class Run:
+    """A trained run rebuilt from its folder."""
+
+    config: DictConfig
+    target: Target
+    model: StructuredFlow
+    device: torch.device
+
+
+def save_model(model: StructuredFlow, run_dir: Path) -> None:
+    checkpoint.save_atomic({"model": model.state_dict()}, run_dir / MODEL_NAME)
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> Run:
+    """Rebuild target and trained model from ``run_dir`` (``config.yaml`` + ``model.pt``)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a flowcg run folder: no {CONFIG_NAME}")
+    cfg = OmegaConf.load(config_path)
+    torch_device = resolve_device(device or cfg.device)
+    dtype = resolve_dtype(cfg.dtype)
+    target = build_target(cfg.target).to(device=torch_device, dtype=dtype)
+    model = build_model(cfg.model, target).to(device=torch_device, dtype=dtype)
+    saved = checkpoint.load(run_dir / MODEL_NAME, map_location=torch_device)
+    model.load_state_dict(saved["model"])
+    model.eval()
+    return Run(config=cfg, target=target, model=model, device=torch_device)

@@ -1,0 +1,50 @@
+"""The structured latent space z = (z_slow, z_fast) with p(z) = p(z_slow) · p(z_fast | z_slow)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flowcg.latent.mixture import DiagonalGaussianMixture
+
+
+class StructuredLatent(nn.Module):
+    """Slow CVs with a mixture prior, fast variables with a conditional density.
+
+    Args:
+        slow: prior over z_slow ∈ R^ds.
+        fast: conditional density of z_fast ∈ R^df given z_slow (df may be 0).
+    """
+
+    def __init__(self, slow: DiagonalGaussianMixture, fast: nn.Module):
+        super().__init__()
+        self.slow = slow
+        self.fast = fast
+        self.slow_dim = slow.dim
+        self.fast_dim = fast.fast_dim
+
+    @property
+    def dim(self) -> int:
+        return self.slow_dim + self.fast_dim
+
+    def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z[:, : self.slow_dim], z[:, self.slow_dim :]
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z_slow) + log p(z_fast | z_slow), shape (B,)."""
+        z_slow, z_fast = self.split(z)
+        return self.slow.log_prob(z_slow) + self.fast.log_prob(z_fast, z_slow)
+
+    def rsample_stratified(self, n: int) -> tuple[Tensor, Tensor]:
+        """Reparameterised draws, stratified over the slow mixture components.
+
+        Returns z (n, dim) and sample weights (n,) that sum to 1 (see DiagonalGaussianMixture).
+        """
+        z_slow, sample_weights = self.slow.rsample_stratified(n)
+        return torch.cat([z_slow, self.fast.rsample(z_slow)], dim=1), sample_weights
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """n iid draws from p(z)."""
+        z_slow = self.slow.sample(n)
+        return torch.cat([z_slow, self.fast.rsample(z_slow)], dim=1)

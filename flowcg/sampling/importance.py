@@ -1,0 +1,92 @@
+"""Importance-sampling estimators for samples x ~ q reweighted to p ∝ exp(−βU).
+
+With log weights log w_i = −β u(x_i) − log q(x_i) (u in kT):
+
+* Kish effective sample size, as a fraction: ESS = (Σ w)² / (N Σ w²) ∈ [1/N, 1].
+* log Z estimate: log Ẑ = logsumexp(log w) − log N (unbiased in Z, biased low in log Z).
+* KL(q‖p) estimate: KL ≈ log mean(w) − mean(log w) (the Jensen gap, ≥ 0).
+* Self-normalised expectations: E_p[f] ≈ Σ w f / Σ w.
+
+Non-finite log weights (a NaN or +inf energy) count as zero weight; callers log how many.
+All functions accept numpy arrays or torch tensors of shape (N,) and return Python floats
+or numpy arrays, so results go straight into ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def _as_numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def clean_log_weights(log_w) -> np.ndarray:
+    """Log weights with NaN and +inf mapped to −inf (zero weight)."""
+    log_w = _as_numpy(log_w).copy()
+    log_w[~np.isfinite(log_w)] = -np.inf
+    return log_w
+
+
+def normalized_weights(log_w) -> np.ndarray:
+    """Self-normalised weights w_i / Σ w (sum to 1; zeros for non-finite log weights)."""
+    log_w = clean_log_weights(log_w)
+    finite = np.isfinite(log_w)
+    if not finite.any():
+        return np.zeros_like(log_w)
+    shifted = np.where(finite, np.exp(log_w - log_w[finite].max()), 0.0)
+    return shifted / shifted.sum()
+
+
+def kish_ess(log_w, clip_fraction: float = 0.0) -> float:
+    """Kish effective sample size as a fraction of N, (Σ w)² / (N Σ w²).
+
+    Args:
+        log_w: log importance weights, shape (N,).
+        clip_fraction: if > 0, the largest ``ceil(clip_fraction · N)`` weights are clipped to the
+            smallest of them first (TA-BG's variant with clip_fraction = 1e-4).
+    """
+    log_w = clean_log_weights(log_w)
+    n = log_w.size
+    if n == 0:
+        raise ValueError("kish_ess needs at least one weight")
+    if clip_fraction > 0:
+        k = max(1, math.ceil(clip_fraction * n))
+        threshold = np.sort(log_w)[-k]
+        log_w = np.minimum(log_w, threshold)
+    w = normalized_weights(log_w)
+    if not w.any():
+        return 0.0
+    return float(1.0 / (n * np.sum(w**2)))
+
+
+def log_z_estimate(log_w) -> float:
+    """log Ẑ = log mean_i w_i; −inf if every weight is zero."""
+    log_w = clean_log_weights(log_w)
+    finite = np.isfinite(log_w)
+    if not finite.any():
+        return float("-inf")
+    m = log_w[finite].max()
+    return float(m + np.log(np.sum(np.exp(log_w[finite] - m))) - np.log(log_w.size))
+
+
+def kl_estimate(log_w) -> float:
+    """KL(q‖p_β) ≈ log mean(w) − mean(log w) over the finite weights (≥ 0 by Jensen)."""
+    log_w = clean_log_weights(log_w)
+    finite = log_w[np.isfinite(log_w)]
+    if finite.size == 0:
+        return float("inf")
+    m = finite.max()
+    return float(m + np.log(np.mean(np.exp(finite - m))) - finite.mean())
+
+
+def reweighted_mean(values, log_w) -> np.ndarray:
+    """Self-normalised importance-sampling estimate of E_p[f] from f(x_i) of shape (N, ...)."""
+    w = normalized_weights(log_w)
+    values = _as_numpy(values)
+    return np.tensordot(w, values, axes=(0, 0))

@@ -1,0 +1,160 @@
+"""Molecular Boltzmann targets: p(x) ∝ exp(−U(x)/kT) for an all-atom force field.
+
+x holds Cartesian positions, ``(B, n_atoms, 3)`` in nm; U is the OpenMM potential energy in kJ/mol;
+kT = R·T in kJ/mol. Two interchangeable back-ends evaluate U:
+
+``torch``
+    :class:`~flowcg.targets.forcefield.TorchForceField`, batched and differentiable on any torch
+    device, self-checked against OpenMM at construction. The default: it is much faster for batches.
+``openmm``
+    OpenMM itself through :func:`~flowcg.targets.openmm_bridge.openmm_energy`, frame by frame, for
+    force fields the torch backend does not implement.
+
+A configuration whose energy is not finite (atoms on top of each other, NaN coordinates) gets
+u = +inf, never NaN, so importance weights exp(−u) are exactly zero there.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from openmm import unit
+from torch import Tensor
+
+from flowcg.targets.base import Target
+from flowcg.targets.forcefield import TorchForceField
+from flowcg.targets.openmm_bridge import OpenMMEvaluator, openmm_energy
+from flowcg.targets.systems import MolecularSystem, load_system, load_system_from_files
+
+BACKENDS = ("torch", "openmm")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class MolecularTarget(Target):
+    """Boltzmann density of a :class:`~flowcg.targets.systems.MolecularSystem` at its temperature.
+
+    Args:
+        molecular_system: system, topology and reference positions.
+        backend: ``"torch"`` or ``"openmm"``.
+        platform: OpenMM platform of the ``openmm`` backend (default: fastest CPU platform).
+        n_workers: worker processes of the ``openmm`` backend.
+        dtype: ``"float32"`` or ``"float64"``, the working precision of the ``torch`` backend
+            (energies are returned in the dtype of the input).
+        device: torch device of the ``torch`` backend.
+
+    Attributes:
+        topology: ``mdtraj.Topology``; system: ``openmm.System``; positions: reference positions
+            (n_atoms, 3) float64 nm; temperature: K; kT: kJ/mol.
+    """
+
+    def __init__(
+        self,
+        molecular_system: MolecularSystem,
+        backend: str = "torch",
+        platform: str | None = None,
+        n_workers: int = 1,
+        dtype: str = "float64",
+        device: str | torch.device = "cpu",
+    ):
+        super().__init__(event_shape=(molecular_system.n_atoms, 3))
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+        self.name = molecular_system.name
+        self.backend = backend
+        self.molecular_system = molecular_system
+        self.system = molecular_system.system
+        self.topology = molecular_system.topology
+        self.positions = molecular_system.positions
+        self.temperature = molecular_system.temperature
+        self.kT = float(
+            (unit.MOLAR_GAS_CONSTANT_R * molecular_system.temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole)
+        )
+        if backend == "torch":
+            self.forcefield = TorchForceField(self.system, self.positions, dtype=DTYPES[dtype], device=device)
+            self.evaluator = None
+        else:
+            self.forcefield = None
+            self.evaluator = OpenMMEvaluator(self.system, platform=platform, n_workers=n_workers)
+
+    def potential_energy(self, x: Tensor) -> Tensor:
+        """U(x) in kJ/mol, shape (B,), in the dtype and on the device of x; +inf where not finite."""
+        if self.forcefield is not None:
+            ff_param = next(self.forcefield.buffers())
+            energy = self.forcefield(x.to(dtype=self.forcefield.dtype, device=ff_param.device))
+            energy = energy.to(dtype=x.dtype, device=x.device)
+        else:
+            energy = openmm_energy(x, self.evaluator)
+        # NaN (e.g. inf − inf of overlapping atoms) means "impossible configuration" here.
+        return torch.where(torch.isfinite(energy), energy, torch.full_like(energy, float("inf")))
+
+    def _reduced_energy(self, x: Tensor) -> Tensor:
+        return self.potential_energy(x) / self.kT
+
+    def forces(self, x: Tensor) -> Tensor:
+        """−∇U in kJ/(mol nm), shape of x (OpenMM's own forces for the ``openmm`` backend)."""
+        if self.evaluator is None:
+            return super().forces(x)
+        self.check_shape(x)
+        self.n_energy_evaluations += int(x.shape[0])
+        _, forces = self.evaluator.evaluate(x.detach().cpu().double().numpy())
+        return torch.as_tensor(forces, dtype=x.dtype, device=x.device)
+
+
+def preset_target(
+    preset: str,
+    backend: str = "torch",
+    temperature: float = 300.0,
+    platform: str | None = None,
+    n_workers: int = 1,
+    dtype: str = "float64",
+    device: str = "cpu",
+) -> MolecularTarget:
+    """The target of a :func:`~flowcg.targets.systems.load_system` preset (``aldp_implicit`` etc.)."""
+    return MolecularTarget(
+        load_system(preset, temperature=temperature),
+        backend=backend,
+        platform=platform,
+        n_workers=n_workers,
+        dtype=dtype,
+        device=device,
+    )
+
+
+#: Registry factories: alanine dipeptide (22 atoms) with ff96 + OBC1 (openmmtools
+#: ``AlanineDipeptideImplicit``, the FAB / TA-BG target), ff96 in vacuum, amber14 + OBC2.
+aldp_implicit = partial(preset_target, "aldp_implicit")
+aldp_vacuum = partial(preset_target, "aldp_vacuum")
+aldp_amber14 = partial(preset_target, "aldp_amber14")
+
+
+def molecule_from_files(
+    path: str | Path,
+    coordinates: str | Path | None = None,
+    forcefield: Sequence[str] = (),
+    implicit_solvent: str | None = None,
+    backend: str = "torch",
+    temperature: float = 300.0,
+    platform: str | None = None,
+    n_workers: int = 1,
+    dtype: str = "float64",
+    device: str = "cpu",
+) -> MolecularTarget:
+    """A target from user files: an Amber prmtop + coordinates, or a PDB + force-field XMLs.
+
+    See :func:`~flowcg.targets.systems.load_system_from_files` for ``path``, ``coordinates``,
+    ``forcefield`` and ``implicit_solvent``.
+    """
+    molecular_system = load_system_from_files(
+        path, coordinates=coordinates, forcefield=forcefield, implicit_solvent=implicit_solvent, temperature=temperature
+    )
+    return MolecularTarget(
+        molecular_system, backend=backend, platform=platform, n_workers=n_workers, dtype=dtype, device=device
+    )
+
+
+__all__ = ["MolecularTarget", "preset_target", "aldp_implicit", "aldp_vacuum", "aldp_amber14", "molecule_from_files"]

@@ -1,0 +1,189 @@
+"""Molecular systems: OpenMM ``System`` + topology + reference positions, from files or presets.
+
+A :class:`MolecularSystem` is everything a molecular target needs from the outside world. It is
+built by OpenMM's own readers (``AmberPrmtopFile``, ``PDBFile``, ``ForceField``) and always with
+``constraints=None``, ``rigidWater=False`` and ``NoCutoff``: a Boltzmann generator samples all
+3N Cartesian degrees of freedom of a finite molecule, so nothing may be constrained or cut off.
+
+Units: positions in nm, temperature in kelvin, energies (inside the ``System``) in kJ/mol.
+
+Presets (the bundled files are openmmtools' ``alanine-dipeptide-gbsa``, see ``data/PROVENANCE.md``):
+
+``aldp_implicit``
+    AMBER ff96 + OBC1 GB/SA from the prmtop, identical to
+    ``openmmtools.testsystems.AlanineDipeptideImplicit(constraints=None)`` (the FAB / TA-BG target).
+``aldp_vacuum``
+    the same prmtop without solvent.
+``aldp_amber14``
+    the bundled PDB with ``amber14-all.xml`` + ``implicit/obc2.xml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import mdtraj
+import numpy as np
+import openmm
+from openmm import app, unit
+
+DATA_DIR = Path(__file__).parent / "data"
+ALDP_DIR = DATA_DIR / "alanine-dipeptide-gbsa"
+
+#: Generalised-Born models that ``AmberPrmtopFile.createSystem`` accepts, by name.
+AMBER_IMPLICIT_SOLVENTS = {"HCT": app.HCT, "OBC1": app.OBC1, "OBC2": app.OBC2, "GBn": app.GBn, "GBn2": app.GBn2}
+
+_AMBER_SUFFIXES = (".prmtop", ".parm7", ".top")
+
+
+@dataclass
+class MolecularSystem:
+    """An OpenMM system with its topology and reference positions.
+
+    Attributes:
+        system: the ``openmm.System`` (kJ/mol, nm; no constraints, no cutoff).
+        omm_topology: the ``openmm.app.Topology`` it was built from.
+        topology: the same topology as an ``mdtraj.Topology`` (for analysis code).
+        positions: reference positions, ``(n_atoms, 3)`` float64 in nm.
+        temperature: temperature in kelvin.
+        name: a short label (preset name or file stem).
+    """
+
+    system: openmm.System
+    omm_topology: app.Topology
+    topology: mdtraj.Topology
+    positions: np.ndarray
+    temperature: float
+    name: str
+
+    @property
+    def n_atoms(self) -> int:
+        return self.system.getNumParticles()
+
+
+def _positions_nm(positions) -> np.ndarray:
+    return np.asarray(positions.value_in_unit(unit.nanometer), dtype=np.float64).reshape(-1, 3)
+
+
+def _read_coordinates(path: Path) -> np.ndarray:
+    """Positions (nm) from a PDB or an Amber coordinate file (crd/inpcrd/rst7)."""
+    if path.suffix.lower() == ".pdb":
+        return _positions_nm(app.PDBFile(str(path)).getPositions(asNumpy=True))
+    return _positions_nm(app.AmberInpcrdFile(str(path)).getPositions(asNumpy=True))
+
+
+def _from_prmtop(
+    prmtop_path: Path, coordinates_path: Path, implicit_solvent: str | None, temperature: float, name: str
+) -> MolecularSystem:
+    if implicit_solvent is not None and implicit_solvent not in AMBER_IMPLICIT_SOLVENTS:
+        raise ValueError(
+            f"unknown implicit solvent '{implicit_solvent}' for an Amber prmtop; "
+            f"choose one of {', '.join(AMBER_IMPLICIT_SOLVENTS)} or None"
+        )
+    prmtop = app.AmberPrmtopFile(str(prmtop_path))
+    # Same arguments as openmmtools' AlanineDipeptideImplicit, with constraints switched off.
+    system = prmtop.createSystem(
+        implicitSolvent=AMBER_IMPLICIT_SOLVENTS.get(implicit_solvent) if implicit_solvent else None,
+        constraints=None,
+        rigidWater=False,
+        nonbondedCutoff=None,
+        nonbondedMethod=app.NoCutoff,
+    )
+    return _assemble(system, prmtop.topology, _read_coordinates(coordinates_path), temperature, name)
+
+
+def _from_pdb(
+    pdb_path: Path, forcefield: Sequence[str], implicit_solvent: str | None, temperature: float, name: str
+) -> MolecularSystem:
+    if not forcefield:
+        raise ValueError(f"{pdb_path.name}: a PDB needs force-field XML files (forcefield=[...])")
+    xml_files = [*forcefield, *([implicit_solvent] if implicit_solvent else [])]
+    ff = app.ForceField(*xml_files)
+    pdb = app.PDBFile(str(pdb_path))
+    try:
+        system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
+    except ValueError as err:
+        # OpenMM's message is a multi-line essay; name the offending residue(s) in one line instead.
+        unmatched = ff.getUnmatchedResidues(pdb.topology)
+        if not unmatched:
+            raise
+        residues = ", ".join(f"{r.name}{r.id} (chain {r.chain.id})" for r in unmatched)
+        raise ValueError(
+            f"{pdb_path.name}: force field {' + '.join(xml_files)} has no template for residue(s) {residues}"
+        ) from None
+    return _assemble(system, pdb.topology, _positions_nm(pdb.getPositions(asNumpy=True)), temperature, name)
+
+
+def _assemble(
+    system: openmm.System, omm_topology: app.Topology, positions: np.ndarray, temperature: float, name: str
+) -> MolecularSystem:
+    if positions.shape != (system.getNumParticles(), 3):
+        raise ValueError(
+            f"{name}: coordinates hold {positions.shape[0]} atoms but the system has {system.getNumParticles()}"
+        )
+    return MolecularSystem(
+        system=system,
+        omm_topology=omm_topology,
+        topology=mdtraj.Topology.from_openmm(omm_topology),
+        positions=positions,
+        temperature=float(temperature),
+        name=name,
+    )
+
+
+def load_system_from_files(
+    path: str | Path,
+    *,
+    coordinates: str | Path | None = None,
+    forcefield: Sequence[str] = (),
+    implicit_solvent: str | None = None,
+    temperature: float = 300.0,
+    name: str | None = None,
+) -> MolecularSystem:
+    """Build a :class:`MolecularSystem` from user files.
+
+    Two routes, chosen by the suffix of ``path``:
+
+    * Amber topology (``.prmtop``/``.parm7``/``.top``): ``coordinates`` (crd/inpcrd/rst7 or pdb) is
+      required; ``implicit_solvent`` is a GB model name (``HCT``, ``OBC1``, ``OBC2``, ``GBn``,
+      ``GBn2``) or ``None`` for vacuum.
+    * PDB: ``forcefield`` lists OpenMM force-field XML names (e.g. ``["amber14-all.xml"]``);
+      ``implicit_solvent`` is an optional implicit-solvent XML (e.g. ``"implicit/obc2.xml"``).
+
+    Raises:
+        ValueError: for a missing or unreadable input, or a residue the force field cannot
+            parameterise (one line naming the residue).
+    """
+    path = Path(path)
+    name = name or path.stem
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    if path.suffix.lower() in _AMBER_SUFFIXES:
+        if coordinates is None:
+            raise ValueError(f"{path.name}: an Amber topology needs coordinates=<crd/inpcrd/pdb file>")
+        return _from_prmtop(path, Path(coordinates), implicit_solvent, temperature, name)
+    if path.suffix.lower() == ".pdb":
+        return _from_pdb(path, list(forcefield), implicit_solvent, temperature, name)
+    raise ValueError(f"{path.name}: expected an Amber topology ({', '.join(_AMBER_SUFFIXES)}) or a .pdb file")
+
+
+_ALDP_PRMTOP = ALDP_DIR / "alanine-dipeptide.prmtop"
+_ALDP_CRD = ALDP_DIR / "alanine-dipeptide.crd"
+_ALDP_PDB = ALDP_DIR / "alanine-dipeptide.pdb"
+
+PRESETS: dict[str, Callable[[float], MolecularSystem]] = {
+    "aldp_implicit": lambda t: _from_prmtop(_ALDP_PRMTOP, _ALDP_CRD, "OBC1", t, "aldp_implicit"),
+    "aldp_vacuum": lambda t: _from_prmtop(_ALDP_PRMTOP, _ALDP_CRD, None, t, "aldp_vacuum"),
+    "aldp_amber14": lambda t: _from_pdb(
+        _ALDP_PDB, ["amber14-all.xml"], "implicit/obc2.xml", t, "aldp_amber14"
+    ),
+}
+
+
+def load_system(preset: str, temperature: float = 300.0) -> MolecularSystem:
+    """The :class:`MolecularSystem` of a named preset (see the module docstring) at ``temperature`` K."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown molecular system preset '{preset}'; known presets: {', '.join(PRESETS)}")
+    return PRESETS[preset](temperature)

@@ -1,0 +1,41 @@
+"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then rename.
+
+A kill at any moment leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """resume was asked for but there is no checkpoint to resume from."""
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save ``obj`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike, map_location="cpu"):
+    """Load a checkpoint written by :func:`save_atomic`; a clear error if it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingCheckpointError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=False)

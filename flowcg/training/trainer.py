@@ -1,0 +1,257 @@
+"""Tempered reverse-KL training with checkpoints that resume exactly.
+
+The trainer runs stages: each trains ``steps_per_stage`` Adam steps at a fixed β (the stage at
+β = 1 runs ``final_steps``), then draws ``eval_batch_size`` fresh samples to log ESS, log Z and
+the KL estimate at that β and to ask the schedule for the next β.
+
+Robustness, because one bad batch must never end a long run:
+* NaN/inf energies are dropped from the loss and counted (see :mod:`objective`);
+* a step whose loss or gradient norm is not finite is skipped and counted;
+* gradient norms are clipped to ``clip_factor`` × the running median of the last
+  ``clip_window`` norms (robust to the heavy tails that high-energy samples produce).
+
+Every ``checkpoint_every`` steps and at every stage boundary the full state (model, optimiser,
+RNG states, schedule position, counters, history) is written atomically to
+``<run_dir>/checkpoint.pt``. ``fit(resume=True)`` continues from it and, with the same seed and
+config, ends with exactly the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from flowcg.flows.model import StructuredFlow
+from flowcg.sampling.importance import kish_ess, kl_estimate, log_z_estimate
+from flowcg.targets.base import Target
+from flowcg.training import checkpoint
+from flowcg.training.objective import reverse_kl
+from flowcg.training.schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class MetricLogger(Protocol):
+    def log(self, metrics: dict, step: int) -> None: ...
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (``conf/train/*.yaml`` holds them next to the schedule).
+
+    Energies in the loss are cut at ``linear_until`` / ``clamp_max`` (kT); the learning rate
+    decays by cosine to ``lr × final_lr_factor`` over the final stage at β = 1.
+    """
+
+    batch_size: int = 512
+    lr: float = 1e-3
+    final_lr_factor: float = 0.1
+    steps_per_stage: int = 100
+    final_steps: int = 1000
+    max_stages: int = 100
+    eval_batch_size: int = 2048
+    checkpoint_every: int = 200
+    clip_factor: float = 5.0
+    clip_window: int = 100
+    linear_until: float = 1e3
+    clamp_max: float = 1e9
+    log_every: int = 10
+    show_progress: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps_per_stage", "final_steps", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Fits a :class:`StructuredFlow` to a :class:`Target` by tempered reverse KL.
+
+    Args:
+        model, target: already on the same device and dtype.
+        schedule: the tempering schedule.
+        config: optimisation settings.
+        run_dir: where ``checkpoint.pt`` lives.
+        logger: optional metric sink (wandb or nothing).
+    """
+
+    def __init__(self, model: StructuredFlow, target: Target, schedule: Schedule, config: TrainConfig, run_dir: str | Path, logger: MetricLogger | None = None):
+        self.model, self.target, self.schedule, self.config = model, target, schedule, config
+        self.run_dir = Path(run_dir)
+        self.logger = logger
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.state = {
+            "step": 0,
+            "stage": 0,
+            "stage_step": 0,
+            "beta": schedule.initial_beta,
+            "done": False,
+            "stages": [],  # one record per finished stage
+            "curve": [],  # (step, beta, loss, grad_norm) every log_every steps
+            "grad_norms": [],
+            "skipped_steps": 0,
+            "nonfinite_energies": 0,
+            "energy_evaluations": 0,
+            "wall_time_s": 0.0,
+        }
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        self.state["energy_evaluations"] = self.target.n_energy_evaluations
+        checkpoint.save_atomic(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state, "rng": _rng_state(), "config": asdict(self.config)},
+            self.checkpoint_path,
+        )
+
+    def load_checkpoint(self) -> None:
+        saved = checkpoint.load(self.checkpoint_path, map_location=next(self.model.parameters()).device)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = saved["state"]
+        self.target.n_energy_evaluations = self.state["energy_evaluations"]
+        _set_rng_state(saved["rng"])
+        log.info("resumed from %s at step %d (stage %d, beta=%.4g)", self.checkpoint_path, self.state["step"], self.state["stage"], self.state["beta"])
+
+    # ------------------------------------------------------------------ one step
+    def _learning_rate(self) -> float:
+        cfg, s = self.config, self.state
+        if s["beta"] < 1.0:
+            return cfg.lr
+        progress = s["stage_step"] / cfg.final_steps
+        floor = cfg.lr * cfg.final_lr_factor
+        return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+    def _clip_threshold(self) -> float:
+        norms = self.state["grad_norms"][-self.config.clip_window :]
+        return self.config.clip_factor * float(np.median(norms)) if len(norms) >= 10 else math.inf
+
+    def train_step(self) -> tuple[float, float]:
+        """One Adam step at the current β; returns (loss, gradient norm), NaN if skipped."""
+        cfg, s = self.config, self.state
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._learning_rate()
+        self.optimizer.zero_grad(set_to_none=True)
+        estimate = reverse_kl(self.model, self.target, s["beta"], cfg.batch_size, cfg.linear_until, cfg.clamp_max)
+        s["nonfinite_energies"] += estimate.n_nonfinite  # reported once per stage, not per step
+        loss = float(estimate.loss.detach())
+        if not math.isfinite(loss):
+            s["skipped_steps"] += 1
+            log.debug("step %d: non-finite loss, step skipped", s["step"])
+            return math.nan, math.nan
+        estimate.loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self._clip_threshold()))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            s["skipped_steps"] += 1
+            log.debug("step %d: non-finite gradient norm, step skipped", s["step"])
+            return loss, math.nan
+        s["grad_norms"] = (s["grad_norms"] + [grad_norm])[-cfg.clip_window :]
+        self.optimizer.step()
+        return loss, grad_norm
+
+    # ------------------------------------------------------------------ stage evaluation
+    @torch.no_grad()
+    def evaluate_stage(self) -> tuple[dict, np.ndarray, np.ndarray]:
+        """ESS, log Z and KL estimates at the current β (and at β = 1) from fresh samples."""
+        s = self.state
+        draw = self.model.sample(self.config.eval_batch_size)
+        u = self.target.energy(draw.x).detach().cpu().double().numpy()
+        log_q = draw.log_q.detach().cpu().double().numpy()
+        log_w = -s["beta"] * u - log_q
+        record = {
+            "stage": s["stage"],
+            "step": s["step"],
+            "beta": s["beta"],
+            "ess": kish_ess(log_w),
+            "log_z": log_z_estimate(log_w),
+            "kl": kl_estimate(log_w),
+            "ess_target": kish_ess(-u - log_q),
+            "energy_evaluations": self.target.n_energy_evaluations,
+        }
+        return record, u, log_q
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> dict:
+        """Train until the stage at β = 1 is finished; returns the training state."""
+        if resume:
+            self.load_checkpoint()
+        s, cfg = self.state, self.config
+        self.model.train()
+        start = time.perf_counter() - s["wall_time_s"]
+        bar = tqdm(initial=s["step"], desc="train", unit="step", disable=not cfg.show_progress, dynamic_ncols=True)
+        losses: list[float] = []
+        try:
+            while not s["done"]:
+                stage_length = cfg.final_steps if s["beta"] >= 1.0 else cfg.steps_per_stage
+                while s["stage_step"] < stage_length:
+                    loss, grad_norm = self.train_step()
+                    losses.append(loss)
+                    s["step"] += 1
+                    s["stage_step"] += 1
+                    bar.update(1)
+                    if s["step"] % cfg.log_every == 0:
+                        s["curve"].append((s["step"], s["beta"], loss, grad_norm))
+                        bar.set_postfix(beta=f"{s['beta']:.3g}", loss=f"{loss:.3f}")
+                        if self.logger:
+                            self.logger.log({"train/loss": loss, "train/beta": s["beta"], "train/grad_norm": grad_norm, "train/energy_evaluations": self.target.n_energy_evaluations}, s["step"])
+                    if s["step"] % cfg.checkpoint_every == 0:
+                        s["wall_time_s"] = time.perf_counter() - start
+                        self.save_checkpoint()
+                record, u, log_q = self.evaluate_stage()
+                finite_losses = [v for v in losses[-stage_length:] if math.isfinite(v)]
+                record["loss"] = float(np.mean(finite_losses)) if finite_losses else math.nan
+                record["nonfinite_energies"] = s["nonfinite_energies"]
+                record["skipped_steps"] = s["skipped_steps"]
+                previous = s["stages"][-1] if s["stages"] else {"nonfinite_energies": 0, "skipped_steps": 0}
+                if record["nonfinite_energies"] > previous["nonfinite_energies"] or record["skipped_steps"] > previous["skipped_steps"]:
+                    log.warning(
+                        "stage %d: %d samples with non-finite energy dropped from the loss, %d steps skipped (handled, training goes on)",
+                        s["stage"], record["nonfinite_energies"] - previous["nonfinite_energies"], record["skipped_steps"] - previous["skipped_steps"],
+                    )
+                s["stages"].append(record)
+                log.info("stage %d done: beta=%.4g loss=%.4f ess=%.3f log_z=%.4f evals=%d", record["stage"], record["beta"], record["loss"], record["ess"], record["log_z"], record["energy_evaluations"])
+                if self.logger:
+                    self.logger.log({f"stage/{k}": v for k, v in record.items()}, s["step"])
+                if s["beta"] >= 1.0:
+                    s["done"] = True
+                else:
+                    force_final = s["stage"] + 2 >= cfg.max_stages
+                    s["beta"] = 1.0 if force_final else self.schedule.next_beta(s["beta"], u, log_q)
+                    s["stage"] += 1
+                    s["stage_step"] = 0
+                s["wall_time_s"] = time.perf_counter() - start
+                self.save_checkpoint()
+        finally:
+            bar.close()
+        self.model.eval()
+        return s
