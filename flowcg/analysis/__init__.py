@@ -1,1 +1,1 @@
-"""Evaluation of molecular samplers against reference MD: Ramachandran and marginal KLs, basins, MD cost."""
+"""Evaluation of sample sets: metrics and plots for synthetic targets, and for molecules against reference MD."""

@@ -1,7 +1,8 @@
 """MD-equivalent cost: how many MD steps a reference simulation needs to match a model's accuracy.
 
 Given an MD time series of (φ, ψ) saved every ``steps_per_frame`` integration steps, the running
-Ramachandran KL(ref‖MD[:k]) of the first k frames (FAB's 64×64 estimator) is evaluated at
+Ramachandran KL(ref‖MD[:k]) of the first k frames (FAB's 64×64 estimator, see
+:mod:`flowcg.analysis.ramachandran`) is evaluated at
 log-spaced k. The MD cost of an accuracy level κ is the number of steps k · steps_per_frame at
 the first checkpoint where the running KL ≤ κ. Each MD step costs one force evaluation, so
 ``md_steps_to_reach(model_kl, curve) / model_energy_evaluations`` is the speed-up over MD.
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowcg.analysis.divergences import EPS, bin_volume, histogram_kl
-from flowcg.analysis.ramachandran import RAMACHANDRAN_RANGE, ramachandran_density
+from flowcg.analysis.histograms import kl_divergence
+from flowcg.analysis.ramachandran import FAB_EPS, bin_area, ramachandran_histogram
 from flowcg.sampling.importance import _as_numpy
 
 
@@ -32,7 +33,13 @@ class MDCostCurve:
 
 
 def md_cost_curve(
-    phi, psi, steps_per_frame: int, reference: tuple | None = None, bins: int = 64, n_points: int = 60, min_frames: int = 10
+    phi,
+    psi,
+    steps_per_frame: int,
+    reference: tuple | None = None,
+    bins: int = 64,
+    n_points: int = 60,
+    min_frames: int = 10,
 ) -> MDCostCurve:
     """Running Ramachandran KL(ref‖MD[:k]) at ``n_points`` log-spaced frame counts k.
 
@@ -44,17 +51,15 @@ def md_cost_curve(
         n_points: number of checkpoints, from ``min_frames`` to T.
     """
     phi, psi = _as_numpy(phi), _as_numpy(psi)
-    ref = ramachandran_density(*(reference if reference is not None else (phi, psi)), bins)
-    volume = bin_volume(bins, RAMACHANDRAN_RANGE)
-    samples = np.stack([phi, psi], -1)
+    ref = ramachandran_histogram(*(reference if reference is not None else (phi, psi)), bins)
     frames = np.unique(np.geomspace(min(min_frames, len(phi)), len(phi), n_points).astype(int))
     # The running histogram grows by the counts of each new segment: O(T) overall, not O(T · n_points).
     counts = np.zeros((bins, bins))
     kl, start = [], 0
     for stop in frames:
-        counts += np.histogramdd(samples[start:stop], bins=bins, range=RAMACHANDRAN_RANGE)[0]
+        counts += ramachandran_histogram(phi[start:stop], psi[start:stop], bins)
         start = stop
-        kl.append(histogram_kl(ref, counts / (stop * volume), volume, EPS))
+        kl.append(kl_divergence(ref, counts, eps=FAB_EPS * bin_area(bins)))
     return MDCostCurve(frames=frames, steps=frames * int(steps_per_frame), kl=np.asarray(kl))
 
 

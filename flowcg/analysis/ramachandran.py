@@ -3,15 +3,17 @@
 Angles are in rad on (−π, π]; φ = C(ACE)–N–CA–C and ψ = N–CA–C–N(NME) as found by
 ``mdtraj.compute_phi`` / ``compute_psi`` (atoms 4-6-8-14 and 6-8-14-16 in the openmmtools file).
 
-Histogram metrics (see :mod:`flowcg.analysis.divergences` for the estimator and ε):
+Histogram metrics, on a grid of bins × bins over (−π, π]², model samples optionally carrying
+self-normalised importance weights (``log_weights``) for the reweighted variants:
 
-* ``kl_64``: KL(ref‖model) on a 64×64 grid over (−π, π]², ε = 1e-10 on the densities (rad⁻²),
-  exactly FAB's ``kld_ram``.
+* ``kl_64``: FAB's ``kld_ram``, KL(ref‖model) = Σ ΔA · d_ref · log((d_ref + ε) / (d_model + ε)) on
+  64×64 bins with d the histogram *densities* (rad⁻², ``density=True``), ΔA = (2π/64)² rad² and
+  ε = 1e-10 added to the densities. In bin masses p = d · ΔA this is
+  Σ p_ref · log((p_ref + ε ΔA) / (p_model + ε ΔA)), which is how it is computed here (with
+  :func:`flowcg.analysis.histograms.kl_divergence` and eps = ε ΔA). An empty model bin under
+  reference mass p costs p · log(p / (ε ΔA)): finite but large.
 * ``kl_100``: the same estimator on 100×100 bins (the TA-BG / coarse-graining-AL resolution).
-* ``tv_64`` / ``tv_100``: total variation ½ Σ |p_ref − p_model| of the bin probabilities.
-
-Model samples may carry importance weights (``log_weights``, self-normalised), giving the
-reweighted variants.
+* ``tv_64`` / ``tv_100``: total variation ½ Σ |p_ref − p_model| of the bin masses.
 
 Basins (degrees; the three regions partition the torus):
 
@@ -32,12 +34,15 @@ from pathlib import Path
 import mdtraj as md
 import numpy as np
 import torch
+from mdtraj.geometry.dihedral import indices_phi, indices_psi
 
-from flowcg.analysis.divergences import bin_volume, histogram_density, histogram_kl, histogram_tv
+from flowcg.analysis.histograms import kl_divergence, total_variation
 from flowcg.coordinates.geometry import dihedral
 from flowcg.sampling.importance import _as_numpy, kish_ess, normalized_weights
 
 RAMACHANDRAN_RANGE = [(-math.pi, math.pi), (-math.pi, math.pi)]
+#: FAB's ε, added to histogram densities (per unit of the binned variables), not to bin masses.
+FAB_EPS = 1e-10
 BASINS = ("beta", "alpha_R", "alpha_L")
 #: TA-BG's clipped Kish ESS clips the largest 1e-4 of the weights.
 ESS_CLIP_FRACTION = 1e-4
@@ -45,8 +50,7 @@ ESS_CLIP_FRACTION = 1e-4
 
 def backbone_torsion_atoms(topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     """Atom indices (4,) of φ and of ψ; the topology must have exactly one of each (a dipeptide)."""
-    frame = md.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
-    phi, psi = md.compute_phi(frame)[0], md.compute_psi(frame)[0]
+    phi, psi = indices_phi(topology), indices_psi(topology)
     if len(phi) != 1 or len(psi) != 1:
         raise ValueError(f"expected one φ and one ψ (a dipeptide), found {len(phi)} and {len(psi)}")
     return phi[0], psi[0]
@@ -61,26 +65,30 @@ def phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     return phi.cpu().double().numpy(), psi.cpu().double().numpy()
 
 
-def ramachandran_density(phi, psi, bins: int = 64, weights=None) -> np.ndarray:
-    """Density histogram (bins, bins) over (−π, π]² in rad⁻², φ along axis 0."""
-    return histogram_density(np.stack([_as_numpy(phi), _as_numpy(psi)], -1), bins, RAMACHANDRAN_RANGE, weights)
+def ramachandran_histogram(phi, psi, bins: int = 64, weights=None) -> np.ndarray:
+    """(Weighted) counts (bins, bins) over (−π, π]², φ along axis 0."""
+    counts, _, _ = np.histogram2d(_as_numpy(phi), _as_numpy(psi), bins=bins, range=RAMACHANDRAN_RANGE, weights=weights)
+    return counts
+
+
+def bin_area(bins: int) -> float:
+    """Area ΔA = (2π / bins)² in rad² of one Ramachandran bin."""
+    return (2 * math.pi / bins) ** 2
 
 
 def ramachandran_kl(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None) -> float:
     """KL(ref‖model) of the Ramachandran histograms (FAB's estimator, ε = 1e-10 on densities)."""
-    return histogram_kl(
-        ramachandran_density(ref_phi, ref_psi, bins),
-        ramachandran_density(phi, psi, bins, weights),
-        bin_volume(bins, RAMACHANDRAN_RANGE),
+    return kl_divergence(
+        ramachandran_histogram(ref_phi, ref_psi, bins),
+        ramachandran_histogram(phi, psi, bins, weights),
+        eps=FAB_EPS * bin_area(bins),
     )
 
 
 def ramachandran_tv(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None) -> float:
-    """Total-variation distance between the Ramachandran bin probabilities, in [0, 1]."""
-    return histogram_tv(
-        ramachandran_density(ref_phi, ref_psi, bins),
-        ramachandran_density(phi, psi, bins, weights),
-        bin_volume(bins, RAMACHANDRAN_RANGE),
+    """Total-variation distance between the Ramachandran bin masses, in [0, 1]."""
+    return total_variation(
+        ramachandran_histogram(ref_phi, ref_psi, bins), ramachandran_histogram(phi, psi, bins, weights)
     )
 
 
@@ -134,25 +142,31 @@ def plot_ramachandran(path, model: tuple, reference: tuple | None = None, log_we
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
-    panels = [("model", ramachandran_density(*model, bins))]
+    def density(phi, psi, weights=None):
+        counts = ramachandran_histogram(phi, psi, bins, weights)
+        return counts / (counts.sum() * bin_area(bins))
+
+    panels = [("model", density(*model))]
     if log_weights is not None:
-        panels.append(("model, reweighted", ramachandran_density(*model, bins, normalized_weights(log_weights))))
+        panels.append(("model, reweighted", density(*model, normalized_weights(log_weights))))
     if reference is not None:
-        panels.append(("reference", ramachandran_density(*reference, bins)))
-    positive = np.concatenate([d[d > 0] for _, d in panels])
+        panels.append(("reference", density(*reference)))
+    positive = np.concatenate([values[values > 0] for _, values in panels])
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
 
-    fig = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2))
+    fig = Figure(figsize=(3.6 * len(panels) + 1.0, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     extent = [-math.pi, math.pi, -math.pi, math.pi]
-    for ax, (title, density) in zip(axes, panels):
+    for ax, (title, values) in zip(axes, panels):
         # Empty bins are masked so they show as background rather than at the colour floor.
-        image = ax.imshow(np.ma.masked_equal(density.T, 0), origin="lower", extent=extent, norm=norm, cmap="viridis", aspect="equal")
+        image = ax.imshow(
+            np.ma.masked_equal(values.T, 0), origin="lower", extent=extent, norm=norm, cmap="viridis", aspect="equal"
+        )
         ax.set_title(title)
         ax.set_xlabel("φ (rad)")
-        ax.set_ylabel("ψ (rad)")
+    axes[0].set_ylabel("ψ (rad)")
     fig.colorbar(image, ax=list(axes), label="density (rad⁻²)")
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path

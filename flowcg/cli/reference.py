@@ -59,15 +59,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _append_dcd(path: Path, topology: app.Topology, positions_nm: np.ndarray, dt_ps: float, interval: int) -> None:
-    """Append frames (F, N, 3) nm to a DCD file (created if absent)."""
-    exists = path.exists() and path.stat().st_size > 0
-    with open(path, "r+b" if exists else "wb") as handle:
-        dcd = app.DCDFile(handle, topology, dt_ps * unit.picosecond, interval=interval, append=exists)
-        for frame in positions_nm:
-            dcd.writeModel(frame * unit.nanometer)
-
-
 def _dcd_frames(path: Path, topology_pdb: Path) -> np.ndarray:
     return md.load_dcd(str(path), top=str(topology_pdb)).xyz if path.exists() else np.zeros((0, 0, 3))
 
@@ -81,7 +72,8 @@ class ReferenceRun:
         self.system = system
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {name: self.run_dir / name for name in ("topology.pdb", "trajectory.dcd", "checkpoint.chk", "reference.npz", "metrics.json")}
+        names = ("topology.pdb", "trajectory.dcd", "checkpoint.chk", "reference.npz", "metrics.json")
+        self.paths = {name: self.run_dir / name for name in names}
         self.timestep_ps = timestep_fs / 1000.0
         self.save_interval_steps = max(1, round(save_interval_fs / timestep_fs))
         self.chunk_frames = max(1, round(chunk_ps * 1000.0 / save_interval_fs))
@@ -128,9 +120,23 @@ class ReferenceRun:
         if len(dcd) < frames:
             raise RuntimeError(f"{self.run_dir}: trajectory.dcd holds {len(dcd)} frames, reference.npz {frames}")
         if len(dcd) > frames:  # a crash between the DCD append and the commit: drop the uncommitted frames
-            self.paths["trajectory.dcd"].unlink()
-            _append_dcd(self.paths["trajectory.dcd"], self.system.omm_topology, dcd[:frames], self.timestep_ps, self.save_interval_steps)
+            trimmed = self.paths["trajectory.dcd"].with_name("trajectory.tmp.dcd")
+            trimmed.unlink(missing_ok=True)
+            self._append_dcd(dcd[:frames], trimmed)
+            os.replace(trimmed, self.paths["trajectory.dcd"])
         return records
+
+    def _append_dcd(self, positions_nm: np.ndarray, path: Path | None = None) -> None:
+        """Append frames (F, N, 3) nm to ``path`` (default trajectory.dcd; created if absent)."""
+        path = path or self.paths["trajectory.dcd"]
+        exists = path.exists() and path.stat().st_size > 0
+        with open(path, "r+b" if exists else "wb") as handle:
+            dcd = app.DCDFile(
+                handle, self.system.omm_topology, self.timestep_ps * unit.picosecond,
+                interval=self.save_interval_steps, append=exists,
+            )
+            for frame in positions_nm:
+                dcd.writeModel(frame * unit.nanometer)
 
     @property
     def n_frames(self) -> int:
@@ -149,7 +155,7 @@ class ReferenceRun:
                 positions[i] = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
                 energies[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
             phi, psi = phi_psi(positions, self.system.topology)
-            _append_dcd(self.paths["trajectory.dcd"], self.system.omm_topology, positions, self.timestep_ps, self.save_interval_steps)
+            self._append_dcd(positions)
             self.records.update(
                 phi=np.concatenate([self.records["phi"], phi]),
                 psi=np.concatenate([self.records["psi"], psi]),
@@ -187,7 +193,8 @@ class ReferenceRun:
             "frames_this_session": new_frames,
         }
         if frames:
-            metrics.update({f"basin_{k}": v for k, v in basin_populations(self.records["phi"], self.records["psi"]).items()})
+            populations = basin_populations(self.records["phi"], self.records["psi"])
+            metrics.update({f"basin_{name}": p for name, p in populations.items()})
             metrics["mean_energy_kj_mol"] = float(np.mean(self.records["energy"]))
         if half >= 1:
             phi, psi = self.records["phi"], self.records["psi"]

@@ -41,6 +41,7 @@ from collections import deque
 import mdtraj as md
 import numpy as np
 import torch
+from mdtraj.geometry.dihedral import indices_phi, indices_psi
 from nflows.transforms.base import Transform
 from torch import Tensor
 
@@ -130,7 +131,8 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
         neighbours[b.index].append(a.index)
     heavy = np.array([atom.element is not None and atom.element.atomic_number > 1 for atom in topology.atoms])
     root = tuple(int(a) for a in (root if root is not None else _default_root(topology, neighbours, heavy)))
-    if root[1] not in neighbours[root[0]] or (root[2] not in neighbours[root[1]] and root[2] not in neighbours[root[0]]):
+    chained = root[2] in neighbours[root[1]] or root[2] in neighbours[root[0]]
+    if root[1] not in neighbours[root[0]] or not chained:
         raise ValueError(f"root atoms {root} must form a bonded chain")
 
     rank = {a: k for k, a in enumerate(root)}
@@ -230,16 +232,18 @@ class InternalCoordinateTransform(Transform):
 
         self.phi_index = self.psi_index = None
         if topology is not None:
-            self.phi_index = self._find_torsion(topology, md.compute_phi)
-            self.psi_index = self._find_torsion(topology, md.compute_psi)
+            self.phi_index = self._find_torsion(indices_phi(topology))
+            self.psi_index = self._find_torsion(indices_psi(topology))
 
     @classmethod
-    def from_topology(cls, topology: md.Topology, root: tuple[int, int, int] | None = None) -> "InternalCoordinateTransform":
+    def from_topology(
+        cls, topology: md.Topology, root: tuple[int, int, int] | None = None
+    ) -> "InternalCoordinateTransform":
         """Transform with the Z-matrix of :func:`zmatrix_from_topology`."""
         return cls(zmatrix_from_topology(topology, root), topology)
 
-    def _find_torsion(self, topology: md.Topology, compute) -> int | None:
-        quads, _ = compute(md.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology))
+    def _find_torsion(self, quads: np.ndarray) -> int | None:
+        """Index of the torsion coordinate over the single quadruple in ``quads`` (either direction)."""
         if len(quads) != 1:
             return None
         wanted = {tuple(int(a) for a in quads[0]), tuple(int(a) for a in quads[0][::-1])}
@@ -254,7 +258,8 @@ class InternalCoordinateTransform(Transform):
     def log_det_forward(self, ic: Tensor) -> Tensor:
         """log|det ∂x_free/∂ic|, shape (B,): Σ_{k≥2} log r_k + Σ_{k≥3} (log r_k + log|sin θ_k|)."""
         bonds, angles, _ = self.split(ic)
-        return torch.log(bonds[:, 1:].abs()).sum(-1) + torch.log(bonds[:, 2:].abs()).sum(-1) + torch.log(torch.sin(angles[:, 1:]).abs()).sum(-1)
+        log_r = torch.log(bonds.abs())
+        return log_r[:, 1:].sum(-1) + log_r[:, 2:].sum(-1) + torch.log(torch.sin(angles[:, 1:]).abs()).sum(-1)
 
     def canonicalize(self, x: Tensor) -> Tensor:
         """Frames x (B, N, 3) with the rigid-body DOF fixed as :meth:`forward` fixes them."""
@@ -266,23 +271,23 @@ class InternalCoordinateTransform(Transform):
             raise ValueError(f"expected internal coordinates of shape (B, {self.dim}), got {tuple(inputs.shape)}")
         bonds, angles, torsions = self.split(inputs)
         z = self.zmatrix
-        batch = inputs.shape[0]
-        x = inputs.new_zeros(batch, self.n_atoms, 3)
-        zero = inputs.new_zeros(batch)
-
+        x = inputs.new_zeros(inputs.shape[0], self.n_atoms, 3)
         # a1 on +x at distance r_1 from a0 (the origin).
-        x = x.index_copy(1, z[1:2, 0], torch.stack([bonds[:, 0], zero, zero], -1)[:, None])
+        x = x.index_copy(1, z[1:2, 0], (bonds[:, :1] * inputs.new_tensor([1.0, 0.0, 0.0]))[:, None])
         # a2 in the xy plane, y > 0: angle θ_2 from the (±x) direction bond_ref → angle_ref.
         u = x[:, z[2, 2]] - x[:, z[2, 1]]
         u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
         r2, th2 = bonds[:, 1:2], angles[:, 0:1]
-        p2 = x[:, z[2, 1]] + r2 * torch.cos(th2) * u + r2 * torch.sin(th2) * torch.stack([zero, zero + 1, zero], -1)
+        p2 = x[:, z[2, 1]] + r2 * (torch.cos(th2) * u + torch.sin(th2) * inputs.new_tensor([0.0, 1.0, 0.0]))
         x = x.index_copy(1, z[2:3, 0], p2[:, None])
 
         for start, stop in self._level_bounds:
             rows = self._level_rows[start:stop]
             atoms, b_ref, a_ref, t_ref = z[rows].unbind(-1)
-            x = x.index_copy(1, atoms, self._nerf(x[:, b_ref], x[:, a_ref], x[:, t_ref], bonds[:, rows - 1], angles[:, rows - 2], torsions[:, rows - 3]))
+            placed = self._nerf(
+                x[:, b_ref], x[:, a_ref], x[:, t_ref], bonds[:, rows - 1], angles[:, rows - 2], torsions[:, rows - 3]
+            )
+            x = x.index_copy(1, atoms, placed)
         return x, self.log_det_forward(inputs)
 
     @staticmethod
@@ -297,8 +302,8 @@ class InternalCoordinateTransform(Transform):
         e3 = torch.cross(a - t, e1, dim=-1)
         e3 = e3 / torch.linalg.vector_norm(e3, dim=-1, keepdim=True)
         e2 = torch.cross(e3, e1, dim=-1)
-        r, st = r[..., None], torch.sin(theta)[..., None]
-        return b + r * (-torch.cos(theta)[..., None] * e1 + st * torch.cos(tau)[..., None] * e2 + st * torch.sin(tau)[..., None] * e3)
+        r, theta, tau = r[..., None], theta[..., None], tau[..., None]
+        return b + r * (-torch.cos(theta) * e1 + torch.sin(theta) * (torch.cos(tau) * e2 + torch.sin(tau) * e3))
 
     def inverse(self, inputs: Tensor, context=None) -> tuple[Tensor, Tensor]:
         """Cartesian (B, N, 3) nm → internal coordinates (B, 3N−6) and log|det J_inverse| (B,)."""

@@ -35,6 +35,9 @@ import torch
 from openmm import unit
 from torch import Tensor, nn
 
+#: Configurations per chunk of the pair terms: (chunk, N, N) temporaries of a few hundred kB.
+PAIR_CHUNK = 128
+
 #: 1/(4π ε₀) in kJ nm/(mol e²), the value OpenMM's NonbondedForce and GBSAOBCForce use.
 ONE_4PI_EPS0 = 138.93545764438198
 
@@ -63,8 +66,30 @@ def _float64(values) -> Tensor:
 
 def pairwise_squared_distances(x: Tensor) -> Tensor:
     """|x_i − x_j|² for all atom pairs, shape (B, N, N) (nm²); exact zeros on the diagonal."""
-    d = x.unsqueeze(2) - x.unsqueeze(1)
-    return (d * d).sum(-1)
+    xc = x.transpose(1, 2)  # (B, 3, N): the sum over components runs over an outer axis, vectorised
+    d = xc.unsqueeze(-1) - xc.unsqueeze(-2)
+    return (d * d).sum(1)
+
+
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """a × b for component-major vectors of shape (M, 3, B)."""
+    a0, a1, a2 = a.unbind(1)
+    b0, b1, b2 = b.unbind(1)
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=1)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """a · b for component-major vectors (M, 3, B) → (M, B)."""
+    return (a * b).sum(1)
+
+
+def _gather(y: Tensor, idx: Tensor) -> Tensor:
+    """Atoms idx (M, k) of atom-major coordinates y (N, 3, B) → (M, k, 3, B).
+
+    index_select over the leading atom axis copies whole contiguous rows: an order of magnitude
+    faster (forward and backward) than advanced indexing of (B, N, 3).
+    """
+    return y.index_select(0, idx.reshape(-1)).view(*idx.shape, *y.shape[1:])
 
 
 class HarmonicBonds(nn.Module):
@@ -74,16 +99,18 @@ class HarmonicBonds(nn.Module):
         super().__init__()
         _require_nonperiodic(force)
         params = [force.getBondParameters(b) for b in range(force.getNumBonds())]
-        self.register_buffer("i", torch.tensor([p[0] for p in params], dtype=torch.long))
-        self.register_buffer("j", torch.tensor([p[1] for p in params], dtype=torch.long))
+        self.register_buffer("idx", torch.tensor([p[:2] for p in params], dtype=torch.long).reshape(-1, 2))
         self.register_buffer("r0", _float64([p[2].value_in_unit(unit.nanometer) for p in params]))
         self.register_buffer(
             "k", _float64([p[3].value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2) for p in params])
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        r = torch.linalg.vector_norm(x[:, self.i] - x[:, self.j], dim=-1)
-        return (0.5 * self.k * (r - self.r0) ** 2).sum(-1)
+    def forward(self, y: Tensor) -> Tensor:
+        """U (B,) from atom-major coordinates y (N, 3, B)."""
+        p = _gather(y, self.idx)
+        d = p[:, 1] - p[:, 0]
+        r = _dot(d, d).sqrt()
+        return (0.5 * self.k[:, None] * (r - self.r0[:, None]) ** 2).sum(0)
 
 
 class HarmonicAngles(nn.Module):
@@ -103,11 +130,13 @@ class HarmonicAngles(nn.Module):
             "k", _float64([p[4].value_in_unit(unit.kilojoule_per_mole / unit.radian**2) for p in params])
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        u = x[:, self.idx[:, 0]] - x[:, self.idx[:, 1]]
-        v = x[:, self.idx[:, 2]] - x[:, self.idx[:, 1]]
-        theta = torch.atan2(torch.linalg.vector_norm(torch.cross(u, v, dim=-1), dim=-1), (u * v).sum(-1))
-        return (0.5 * self.k * (theta - self.theta0) ** 2).sum(-1)
+    def forward(self, y: Tensor) -> Tensor:
+        """U (B,) from atom-major coordinates y (N, 3, B)."""
+        p = _gather(y, self.idx)
+        u, v = p[:, 0] - p[:, 1], p[:, 2] - p[:, 1]
+        w = _cross(u, v)
+        theta = torch.atan2(_dot(w, w).sqrt(), _dot(u, v))
+        return (0.5 * self.k[:, None] * (theta - self.theta0[:, None]) ** 2).sum(0)
 
 
 class PeriodicTorsions(nn.Module):
@@ -122,16 +151,16 @@ class PeriodicTorsions(nn.Module):
         self.register_buffer("phase", _float64([p[5].value_in_unit(unit.radian) for p in params]))
         self.register_buffer("k", _float64([p[6].value_in_unit(unit.kilojoule_per_mole) for p in params]))
 
-    def forward(self, x: Tensor) -> Tensor:
-        p0, p1, p2, p3 = (x[:, self.idx[:, c]] for c in range(4))
-        b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-        n1 = torch.cross(b1, b2, dim=-1)
-        n2 = torch.cross(b2, b3, dim=-1)
-        m1 = torch.cross(n1, b2, dim=-1)
+    def forward(self, y: Tensor) -> Tensor:
+        """U (B,) from atom-major coordinates y (N, 3, B)."""
+        p = _gather(y, self.idx)
+        b1, b2, b3 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 1], p[:, 3] - p[:, 2]
+        n1, n2 = _cross(b1, b2), _cross(b2, b3)
+        m1 = _cross(n1, b2)
         # IUPAC φ = atan2(|b2| b1·n2, n1·n2); both arguments times |b2|, using −(n1×b2)·n2 = |b2|² b1·n2,
         # so that the only norm differentiated is |b2| (a bond length, never zero).
-        phi = torch.atan2(-(m1 * n2).sum(-1), (n1 * n2).sum(-1) * torch.linalg.vector_norm(b2, dim=-1))
-        return (self.k * (1.0 + torch.cos(self.n * phi - self.phase))).sum(-1)
+        phi = torch.atan2(-_dot(m1, n2), _dot(n1, n2) * _dot(b2, b2).sqrt())
+        return (self.k[:, None] * (1.0 + torch.cos(self.n[:, None] * phi - self.phase[:, None]))).sum(0)
 
 
 class Nonbonded(nn.Module):
@@ -200,11 +229,12 @@ class OBCGeneralizedBorn(nn.Module):
 
     (OBC1: α, β, γ = 0.8, 0, 2.909125; OBC2: 1, 0.8, 4.85). The energy, kJ/mol, is
 
-        U = −½ k_e Σ_{i,j} τ_ij q_i q_j (1/f_ij − [i≠j]/r_c) + Σ_i σ_SA (R_i + r_probe)² (R_i/B_i)⁶,
+        U = −½ k_e Σ_{i,j} τ_ij q_i q_j (1/f_ij − [i≠j] c) + Σ_i σ_SA (R_i + r_probe)² (R_i/B_i)⁶,
         f_ij = √(r_ij² + B_i B_j exp(−r_ij²/(4 B_i B_j))),  τ_ij = 1/ε_in − exp(−κ f_ij)/ε_out,
 
-    where the i = j terms are the self energies (f_ii = B_i), 1/r_c = 0 without cutoff, and the
-    second sum is the ACE surface-area term (absent if σ_SA = 0).
+    where the i = j terms are the self energies (f_ii = B_i), the shift c (``energy_shift``) is
+    1/r_c with a cutoff r_c (pairs beyond it are dropped) and 0 without, and the second sum is the
+    ACE surface-area term (absent if σ_SA = 0). The energy is discontinuous at r_c, as in OpenMM.
     """
 
     def __init__(
@@ -224,6 +254,7 @@ class OBCGeneralizedBorn(nn.Module):
         surface_area_energy: float = 0.0,
         probe_radius: float = 0.14,
         cutoff: float | None = None,
+        energy_shift: float = 0.0,
         engulfed_correction: bool = False,
     ):
         super().__init__()
@@ -235,6 +266,7 @@ class OBCGeneralizedBorn(nn.Module):
         self.kappa = float(kappa)
         self.inv_solvent = 1.0 / float(solvent_dielectric)
         self.cutoff = None if cutoff is None else float(cutoff)
+        self.energy_shift = float(energy_shift)
         self.engulfed_correction = bool(engulfed_correction)
         self.register_buffer("rho", rho)
         self.register_buffer("radius", rho + offset)
@@ -288,7 +320,7 @@ class OBCGeneralizedBorn(nn.Module):
         exp_d = torch.exp(-d)
         f2 = r2 + bb * exp_d
         inv_f = torch.rsqrt(f2)
-        shifted = inv_f if self.cutoff is None else inv_f - (1.0 - self.eye) / self.cutoff
+        shifted = inv_f - self.energy_shift * (1.0 - self.eye) if self.energy_shift else inv_f
         if self.kappa > 0:
             screen = torch.exp(-self.kappa * f2 * inv_f) * self.inv_solvent
             tau = self.inv_solute - screen
@@ -324,6 +356,9 @@ class OBCGeneralizedBorn(nn.Module):
         scale = np.array([float(p[2]) for p in params])
         offset = 0.009
         rho = radius - offset
+        cutoff = None
+        if method != openmm.GBSAOBCForce.NoCutoff:
+            cutoff = force.getCutoffDistance().value_in_unit(unit.nanometer)
         return cls(
             charge,
             rho,
@@ -338,7 +373,8 @@ class OBCGeneralizedBorn(nn.Module):
             surface_area_energy=4.0 * math.pi * force.getSurfaceAreaEnergy().value_in_unit(
                 unit.kilojoule_per_mole / unit.nanometer**2
             ),
-            cutoff=None if method == openmm.GBSAOBCForce.NoCutoff else force.getCutoffDistance().value_in_unit(unit.nanometer),
+            cutoff=cutoff,
+            energy_shift=0.0 if cutoff is None else 1.0 / cutoff,
             engulfed_correction=True,
         )
 
@@ -433,6 +469,7 @@ def _parse_obc_custom_gb(force: openmm.CustomGBForce) -> dict:
             if defs.get("f") != "sqrt(r^2+B1*B2*exp(-r^2/(4*B1*B2)))":
                 raise refuse(f"pair distance f = {defs.get('f')}")
             coulomb["pair"] = float(m.group(1))
+            kwargs["energy_shift"] = float(m.group(3) or 0.0)
         else:
             raise refuse(f"energy term {main}")
         kwargs.update(
@@ -457,31 +494,36 @@ def _parse_obc_custom_gb(force: openmm.CustomGBForce) -> dict:
 
 
 class _PairEnergy(torch.autograd.Function):
-    """Σ of pair terms U(r²) with the gradient assembled from their ∂U/∂r²_ij.
+    """Σ of pair terms U(r²) with its gradient assembled in the same pass from ∂U/∂r²_ij.
 
     With G = ∂U/∂r² (not necessarily symmetric) and S = G + Gᵀ,
     ∂U/∂x_i = 2 Σ_j S_ij (x_i − x_j) = 2 (rowsum(S)_i x_i − (S x)_i), a single batched matmul.
-    Coordinates are centred first so that the two products do not cancel in float32.
+    Coordinates are centred first so that the two products do not cancel in float32. The batch is
+    processed in chunks of ``PAIR_CHUNK`` configurations so that the (chunk, N, N) temporaries stay
+    in the CPU cache; only the (B, N, 3) gradient is kept for backward.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, *terms) -> Tensor:
         x = x - x.mean(dim=1, keepdim=True)
-        r2 = pairwise_squared_distances(x)
-        energy, de_dr2 = terms[0].energy_and_dr2(r2)
-        for term in terms[1:]:
-            e, g = term.energy_and_dr2(r2)
-            energy, de_dr2 = energy + e, de_dr2 + g
-        ctx.save_for_backward(x, de_dr2)
+        energy = x.new_empty(x.shape[0])
+        grad = x.new_empty(x.shape)
+        for start in range(0, x.shape[0], PAIR_CHUNK):
+            xc = x[start : start + PAIR_CHUNK]
+            r2 = pairwise_squared_distances(xc)
+            parts = [term.energy_and_dr2(r2) for term in terms]
+            energy[start : start + PAIR_CHUNK] = sum(e for e, _ in parts)
+            de_dr2 = sum(g for _, g in parts)
+            sym = de_dr2 + de_dr2.transpose(-1, -2)
+            grad[start : start + PAIR_CHUNK] = 2.0 * (sym.sum(-1, keepdim=True) * xc - sym @ xc)
+        ctx.save_for_backward(grad)
         return energy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_energy: Tensor):
-        x, de_dr2 = ctx.saved_tensors
-        sym = de_dr2 + de_dr2.transpose(-1, -2)
-        grad_x = 2.0 * (sym.sum(-1, keepdim=True) * x - sym @ x) * grad_energy[:, None, None]
-        return (grad_x, *[None] * len(ctx.needs_input_grad[1:]))
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_energy[:, None, None], *[None] * (len(ctx.needs_input_grad) - 1))
 
 
 _TERM_BUILDERS = {
@@ -534,7 +576,8 @@ class TorchForceField(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Potential energy in kJ/mol, shape (B,)."""
         energy = _PairEnergy.apply(x, *self.pair_terms) if self.pair_terms else x.new_zeros(x.shape[0])
-        return energy + sum(term(x) for term in self.bonded_terms)
+        y = x.permute(1, 2, 0).contiguous()  # atom-major (N, 3, B) for the bonded terms' gathers
+        return energy + sum(term(y) for term in self.bonded_terms)
 
     def energy_and_forces(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(U in kJ/mol of shape (B,), F = −∇U in kJ/(mol nm) of shape (B, N, 3)), detached."""

@@ -56,7 +56,7 @@ class MolecularTarget(Target):
         backend: str = "torch",
         platform: str | None = None,
         n_workers: int = 1,
-        dtype: str = "float64",
+        dtype: str = "float32",
         device: str | torch.device = "cpu",
     ):
         super().__init__(event_shape=(molecular_system.n_atoms, 3))
@@ -111,7 +111,7 @@ def preset_target(
     temperature: float = 300.0,
     platform: str | None = None,
     n_workers: int = 1,
-    dtype: str = "float64",
+    dtype: str = "float32",
     device: str = "cpu",
 ) -> MolecularTarget:
     """The target of a :func:`~flowcg.targets.systems.load_system` preset (``aldp_implicit`` etc.)."""
@@ -141,7 +141,7 @@ def molecule_from_files(
     temperature: float = 300.0,
     platform: str | None = None,
     n_workers: int = 1,
-    dtype: str = "float64",
+    dtype: str = "float32",
     device: str = "cpu",
 ) -> MolecularTarget:
     """A target from user files: an Amber prmtop + coordinates, or a PDB + force-field XMLs.

@@ -91,6 +91,8 @@ class OpenMMEvaluator:
     """
 
     def __init__(self, system: openmm.System, platform: str | None = None, n_workers: int = 1, threads: int | None = None):
+        self._pool = None
+        self._context = None
         platform = platform or default_platform()
         if platform not in PLATFORMS:
             raise ValueError(f"unknown OpenMM platform '{platform}'; choose one of {', '.join(PLATFORMS)}")
@@ -100,8 +102,6 @@ class OpenMMEvaluator:
         self.n_workers = int(n_workers)
         self.n_atoms = system.getNumParticles()
         system_xml = openmm.XmlSerializer.serialize(system)
-        self._pool = None
-        self._context = None
         if self.n_workers > 1:
             # spawn: a forked child would inherit the parent's OpenMM/torch thread state.
             self._pool = multiprocessing.get_context("spawn").Pool(

@@ -182,6 +182,36 @@ PRESETS: dict[str, Callable[[float], MolecularSystem]] = {
 }
 
 
+def langevin_frames(
+    molecular_system: MolecularSystem,
+    n_frames: int,
+    steps_per_frame: int = 50,
+    timestep_fs: float = 1.0,
+    friction_per_ps: float = 1.0,
+    seed: int = 0,
+    platform: str = "CPU",
+) -> np.ndarray:
+    """Thermal configurations (n_frames, N, 3) in nm from a short seeded Langevin run.
+
+    Starts from the reference positions after an energy minimisation, at the system's temperature,
+    and keeps one frame every ``steps_per_frame`` steps. Meant for validation and benchmarks (a
+    cloud of realistic configurations), not as an equilibrium reference.
+    """
+    integrator = openmm.LangevinMiddleIntegrator(
+        molecular_system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond
+    )
+    integrator.setRandomNumberSeed(seed)
+    context = openmm.Context(molecular_system.system, integrator, openmm.Platform.getPlatformByName(platform))
+    context.setPositions(molecular_system.positions)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    context.setVelocitiesToTemperature(molecular_system.temperature * unit.kelvin, seed)
+    frames = np.empty((n_frames, molecular_system.n_atoms, 3))
+    for k in range(n_frames):
+        integrator.step(steps_per_frame)
+        frames[k] = _positions_nm(context.getState(getPositions=True).getPositions(asNumpy=True))
+    return frames
+
+
 def load_system(preset: str, temperature: float = 300.0) -> MolecularSystem:
     """The :class:`MolecularSystem` of a named preset (see the module docstring) at ``temperature`` K."""
     if preset not in PRESETS:

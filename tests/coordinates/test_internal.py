@@ -1,0 +1,105 @@
+import math
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from flowcg.coordinates.internal import InternalCoordinateTransform, validate_zmatrix
+
+
+@pytest.fixture(scope="module")
+def transform(aldp):
+    return InternalCoordinateTransform.from_topology(aldp.topology)
+
+
+def random_rigid_motion(x, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=x.dtype))
+    q = q * torch.sign(torch.linalg.det(q))  # proper rotation
+    return x @ q.T + torch.tensor([0.3, -1.2, 2.0], dtype=x.dtype)
+
+
+def free_coordinates(transform, x):
+    """The 3N − 6 Cartesian coordinates left free by the frame convention, in placement order."""
+    z = transform.zmatrix
+    return torch.cat([x[z[1, 0], :1], x[z[2, 0], :2], *(x[z[k, 0]] for k in range(3, transform.n_atoms))])
+
+
+def test_layout_and_masks(transform):
+    assert transform.dim == 60
+    assert [transform.kind.count(k) for k in ("bond", "angle", "torsion")] == [21, 20, 19]
+    assert torch.equal(transform.periodic_mask, torch.tensor([k == "torsion" for k in transform.kind]))
+    sizes = {"bond": 2, "angle": 3, "torsion": 4}
+    assert all(len(atoms) == sizes[k] for atoms, k in zip(transform.atom_indices, transform.kind))
+
+
+def test_phi_psi_are_torsion_coordinates(transform, aldp, md_frames):
+    assert set(transform.atom_indices[transform.phi_index]) == {4, 6, 8, 14}
+    assert set(transform.atom_indices[transform.psi_index]) == {6, 8, 14, 16}
+    ic, _ = transform.inverse(torch.tensor(md_frames))
+    traj = md.Trajectory(md_frames, aldp.topology)
+    np.testing.assert_allclose(ic[:, transform.phi_index].numpy(), md.compute_phi(traj)[1][:, 0], atol=1e-5)
+    np.testing.assert_allclose(ic[:, transform.psi_index].numpy(), md.compute_psi(traj)[1][:, 0], atol=1e-5)
+
+
+def test_round_trip_float64(transform, md_frames):
+    x = random_rigid_motion(torch.tensor(md_frames))
+    ic, log_det_inverse = transform.inverse(x)
+    y, log_det_forward = transform.forward(ic)
+    assert (y - transform.canonicalize(x)).abs().max() <= 1e-5
+    torch.testing.assert_close(log_det_forward, -log_det_inverse)
+    torch.testing.assert_close(transform.canonicalize(x), transform.canonicalize(torch.tensor(md_frames)))
+
+
+def test_round_trip_float32(transform, md_frames):
+    x = torch.tensor(md_frames, dtype=torch.float32)
+    ic, _ = transform.inverse(x)
+    y, log_det = transform.forward(ic)
+    assert y.dtype == log_det.dtype == torch.float32
+    assert (y - transform.canonicalize(x)).abs().max() <= 1e-4
+
+
+def test_frame_convention_and_ranges(transform, md_frames):
+    ic, _ = transform.inverse(torch.tensor(md_frames))
+    torsions = ic[:, transform.periodic_mask]
+    assert torsions.min() > -math.pi and torsions.max() <= math.pi
+    angles = ic[:, [k == "angle" for k in transform.kind]]
+    assert angles.min() > 0 and angles.max() < math.pi
+    x, _ = transform.forward(ic)
+    a0, a1, a2 = transform.frame_atoms
+    assert x[:, a0].abs().max() == 0
+    assert x[:, a1, 1:].abs().max() == 0 and (x[:, a1, 0] > 0).all()
+    assert x[:, a2, 2].abs().max() == 0 and (x[:, a2, 1] > 0).all()
+
+
+def test_log_det_matches_autograd_jacobian(transform, md_frames):
+    ic, _ = transform.inverse(torch.tensor(md_frames[:3]))
+    _, log_det = transform.forward(ic)
+    for i in range(3):
+        jacobian = torch.autograd.functional.jacobian(
+            lambda v: free_coordinates(transform, transform.forward(v[None])[0][0]), ic[i]
+        )
+        sign, log_abs_det = torch.linalg.slogdet(jacobian)
+        assert sign != 0
+        assert abs(log_abs_det.item() - log_det[i].item()) < 1e-8
+
+
+def test_explicit_zmatrix_and_validation(transform, md_frames):
+    explicit = InternalCoordinateTransform(transform.zmatrix.numpy())
+    x = torch.tensor(md_frames)
+    torch.testing.assert_close(explicit.inverse(x)[0], transform.inverse(x)[0])
+    assert explicit.phi_index is None
+    bad = transform.zmatrix.numpy().copy()
+    bad[[3, 5]] = bad[[5, 3]]  # row 3 now references an atom placed later
+    with pytest.raises(ValueError, match="placed later"):
+        validate_zmatrix(bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(transform, md_frames):
+    x = torch.tensor(md_frames)
+    ic, _ = transform.inverse(x)
+    y, log_det = transform.to("cuda").forward(ic.cuda())
+    transform.to("cpu")
+    torch.testing.assert_close(y.cpu(), transform.forward(ic)[0])
+    torch.testing.assert_close(log_det.cpu(), transform.forward(ic)[1])

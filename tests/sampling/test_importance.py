@@ -1,0 +1,43 @@
+"""Importance-sampling estimators against known answers."""
+
+import math
+
+import numpy as np
+import torch
+
+from flowcg.sampling import kish_ess, kl_estimate, log_z_estimate, reweighted_mean
+
+
+def test_uniform_weights_give_ess_one_and_zero_kl():
+    log_w = np.full(1000, -3.7)
+    assert abs(kish_ess(log_w) - 1.0) < 1e-12
+    assert abs(kl_estimate(log_w)) < 1e-12
+    assert abs(log_z_estimate(log_w) + 3.7) < 1e-12
+
+
+def test_single_dominant_weight_gives_ess_one_over_n():
+    log_w = np.array([0.0] + [-1e4] * 99)
+    assert abs(kish_ess(log_w) - 0.01) < 1e-12
+
+
+def test_clipped_ess_tames_a_single_outlier():
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(0, 0.1, 100_000)
+    log_w[0] = 50.0
+    assert kish_ess(log_w) < 1e-3
+    assert kish_ess(log_w, clip_fraction=1e-4) > 0.9
+
+
+def test_log_z_of_a_gaussian_by_importance_sampling():
+    # q = N(0, 2²), p̃(x) = exp(−x²/2): Z = √(2π)
+    q = torch.distributions.Normal(0.0, 2.0)
+    x = q.sample((200_000,))
+    log_w = -0.5 * x**2 - q.log_prob(x)
+    assert abs(log_z_estimate(log_w) - 0.5 * math.log(2 * math.pi)) < 0.01
+    assert abs(float(reweighted_mean(x**2, log_w)) - 1.0) < 0.03
+
+
+def test_nonfinite_weights_count_as_zero():
+    log_w = np.array([0.0, 0.0, np.nan, np.inf, -np.inf])
+    assert abs(kish_ess(log_w) - 2 / 5) < 1e-12
+    assert abs(log_z_estimate(log_w) - math.log(2 / 5)) < 1e-12

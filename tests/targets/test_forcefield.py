@@ -1,0 +1,132 @@
+"""The torch force field reproduces OpenMM (energies and forces) and refuses what it cannot do."""
+
+import numpy as np
+import openmm
+import pytest
+import torch
+from openmm import app, unit
+
+from flowcg.targets.forcefield import (
+    ForceFieldMismatchError,
+    OBCGeneralizedBorn,
+    TorchForceField,
+    UnsupportedForceError,
+    check_against_openmm,
+)
+from flowcg.targets.openmm_bridge import OpenMMEvaluator
+from flowcg.targets.systems import ALDP_DIR, load_system, load_system_from_files
+
+
+def _compare(system, positions, frames, dtype):
+    ff = TorchForceField(system, positions, dtype=dtype)
+    energy, forces = ff.energy_and_forces(torch.as_tensor(frames, dtype=dtype))
+    ref_energy, ref_forces = OpenMMEvaluator(system, platform="Reference").evaluate(frames)
+    return np.abs(energy.double().numpy() - ref_energy), np.abs(forces.double().numpy() - ref_forces)
+
+
+def test_parity_float64(preset_frames):
+    ms, frames = preset_frames
+    de, df = _compare(ms.system, ms.positions, frames, torch.float64)
+    assert de.max() <= 1e-3 and df.max() <= 1e-2, (de.max(), df.max())
+
+
+def test_parity_float32(preset_frames):
+    ms, frames = preset_frames
+    de, df = _compare(ms.system, ms.positions, frames, torch.float32)
+    assert de.max() <= 0.05, de.max()
+    assert df.max() <= 1.0, df.max()
+
+
+def test_gb_model_identified():
+    models = {}
+    for preset in ("aldp_implicit", "aldp_amber14"):
+        ff = TorchForceField(load_system(preset).system)
+        models[preset] = [t.model for t in ff.terms.values() if isinstance(t, OBCGeneralizedBorn)]
+    assert models == {"aldp_implicit": ["OBC1"], "aldp_amber14": ["OBC2"]}
+
+
+def _prmtop_system(**kwargs):
+    prmtop = app.AmberPrmtopFile(str(ALDP_DIR / "alanine-dipeptide.prmtop"))
+    return prmtop.createSystem(constraints=None, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["native_gbsaobc", "custom_gb_cutoff", "custom_gb_kappa", "obc2_prmtop"],
+)
+def test_gb_variants(variant):
+    """Native GBSAOBCForce, the CustomGBForce with a cutoff (and its 1/r_c shift) and with salt."""
+    ms = load_system("aldp_implicit")
+    if variant == "native_gbsaobc":
+        system = load_system_from_files(
+            ALDP_DIR / "alanine-dipeptide.pdb", forcefield=["amber99sb.xml"], implicit_solvent="amber99_obc.xml"
+        ).system
+        assert any(isinstance(f, openmm.GBSAOBCForce) for f in system.getForces())
+    elif variant == "custom_gb_cutoff":
+        system = _prmtop_system(
+            implicitSolvent=app.OBC1, nonbondedMethod=app.CutoffNonPeriodic, nonbondedCutoff=0.5 * unit.nanometer
+        )
+        for force in system.getForces():  # keep the GB cutoff, but a NoCutoff Coulomb/LJ
+            if isinstance(force, openmm.NonbondedForce):
+                force.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
+    elif variant == "custom_gb_kappa":
+        system = _prmtop_system(implicitSolvent=app.OBC1, implicitSolventKappa=1.0 / unit.nanometer)
+    else:
+        system = _prmtop_system(implicitSolvent=app.OBC2)
+    rng = np.random.default_rng(0)
+    frames = ms.positions + 0.005 * rng.standard_normal((4, *ms.positions.shape))
+    de, df = _compare(system, ms.positions, frames, torch.float64)
+    assert de.max() <= 1e-3 and df.max() <= 1e-2, (de.max(), df.max())
+
+
+@pytest.mark.parametrize("preset", ["aldp_implicit", "aldp_amber14"])
+def test_engulfed_atom_matches_openmm(preset):
+    """A hydrogen pushed 0.002 nm from its carbon lies inside the carbon's scaled GB sphere."""
+    ms = load_system(preset)
+    frame = ms.positions.copy()
+    frame[0] = frame[1] + 0.02 * (frame[0] - frame[1])
+    gb = next(t for t in TorchForceField(ms.system).terms.values() if isinstance(t, OBCGeneralizedBorn))
+    assert gb.rho[0] < gb.s_j[0, 1] - np.linalg.norm(frame[0] - frame[1])  # the engulfed branch is hit
+    de, df = _compare(ms.system, ms.positions, frame[None], torch.float64)
+    assert de.max() <= 1e-3 and df.max() <= 1e-2, (de.max(), df.max())
+
+
+def test_pair_gradient_matches_finite_differences():
+    """The hand-written ∂U/∂r² of the pair terms against torch's finite-difference gradcheck."""
+    ms = load_system("aldp_implicit")
+    ff = TorchForceField(ms.system, dtype=torch.float64)
+    x = torch.as_tensor(ms.positions[None] + 0.003 * np.random.default_rng(3).standard_normal((2, 22, 3)))
+    assert torch.autograd.gradcheck(ff, (x.requires_grad_(True),), eps=1e-6, atol=1e-4, rtol=1e-5)
+
+
+def test_unsupported_force_is_named():
+    system = load_system("aldp_vacuum").system
+    system.addForce(openmm.CustomTorsionForce("k*theta^2"))
+    with pytest.raises(UnsupportedForceError, match="does not implement CustomTorsionForce; use backend='openmm'"):
+        TorchForceField(system)
+
+
+def test_unsupported_custom_gb_expression():
+    system = load_system("aldp_vacuum").system
+    gb = openmm.CustomGBForce()
+    gb.addPerParticleParameter("q")
+    system.addForce(gb)
+    with pytest.raises(UnsupportedForceError, match="CustomGBForce that is not an OBC GB/SA model"):
+        TorchForceField(system)
+
+
+def test_self_check_detects_mismatch():
+    vacuum, implicit = load_system("aldp_vacuum"), load_system("aldp_implicit")
+    ff = TorchForceField(vacuum.system)
+    with pytest.raises(ForceFieldMismatchError, match="disagrees with OpenMM"):
+        check_against_openmm(ff, implicit.system, implicit.positions)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_overlapping_atoms_give_infinite_energy(dtype):
+    ms = load_system("aldp_implicit")
+    ff = TorchForceField(ms.system, dtype=dtype)
+    x = torch.as_tensor(ms.positions, dtype=dtype).repeat(2, 1, 1)
+    x[1, 3] = x[1, 2]
+    energy = ff(x)
+    assert torch.isfinite(energy[0]) and not torch.isfinite(energy[1])
