@@ -3,7 +3,8 @@
 Settings, for aldp_implicit (ff96 + OBC1) and aldp_vacuum, at batch sizes 1, 64 and 1024:
 
 * torch float32 / float64: one batched call of ``TorchForceField.energy_and_forces`` (autograd),
-  intra-op threads = ``torch.get_num_threads()`` (set by ``OMP_NUM_THREADS``);
+  with 1 intra-op thread and with one per core (OpenMP; on a machine shared with other busy
+  processes OpenMP's spin-waiting can collapse the multi-threaded rate, hence both rows);
 * OpenMM, frame by frame through :class:`~flowcg.targets.openmm_bridge.OpenMMEvaluator`: CPU
   platform in one process with ``Threads`` = 1 and = all cores, CPU platform over a pool of worker
   processes (one per core, one thread each), and the Reference platform (single process and pool).
@@ -57,12 +58,15 @@ def benchmark_preset(preset: str, n_cores: int, seconds: float) -> dict:
     rng = np.random.default_rng(0)
     frames = {b: ms.positions + 0.003 * rng.standard_normal((b, *ms.positions.shape)) for b in BATCH_SIZES}
     rows = {}
-    for dtype in (torch.float32, torch.float64):
-        ff = TorchForceField(ms.system, ms.positions, dtype=dtype)
-        tensors = {b: torch.as_tensor(f, dtype=dtype) for b, f in frames.items()}
-        rows[f"torch {str(dtype).split('.')[-1]}"] = {
-            b: throughput(lambda _, b=b: ff.energy_and_forces(tensors[b]), frames[b], seconds) for b in BATCH_SIZES
-        }
+    for threads in sorted({1, n_cores}):
+        torch.set_num_threads(threads)
+        for dtype in (torch.float32, torch.float64):
+            ff = TorchForceField(ms.system, ms.positions, dtype=dtype)
+            tensors = {b: torch.as_tensor(f, dtype=dtype) for b, f in frames.items()}
+            rows[f"torch {str(dtype).split('.')[-1]}, {threads} thread(s)"] = {
+                b: throughput(lambda _, b=b: ff.energy_and_forces(tensors[b]), frames[b], seconds) for b in BATCH_SIZES
+            }
+    torch.set_num_threads(n_cores)
     openmm_settings = {
         "OpenMM CPU, 1 process, 1 thread": dict(platform="CPU", threads=1),
         f"OpenMM CPU, 1 process, {n_cores} threads": dict(platform="CPU", threads=n_cores),
@@ -98,6 +102,8 @@ def main() -> None:
         "cpu": cpu_model(),
         "cores": n_cores,
         "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__,
         "openmm": openmm.version.version,
         "loadavg_start": os.getloadavg(),

@@ -75,6 +75,8 @@ def plot_marginals(target: Target, samples: SampleSet, path: Path, max_dims: int
         if isinstance(target, DoubleWell) and d == 0:
             grid = np.linspace(lo, hi, 400)
             ax.plot(grid, target.x1_density(grid), "k--", lw=1, label="exact")
+            ax.set_yscale("log")  # the right well holds < 1 % of the mass
+            ax.set_ylim(bottom=1e-4)
         elif isinstance(target, DoubleWell):
             grid = np.linspace(lo, hi, 400)
             ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k--", lw=1, label="exact")

@@ -2,8 +2,10 @@
 
 :class:`TorchForceField` reads the parameters out of an ``openmm.System`` and evaluates the
 potential energy U(x) of a batch of configurations x of shape ``(B, N, 3)`` (nm) in kJ/mol,
-vectorised over the batch and over the terms. Forces are −∇U by autograd. It runs on any torch
-device in float32 or float64.
+vectorised over the batch and over the terms. Forces are −∇U by autograd: the bonded terms are
+recorded as usual, the pair terms (Coulomb/LJ, GB) enter as one autograd Function whose gradient
+is assembled from hand-written ∂U/∂r²_ij in the same pass (see :class:`_PairEnergy`). It runs on any
+torch device in float32 or float64; first derivatives only (no double backward).
 
 Supported forces (anything else raises :class:`UnsupportedForceError`):
 
@@ -606,7 +608,8 @@ def check_against_openmm(
     x = positions[None] + 0.005 * rng.standard_normal((n_perturbed + 1, *positions.shape))
     x[0] = positions
     ref_energy, ref_forces = OpenMMEvaluator(system, platform="Reference").evaluate(x)
-    energy, forces = forcefield.energy_and_forces(torch.as_tensor(x, dtype=forcefield.dtype, device=next(forcefield.buffers()).device))
+    device = next(forcefield.buffers()).device
+    energy, forces = forcefield.energy_and_forces(torch.as_tensor(x, dtype=forcefield.dtype, device=device))
     energy, forces = energy.double().cpu().numpy(), forces.double().cpu().numpy()
     de = np.abs(energy - ref_energy)
     df = np.abs(forces - ref_forces).max(axis=(1, 2))

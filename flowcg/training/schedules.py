@@ -77,7 +77,7 @@ class GeometricSchedule(_FixedSchedule):
 class AdaptiveSchedule(Schedule):
     """Largest Δβ whose estimated relative KL increase is ≤ δ (see module docstring)."""
 
-    def __init__(self, beta0: float, delta: float = 0.1, shrink: float = 0.6, kl_floor: float = 0.1, min_step: float = 1e-6):
+    def __init__(self, beta0: float, delta: float = 0.1, shrink: float = 0.6, kl_floor: float = 1.0, min_step: float = 1e-6):
         if not 0 < shrink < 1:
             raise ValueError(f"shrink must lie in (0, 1), got {shrink}")
         if delta <= 0:

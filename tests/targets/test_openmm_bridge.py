@@ -90,12 +90,16 @@ def test_target_options_and_errors():
         load_target("aldp_vacuum", cutoff=1.0)
 
 
-def test_torch_target_overlap_is_inf_not_nan():
-    target = load_target("aldp_implicit", backend="torch")
+@pytest.mark.parametrize("backend", ["torch", "openmm"])
+def test_overlap_is_inf_with_zero_gradient(backend):
+    target = load_target("aldp_implicit", backend=backend)
     x = torch.as_tensor(target.positions, dtype=torch.float32).repeat(2, 1, 1)
     x[1, 3] = x[1, 2]
+    x.requires_grad_(True)
     u = target.energy(x)
+    (grad,) = torch.autograd.grad(u.sum(), x)
     assert torch.isfinite(u[0]) and u[1] == float("inf")
+    assert torch.isfinite(grad).all() and grad[0].abs().max() > 0 and not grad[1].any()
 
 
 def test_generic_file_target():
