@@ -21,9 +21,9 @@ BIN = Path(sys.executable).parent
 
 SUITE = {
     "double_well": ["experiment=double_well"],
-    "gmm20": ["experiment=gmm20"],
     "gmm40": ["experiment=gmm40"],
     "gmm40_no_tempering": ["experiment=gmm40", "train/schedule=constant"],
+    "gmm20": ["experiment=gmm20"],
 }
 COLUMNS = ["ess", "log_z_error", "mass_left_error", "kl_x1", "modes_found", "n_modes", "max_mode_weight_error", "energy_evaluations", "wall_time_s"]
 

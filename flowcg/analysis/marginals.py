@@ -15,7 +15,7 @@ import numpy as np
 
 from flowcg.analysis.histograms import kl_divergence
 from flowcg.analysis.ramachandran import FAB_EPS
-from flowcg.sampling.importance import _as_numpy
+from flowcg.sampling.importance import as_numpy
 
 
 def marginal_kls(ref_ic, model_ic, periodic_mask, bins: int = 200, weights=None) -> np.ndarray:
@@ -29,9 +29,9 @@ def marginal_kls(ref_ic, model_ic, periodic_mask, bins: int = 200, weights=None)
         weights: optional (N_model,) non-negative weights for the model samples (importance
             reweighting); normalisation is implicit.
     """
-    ref_ic, model_ic = _as_numpy(ref_ic), _as_numpy(model_ic)
-    periodic = _as_numpy(periodic_mask).astype(bool)
-    weights = None if weights is None else _as_numpy(weights)
+    ref_ic, model_ic = as_numpy(ref_ic), as_numpy(model_ic)
+    periodic = as_numpy(periodic_mask).astype(bool)
+    weights = None if weights is None else as_numpy(weights)
     kls = np.empty(ref_ic.shape[1])
     for i in range(ref_ic.shape[1]):
         lo, hi = (-math.pi, math.pi) if periodic[i] else (ref_ic[:, i].min(), ref_ic[:, i].max())

@@ -20,7 +20,7 @@ import numpy as np
 
 from flowcg.analysis.histograms import kl_divergence
 from flowcg.analysis.ramachandran import FAB_EPS, bin_area, ramachandran_histogram
-from flowcg.sampling.importance import _as_numpy
+from flowcg.sampling.importance import as_numpy
 
 
 @dataclass
@@ -50,7 +50,7 @@ def md_cost_curve(
         bins: bins per axis (64 = FAB).
         n_points: number of checkpoints, from ``min_frames`` to T.
     """
-    phi, psi = _as_numpy(phi), _as_numpy(psi)
+    phi, psi = as_numpy(phi), as_numpy(psi)
     ref = ramachandran_histogram(*(reference if reference is not None else (phi, psi)), bins)
     frames = np.unique(np.geomspace(min(min_frames, len(phi)), len(phi), n_points).astype(int))
     # The running histogram grows by the counts of each new segment: O(T) overall, not O(T · n_points).

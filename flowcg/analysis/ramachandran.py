@@ -38,7 +38,7 @@ from mdtraj.geometry.dihedral import indices_phi, indices_psi
 
 from flowcg.analysis.histograms import kl_divergence, total_variation
 from flowcg.coordinates.geometry import dihedral
-from flowcg.sampling.importance import _as_numpy, kish_ess, normalized_weights
+from flowcg.sampling.importance import as_numpy, kish_ess, normalized_weights
 
 RAMACHANDRAN_RANGE = [(-math.pi, math.pi), (-math.pi, math.pi)]
 #: FAB's ε, added to histogram densities (per unit of the binned variables), not to bin masses.
@@ -67,7 +67,7 @@ def phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
 
 def ramachandran_histogram(phi, psi, bins: int = 64, weights=None) -> np.ndarray:
     """(Weighted) counts (bins, bins) over (−π, π]², φ along axis 0."""
-    counts, _, _ = np.histogram2d(_as_numpy(phi), _as_numpy(psi), bins=bins, range=RAMACHANDRAN_RANGE, weights=weights)
+    counts, _, _ = np.histogram2d(as_numpy(phi), as_numpy(psi), bins=bins, range=RAMACHANDRAN_RANGE, weights=weights)
     return counts
 
 
@@ -94,7 +94,7 @@ def ramachandran_tv(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None) ->
 
 def basin_labels(phi, psi) -> np.ndarray:
     """Index into :data:`BASINS` for every (φ, ψ) in rad (definitions in the module docstring)."""
-    phi_deg, psi_deg = np.degrees(_as_numpy(phi)), np.degrees(_as_numpy(psi))
+    phi_deg, psi_deg = np.degrees(as_numpy(phi)), np.degrees(as_numpy(psi))
     left_handed = (phi_deg >= 0) & (phi_deg < 120)
     helical = (psi_deg >= -120) & (psi_deg < 50)
     return np.where(left_handed, 2, np.where(helical, 1, 0))
@@ -103,7 +103,7 @@ def basin_labels(phi, psi) -> np.ndarray:
 def basin_populations(phi, psi, weights=None) -> dict[str, float]:
     """Fraction of (weighted) samples in each basin of :data:`BASINS`."""
     labels = basin_labels(phi, psi)
-    w = np.ones(labels.size) if weights is None else _as_numpy(weights)
+    w = np.ones(labels.size) if weights is None else as_numpy(weights)
     mass = np.bincount(labels, weights=w, minlength=len(BASINS)) / w.sum()
     return {name: float(m) for name, m in zip(BASINS, mass)}
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 
-def _as_numpy(values) -> np.ndarray:
+def as_numpy(values) -> np.ndarray:
+    """float64 numpy copy of an array-like or a (detached) torch tensor."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().double().numpy()
     return np.asarray(values, dtype=np.float64)
@@ -28,7 +29,7 @@ def _as_numpy(values) -> np.ndarray:
 
 def clean_log_weights(log_w) -> np.ndarray:
     """Log weights with NaN and +inf mapped to −inf (zero weight)."""
-    log_w = _as_numpy(log_w).copy()
+    log_w = as_numpy(log_w).copy()
     log_w[~np.isfinite(log_w)] = -np.inf
     return log_w
 
@@ -88,5 +89,5 @@ def kl_estimate(log_w) -> float:
 def reweighted_mean(values, log_w) -> np.ndarray:
     """Self-normalised importance-sampling estimate of E_p[f] from f(x_i) of shape (N, ...)."""
     w = normalized_weights(log_w)
-    values = _as_numpy(values)
+    values = as_numpy(values)
     return np.tensordot(w, values, axes=(0, 0))

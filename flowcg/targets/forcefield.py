@@ -1,11 +1,18 @@
-"""A batched, differentiable PyTorch re-implementation of the OpenMM force terms of small molecules.
+"""A batched PyTorch re-implementation of the OpenMM force terms of small molecules, with analytic forces.
 
 :class:`TorchForceField` reads the parameters out of an ``openmm.System`` and evaluates the
-potential energy U(x) of a batch of configurations x of shape ``(B, N, 3)`` (nm) in kJ/mol,
-vectorised over the batch and over the terms. Forces are −∇U by autograd: the bonded terms are
-recorded as usual, the pair terms (Coulomb/LJ, GB) enter as one autograd Function whose gradient
-is assembled from hand-written ∂U/∂r²_ij in the same pass (see :class:`_PairEnergy`). It runs on any
-torch device in float32 or float64; first derivatives only (no double backward).
+potential energy U(x) of a batch of configurations x of shape ``(B, N, 3)`` (nm) in kJ/mol together
+with its gradient ∂U/∂x in kJ/(mol nm), both in one pass of hand-written derivatives, vectorised over
+the batch and over the terms. ``forward`` exposes U to autograd through a Function whose backward
+only scales the stored gradient, so ``U.backward()`` costs one multiplication; first derivatives
+only (no double backward). It runs on any torch device in float32 or float64.
+
+Layout: the configurations are processed in chunks of :data:`CHUNK`, atom-major ``(N, 3, b)`` so
+that every term gathers whole contiguous rows of its atoms (``index_select``), computes on
+``(M, b)`` tensors (M terms or atom pairs, the batch innermost) and scatters its per-atom
+gradients back with one ``index_add_``. Pair terms see the unordered pairs i < j
+(:func:`unordered_pairs`) and return ∂U/∂r²_ij, which the force field turns into atom gradients
+2 ∂U/∂r²_ij (x_i − x_j) once for all of them.
 
 Supported forces (anything else raises :class:`UnsupportedForceError`):
 
@@ -37,8 +44,9 @@ import torch
 from openmm import unit
 from torch import Tensor, nn
 
-#: Configurations per chunk of the pair terms: (chunk, N, N) temporaries of a few hundred kB.
-PAIR_CHUNK = 128
+#: Configurations per chunk: the (pairs, chunk) temporaries of the pair terms stay cache-resident
+#: while each tensor op is still long enough to amortise its dispatch cost.
+CHUNK = 256
 
 #: 1/(4π ε₀) in kJ nm/(mol e²), the value OpenMM's NonbondedForce and GBSAOBCForce use.
 ONE_4PI_EPS0 = 138.93545764438198
@@ -61,16 +69,15 @@ def _require_nonperiodic(force: openmm.Force) -> None:
         raise _unsupported(f"{type(force).__name__} with periodic boundary conditions")
 
 
-def _float64(values) -> Tensor:
-    """Parameters are read in float64; the module is cast to its working dtype once, at the end."""
-    return torch.tensor(values, dtype=torch.float64)
+def _column(values) -> Tensor:
+    """Per-term parameters as a float64 column (M, 1) that broadcasts over the batch axis; the
+    module is cast to its working dtype once, at the end."""
+    return torch.tensor(np.asarray(values, dtype=np.float64).reshape(-1, 1))
 
 
-def pairwise_squared_distances(x: Tensor) -> Tensor:
-    """|x_i − x_j|² for all atom pairs, shape (B, N, N) (nm²); exact zeros on the diagonal."""
-    xc = x.transpose(1, 2)  # (B, 3, N): the sum over components runs over an outer axis, vectorised
-    d = xc.unsqueeze(-1) - xc.unsqueeze(-2)
-    return (d * d).sum(1)
+def unordered_pairs(n_atoms: int) -> Tensor:
+    """The atom pairs i < j, shape (2, n(n−1)/2): the pair order every pair term uses."""
+    return torch.triu_indices(n_atoms, n_atoms, 1)
 
 
 def _cross(a: Tensor, b: Tensor) -> Tensor:
@@ -95,31 +102,35 @@ def _gather(y: Tensor, idx: Tensor) -> Tensor:
 
 
 class HarmonicBonds(nn.Module):
-    """U = Σ_b ½ k_b (r_b − r₀_b)², k in kJ/(mol nm²), r in nm."""
+    """U = Σ_b ½ k_b (r_b − r₀_b)², k in kJ/(mol nm²), r in nm; ∂U/∂x₁ = −∂U/∂x₀ = k (r − r₀) d/r,
+    d = x₁ − x₀."""
 
     def __init__(self, force: openmm.HarmonicBondForce):
         super().__init__()
         _require_nonperiodic(force)
         params = [force.getBondParameters(b) for b in range(force.getNumBonds())]
         self.register_buffer("idx", torch.tensor([p[:2] for p in params], dtype=torch.long).reshape(-1, 2))
-        self.register_buffer("r0", _float64([p[2].value_in_unit(unit.nanometer) for p in params]))
+        self.register_buffer("r0", _column([p[2].value_in_unit(unit.nanometer) for p in params]))
         self.register_buffer(
-            "k", _float64([p[3].value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2) for p in params])
+            "k", _column([p[3].value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2) for p in params])
         )
 
-    def forward(self, y: Tensor) -> Tensor:
-        """U (B,) from atom-major coordinates y (N, 3, B)."""
+    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """U (B,) and ∂U/∂x of the atoms ``idx``, (M, 2, 3, B), from atom-major coordinates y (N, 3, B)."""
         p = _gather(y, self.idx)
         d = p[:, 1] - p[:, 0]
         r = _dot(d, d).sqrt()
-        return (0.5 * self.k[:, None] * (r - self.r0[:, None]) ** 2).sum(0)
+        stretch = r - self.r0
+        g = (self.k * stretch / r).unsqueeze(1) * d
+        return (0.5 * self.k * stretch * stretch).sum(0), torch.stack([-g, g], dim=1)
 
 
 class HarmonicAngles(nn.Module):
-    """U = Σ_a ½ k_a (θ_a − θ₀_a)², k in kJ/(mol rad²).
+    """U = Σ_a ½ k_a (θ_a − θ₀_a)², k in kJ/(mol rad²), θ the angle between u = x₀ − x₁, v = x₂ − x₁.
 
-    θ = atan2(|u×v|, u·v) rather than acos(u·v/|u||v|): exact at every angle and with a finite
-    gradient at θ = 0, π, where acos's derivative diverges.
+    θ = atan2(|w|, u·v) with w = u × v (exact at every angle); ∂θ/∂u = (u × w)/(|u|²|w|),
+    ∂θ/∂v = (w × v)/(|v|²|w|), ∂θ/∂x₁ = −∂θ/∂u − ∂θ/∂v. At θ = 0, π the gradient direction is
+    undefined; |w| is floored there (as in OpenMM), which gives a zero force.
     """
 
     def __init__(self, force: openmm.HarmonicAngleForce):
@@ -127,51 +138,68 @@ class HarmonicAngles(nn.Module):
         _require_nonperiodic(force)
         params = [force.getAngleParameters(a) for a in range(force.getNumAngles())]
         self.register_buffer("idx", torch.tensor([p[:3] for p in params], dtype=torch.long).reshape(-1, 3))
-        self.register_buffer("theta0", _float64([p[3].value_in_unit(unit.radian) for p in params]))
+        self.register_buffer("theta0", _column([p[3].value_in_unit(unit.radian) for p in params]))
         self.register_buffer(
-            "k", _float64([p[4].value_in_unit(unit.kilojoule_per_mole / unit.radian**2) for p in params])
+            "k", _column([p[4].value_in_unit(unit.kilojoule_per_mole / unit.radian**2) for p in params])
         )
 
-    def forward(self, y: Tensor) -> Tensor:
-        """U (B,) from atom-major coordinates y (N, 3, B)."""
+    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """U (B,) and ∂U/∂x of the atoms ``idx``, (M, 3, 3, B), from atom-major coordinates y (N, 3, B)."""
         p = _gather(y, self.idx)
         u, v = p[:, 0] - p[:, 1], p[:, 2] - p[:, 1]
         w = _cross(u, v)
-        theta = torch.atan2(_dot(w, w).sqrt(), _dot(u, v))
-        return (0.5 * self.k[:, None] * (theta - self.theta0[:, None]) ** 2).sum(0)
+        norm_w = _dot(w, w).sqrt().clamp_min(torch.finfo(y.dtype).tiny ** 0.25)
+        bend = torch.atan2(norm_w, _dot(u, v)) - self.theta0
+        k_bend = self.k * bend
+        g0 = (k_bend / (_dot(u, u) * norm_w)).unsqueeze(1) * _cross(u, w)
+        g2 = (k_bend / (_dot(v, v) * norm_w)).unsqueeze(1) * _cross(w, v)
+        return (0.5 * k_bend * bend).sum(0), torch.stack([g0, -g0 - g2, g2], dim=1)
 
 
 class PeriodicTorsions(nn.Module):
-    """U = Σ_t k_t (1 + cos(n_t φ_t − φ₀_t)), k in kJ/mol; φ the IUPAC dihedral in (−π, π]."""
+    """U = Σ_t k_t (1 + cos(n_t φ_t − φ₀_t)), k in kJ/mol; φ the IUPAC dihedral in (−π, π].
+
+    With b₁ = x₁ − x₀, b₂ = x₂ − x₁, b₃ = x₃ − x₂, A = b₁ × b₂, C = b₂ × b₃:
+    φ = atan2(|b₂| b₁·C, A·C), and (Bekker; Blondel & Karplus 1996)
+    ∂φ/∂x₀ = −|b₂| A/|A|², ∂φ/∂x₃ = |b₂| C/|C|², with s = p ∂φ/∂x₀ − q ∂φ/∂x₃,
+    p = −b₁·b₂/|b₂|², q = −b₃·b₂/|b₂|²: ∂φ/∂x₁ = s − ∂φ/∂x₀, ∂φ/∂x₂ = −s − ∂φ/∂x₃.
+    The geometry is computed once per distinct atom quadruple (several periodicities share one).
+    """
 
     def __init__(self, force: openmm.PeriodicTorsionForce):
         super().__init__()
         _require_nonperiodic(force)
         params = [force.getTorsionParameters(t) for t in range(force.getNumTorsions())]
-        self.register_buffer("idx", torch.tensor([p[:4] for p in params], dtype=torch.long).reshape(-1, 4))
-        self.register_buffer("n", _float64([float(p[4]) for p in params]))
-        self.register_buffer("phase", _float64([p[5].value_in_unit(unit.radian) for p in params]))
-        self.register_buffer("k", _float64([p[6].value_in_unit(unit.kilojoule_per_mole) for p in params]))
+        quads, term_quad = np.unique(np.array([p[:4] for p in params], dtype=np.int64).reshape(-1, 4), axis=0, return_inverse=True)
+        self.register_buffer("idx", torch.tensor(quads, dtype=torch.long))
+        self.register_buffer("term_quad", torch.tensor(term_quad.reshape(-1), dtype=torch.long))
+        self.register_buffer("n", _column([float(p[4]) for p in params]))
+        self.register_buffer("phase", _column([p[5].value_in_unit(unit.radian) for p in params]))
+        self.register_buffer("k", _column([p[6].value_in_unit(unit.kilojoule_per_mole) for p in params]))
 
-    def forward(self, y: Tensor) -> Tensor:
-        """U (B,) from atom-major coordinates y (N, 3, B)."""
+    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """U (B,) and ∂U/∂x of the atoms ``idx``, (M, 4, 3, B), from atom-major coordinates y (N, 3, B)."""
         p = _gather(y, self.idx)
         b1, b2, b3 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 1], p[:, 3] - p[:, 2]
-        n1, n2 = _cross(b1, b2), _cross(b2, b3)
-        m1 = _cross(n1, b2)
-        # IUPAC φ = atan2(|b2| b1·n2, n1·n2); both arguments times |b2|, using −(n1×b2)·n2 = |b2|² b1·n2,
-        # so that the only norm differentiated is |b2| (a bond length, never zero).
-        phi = torch.atan2(-_dot(m1, n2), _dot(n1, n2) * _dot(b2, b2).sqrt())
-        return (self.k[:, None] * (1.0 + torch.cos(self.n[:, None] * phi - self.phase[:, None]))).sum(0)
+        a, c = _cross(b1, b2), _cross(b2, b3)
+        b2_sq = _dot(b2, b2)
+        b2_norm = b2_sq.sqrt()
+        phi = torch.atan2(b2_norm * _dot(b1, c), _dot(a, c))
+        angle = self.n * phi.index_select(0, self.term_quad) - self.phase
+        energy = (self.k * (1.0 + torch.cos(angle))).sum(0)
+        du_dphi = torch.zeros_like(phi).index_add_(0, self.term_quad, -self.k * self.n * torch.sin(angle))
+        g0 = (-du_dphi * b2_norm / _dot(a, a)).unsqueeze(1) * a
+        g3 = (du_dphi * b2_norm / _dot(c, c)).unsqueeze(1) * c
+        s = (-_dot(b1, b2) / b2_sq).unsqueeze(1) * g0 + (_dot(b3, b2) / b2_sq).unsqueeze(1) * g3
+        return energy, torch.stack([g0, s - g0, -s - g3, g3], dim=1)
 
 
 class Nonbonded(nn.Module):
     """Coulomb + Lennard-Jones over all atom pairs without cutoff, exceptions replacing their pairs.
 
-    The pair parameters are folded into three symmetric (N, N) matrices so that
-    U = ½ Σ_{i≠j} [ kq_ij / r + a_ij / r¹² − c_ij / r⁶ ] with kq = k_e q_i q_j, a = 4εσ¹², c = 4εσ⁶
-    (zero on the diagonal and for excluded pairs); the N×N layout shares the distance matrix with
-    the GB term and vectorises better than a gathered pair list at this size.
+    Per unordered pair (:func:`unordered_pairs`) U_ij = kq / r + a / r¹² − c / r⁶ with
+    kq = k_e q_i q_j, a = 4εσ¹², c = 4εσ⁶ (zero for excluded pairs), so
+    ∂U/∂r² = −½ kq/r³ − 6 a/r¹⁴ + 3 c/r⁸.
     """
 
     def __init__(self, force: openmm.NonbondedForce):
@@ -195,23 +223,19 @@ class Nonbonded(nn.Module):
             qq[a, b] = qq[b, a] = qp.value_in_unit(unit.elementary_charge**2)
             sigma[a, b] = sigma[b, a] = se.value_in_unit(unit.nanometer)
             epsilon[a, b] = epsilon[b, a] = ee.value_in_unit(unit.kilojoule_per_mole)
-        np.fill_diagonal(qq, 0.0)
-        np.fill_diagonal(epsilon, 0.0)
-        # The ½ of the double sum over i≠j is folded into the coefficients.
-        self.register_buffer("kq", torch.tensor(0.5 * ONE_4PI_EPS0 * qq))
-        self.register_buffer("a", torch.tensor(0.5 * 4.0 * epsilon * sigma**12))
-        self.register_buffer("c", torch.tensor(0.5 * 4.0 * epsilon * sigma**6))
-        self.register_buffer("eye", torch.eye(n))
+        i, j = unordered_pairs(n).numpy()
+        self.register_buffer("kq", _column(ONE_4PI_EPS0 * qq[i, j]))
+        self.register_buffer("a", _column(4.0 * epsilon[i, j] * sigma[i, j] ** 12))
+        self.register_buffer("c", _column(4.0 * epsilon[i, j] * sigma[i, j] ** 6))
 
-    def energy_and_dr2(self, r2: Tensor) -> tuple[Tensor, Tensor]:
-        """U (B,) and ∂U/∂r²_ij (B, N, N) from the squared distance matrix r2 (B, N, N)."""
-        inv_r2 = 1.0 / (r2 + self.eye)  # the diagonal (r = 0) carries zero coefficients
+    def energy_and_dr2(self, r2: Tensor, inv_r: Tensor) -> tuple[Tensor, Tensor]:
+        """U (B,) and ∂U/∂r² (P, B) from the pair r² and 1/r, both (P, B)."""
+        inv_r2 = inv_r * inv_r
         inv_r6 = inv_r2 * inv_r2 * inv_r2
-        coulomb = self.kq * inv_r2.sqrt()
+        coulomb = self.kq * inv_r
         repulsion = self.a * inv_r6 * inv_r6
         dispersion = self.c * inv_r6
-        energy = (coulomb + repulsion - dispersion).sum((-1, -2))
-        # d(r⁻¹)/dr² = −½ r⁻³, d(r⁻¹²)/dr² = −6 r⁻¹⁴, d(r⁻⁶)/dr² = −3 r⁻⁸
+        energy = (coulomb + repulsion - dispersion).sum(0)
         return energy, inv_r2 * (-0.5 * coulomb - 6.0 * repulsion + 3.0 * dispersion)
 
 
@@ -237,6 +261,10 @@ class OBCGeneralizedBorn(nn.Module):
     where the i = j terms are the self energies (f_ii = B_i), the shift c (``energy_shift``) is
     1/r_c with a cutoff r_c (pairs beyond it are dropped) and 0 without, and the second sum is the
     ACE surface-area term (absent if σ_SA = 0). The energy is discontinuous at r_c, as in OpenMM.
+
+    Layout: I_ij runs over the ordered pairs, stacked as (2, P, B) over the unordered pairs
+    (direction 0: i < j, direction 1: i > j); the polar sum over the P unordered pairs (both
+    orders, hence −k_e) followed by the N self pairs (r = 0, −½ k_e).
     """
 
     def __init__(
@@ -266,85 +294,111 @@ class OBCGeneralizedBorn(nn.Module):
         n = q.shape[0]
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.kappa = float(kappa)
+        self.inv_solute = 1.0 / float(solute_dielectric)
         self.inv_solvent = 1.0 / float(solvent_dielectric)
         self.cutoff = None if cutoff is None else float(cutoff)
-        self.energy_shift = float(energy_shift)
+        self.has_shift = float(energy_shift) != 0.0
         self.engulfed_correction = bool(engulfed_correction)
-        self.register_buffer("rho", rho)
-        self.register_buffer("radius", rho + offset)
-        # Per-pair constants of the Born integral: row i holds ρ_i, column j holds s_j.
-        self.register_buffer("rho_i", rho[:, None].expand(n, n).clone())
-        self.register_buffer("s_j", s[None, :].expand(n, n).clone())
-        self.register_buffer("eye", torch.eye(n, dtype=torch.float64))
-        # −½ k_e q_i q_j: the ½ makes the full double sum count each unordered pair once.
-        self.register_buffer("qq", -0.5 * float(coulomb) * torch.outer(q, q))
-        self.inv_solute = 1.0 / float(solute_dielectric)
-        self.register_buffer(
-            "sa_prefactor", float(surface_area_energy) * (rho + offset + probe_radius) ** 2 * (rho + offset) ** 6
-        )
         self.has_surface_area = float(surface_area_energy) != 0.0
+        i, j = unordered_pairs(n)
+        self_pair = torch.arange(n)
+        # Born integral over ordered pairs (i, j): row i holds ρ_i, column j holds s_j.
+        self.register_buffer("born_i", torch.cat([i, j]))
+        self.register_buffer("rho_i", rho[torch.cat([i, j])].view(2, -1, 1))
+        self.register_buffer("s_j", s[torch.cat([j, i])].view(2, -1, 1))
+        # Polar pairs: the unordered pairs, then the self pairs (i, i).
+        self.register_buffer("polar_i", torch.cat([i, self_pair]))
+        self.register_buffer("polar_j", torch.cat([j, self_pair]))
+        self.register_buffer("polar_ij", torch.cat([i, self_pair, j, self_pair]))
+        self.register_buffer("qq", -float(coulomb) * torch.cat([q[i] * q[j], 0.5 * q * q]).unsqueeze(-1))
+        self.register_buffer("shift", torch.cat([torch.full((len(i),), float(energy_shift)), torch.zeros(n)]).unsqueeze(-1))
+        self.register_buffer("rho", rho.unsqueeze(-1))
+        self.register_buffer("radius", (rho + offset).unsqueeze(-1))
+        self.register_buffer(
+            "sa_prefactor",
+            (float(surface_area_energy) * (rho + offset + probe_radius) ** 2 * (rho + offset) ** 6).unsqueeze(-1),
+        )
 
-    def energy_and_dr2(self, r2: Tensor) -> tuple[Tensor, Tensor]:
-        """U (B,) and ∂U/∂r²_ij (B, N, N) from the squared distance matrix r2 (B, N, N).
+    def _born_integral(self, r2: Tensor, r: Tensor, inv_r: Tensor) -> tuple[Tensor, Tensor]:
+        """2 I_ij and k_ij = −4 r² ∂(2 I_ij)/∂r at fixed U, L, both (2, P, B), from r², r, 1/r (P, B).
 
-        The derivative is written out (rather than left to autograd) because this is the hot loop of
-        every molecular target: one fused pass reuses the forward intermediates and is several times
-        faster than the recorded graph. It is checked against finite differences in the tests.
-        With U, L held fixed, dI/dr = ¼(1 + s²/r²)(1/U² − 1/L²) − ½ ln(L/U)/r²; the terms from
-        dU/dr and dL/dr cancel, except for an engulfed atom (L = s − r), where they give +2/L², which
-        the GBSAOBCForce correction term cancels in turn.
+        With a = 1/L − 1/U and b = 1/L + 1/U (so 1/U² − 1/L² = −ab),
+        2I = a − ¼ (r − s²/r) ab + ½ ln(L/U)/r and, with U, L held fixed, k = (r² + s²) ab + 2 ln(L/U);
+        the terms from dU/dr and dL/dr cancel, except for an engulfed atom (L = s − r), where they
+        add 2/L² to ∂(2I)/∂r, which the GBSAOBCForce correction term cancels in turn. U is floored
+        at ρ_i, which makes both zero (U = L = ρ_i) exactly where r + s_j ≤ ρ_i, the pairs the
+        integral excludes.
         """
-        r = (r2 + self.eye).sqrt()  # unit diagonal keeps 1/r finite; the diagonal is masked below
-        inv_r = 1.0 / r
-        upper = r + self.s_j
-        lower = torch.maximum(self.rho_i, (r - self.s_j).abs())
-        inv_u, inv_l = 1.0 / upper, 1.0 / lower
-        log_lu = torch.log(lower * inv_u)
-        inv_diff = inv_u * inv_u - inv_l * inv_l
-        term = inv_l - inv_u + 0.25 * (r - self.s_j * self.s_j * inv_r) * inv_diff + 0.5 * inv_r * log_lu
-        dterm_dr = (0.25 * (1.0 + self.s_j * self.s_j * inv_r * inv_r) * inv_diff - 0.5 * log_lu * inv_r * inv_r)
-        engulfed = self.rho_i < self.s_j - r
+        s, rho = self.s_j, self.rho_i
+        r_minus_s = r - s
+        upper = torch.maximum(r + s, rho)
+        lower = torch.maximum(r_minus_s.abs(), rho)
+        inv_u = upper.reciprocal_()
+        log_lu = (lower * inv_u).log_()
+        inv_l = lower.reciprocal_()
+        a = inv_l - inv_u
+        ab = a * (inv_l + inv_u)
+        term = torch.addcmul(a, r - s * s * inv_r, ab, value=-0.25).addcmul_(inv_r, log_lu, value=0.5)
+        k = torch.addcmul(2.0 * log_lu, r2 + s * s, ab)
+        # 1/ρ_i − 1/max(s_j − r, ρ_i): 1/ρ_i − 1/L where atom i lies inside j's sphere, else 0.
+        engulfed = torch.maximum(r_minus_s.neg_(), rho).reciprocal_().neg_().add_(rho.reciprocal())
         if self.engulfed_correction:
-            term = term + torch.where(engulfed, 2.0 * (1.0 / self.rho_i - inv_l), 0.0)
+            term.add_(engulfed, alpha=2.0)
         else:
-            dterm_dr = dterm_dr + torch.where(engulfed, 2.0 * inv_l * inv_l, 0.0)
-        active = (upper > self.rho_i) & (self.eye == 0)
+            k.addcmul_(r2 * inv_l * inv_l, engulfed.sign_(), value=-8.0)
         if self.cutoff is not None:
-            active = active & (r < self.cutoff)
-        psi = 0.5 * self.rho * torch.where(active, term, 0.0).sum(-1)
+            inside = (r < self.cutoff).to(r.dtype)
+            term, k = term * inside, k * inside
+        return term, k
+
+    def energy_and_dr2(self, r2: Tensor, inv_r: Tensor) -> tuple[Tensor, Tensor]:
+        """U (B,) and ∂U/∂r² (P, B) from the pair r² and 1/r, both (P, B).
+
+        The derivative chain is written out: ∂U/∂r²_ij collects the explicit dependence of f_ij and
+        the Born-radius dependence ∂U/∂B_k ∂B_k/∂ψ_k ∂ψ_k/∂r_ij over the two ordered pairs.
+        """
+        n_pairs, batch = r2.shape
+        n_atoms = self.rho.shape[0]
+        term, k = self._born_integral(r2, r2 * inv_r, inv_r)
+        psi = 0.5 * self.rho * r2.new_zeros(n_atoms, batch).index_add_(0, self.born_i, term.view(-1, batch))
         tanh = torch.tanh(psi * (self.alpha - psi * (self.beta - self.gamma * psi)))
         born = 1.0 / (1.0 / self.rho - tanh / self.radius)
         dborn_dpsi = born * born * (1.0 - tanh * tanh) * (self.alpha - psi * (2.0 * self.beta - 3.0 * self.gamma * psi)) / self.radius
 
-        # Polar energy, f² = r² + B_iB_j e^(−D), D = r²/(4 B_iB_j).
-        bb = born.unsqueeze(-1) * born.unsqueeze(-2)
-        d = 0.25 * r2 / bb
+        # Polar energy over the unordered and self pairs: f² = r² + B_iB_j e^(−D), D = r²/(4 B_iB_j).
+        born_i, born_j = born.index_select(0, self.polar_i), born.index_select(0, self.polar_j)
+        bb4 = (4.0 * born).index_select(0, self.polar_i) * born_j
+        pair_r2 = nn.functional.pad(r2, (0, 0, 0, n_atoms))
+        d = pair_r2 / bb4
         exp_d = torch.exp(-d)
-        f2 = r2 + bb * exp_d
+        f2 = torch.addcmul(pair_r2, bb4, exp_d, value=0.25)
         inv_f = torch.rsqrt(f2)
-        shifted = inv_f - self.energy_shift * (1.0 - self.eye) if self.energy_shift else inv_f
+        shifted = inv_f - self.shift if self.has_shift else inv_f
         if self.kappa > 0:
             screen = torch.exp(-self.kappa * f2 * inv_f) * self.inv_solvent
             tau = self.inv_solute - screen
-            de_df = self.qq * (self.kappa * screen * shifted - tau * inv_f * inv_f)
+            pair_energy = self.qq * tau * shifted
+            de_df2 = 0.5 * self.qq * inv_f * (self.kappa * screen * shifted - tau * inv_f * inv_f)
         else:
-            tau = self.inv_solute - self.inv_solvent
-            de_df = -tau * self.qq * inv_f * inv_f
-        pair_energy = self.qq * tau * shifted
-        de_df2 = 0.5 * de_df * inv_f
+            pair_energy = (self.qq * (self.inv_solute - self.inv_solvent)) * shifted
+            de_df2 = -0.5 * self.qq * (self.inv_solute - self.inv_solvent) * inv_f / f2
         if self.cutoff is not None:
-            inside = (r2 < self.cutoff**2).to(r2.dtype)
+            inside = nn.functional.pad((r2 < self.cutoff**2).to(r2.dtype), (0, 0, 0, n_atoms), value=1.0)
             pair_energy = pair_energy * inside
             de_df2 = de_df2 * inside
-        energy = pair_energy.sum((-1, -2))
-        # ∂U/∂B_k: the symmetric double sum holds B_k in row k and column k, hence the 2.
-        de_dborn = 2.0 * (de_df2 * exp_d * (1.0 + d) * born.unsqueeze(-2)).sum(-1)
+        energy = pair_energy.sum(0)
+        # ∂f²/∂B_i = B_j e^(−D)(1 + D); a self pair holds B_i twice.
+        h = de_df2 * exp_d
+        h.addcmul_(h, d)
+        de_dborn = torch.zeros_like(born).index_add_(0, self.polar_i, h * born_j).index_add_(0, self.polar_j, h * born_i)
         if self.has_surface_area:
             surface = self.sa_prefactor / born**6
-            energy = energy + surface.sum(-1)
+            energy = energy + surface.sum(0)
             de_dborn = de_dborn - 6.0 * surface / born
-        de_dr = (0.5 * self.rho * de_dborn * dborn_dpsi).unsqueeze(-1) * torch.where(active, dterm_dr, 0.0)
-        return energy, de_df2 * (1.0 - 0.25 * exp_d) + 0.5 * de_dr * inv_r
+        # ∂U/∂r² via the Born radii: ½ r⁻¹ Σ_i ∂U/∂ψ_i ∂ψ_i/∂r = r⁻³ Σ_i (−ρ_i/16 ∂U/∂B_i ∂B_i/∂ψ_i) k_ij
+        c = (-0.0625 * self.rho * de_dborn * dborn_dpsi).index_select(0, self.born_i).view(2, n_pairs, batch)
+        de_dr2 = (c * k).sum(0).mul_(inv_r * inv_r * inv_r)
+        return energy, de_dr2.add_(de_df2[:n_pairs]).addcmul_(de_df2[:n_pairs], exp_d[:n_pairs], value=-0.25)
 
     @classmethod
     def from_gbsaobc_force(cls, force: openmm.GBSAOBCForce) -> "OBCGeneralizedBorn":
@@ -495,29 +549,15 @@ def _parse_obc_custom_gb(force: openmm.CustomGBForce) -> dict:
     )
 
 
-class _PairEnergy(torch.autograd.Function):
-    """Σ of pair terms U(r²) with its gradient assembled in the same pass from ∂U/∂r²_ij.
 
-    With G = ∂U/∂r² (not necessarily symmetric) and S = G + Gᵀ,
-    ∂U/∂x_i = 2 Σ_j S_ij (x_i − x_j) = 2 (rowsum(S)_i x_i − (S x)_i), a single batched matmul.
-    Coordinates are centred first so that the two products do not cancel in float32. The batch is
-    processed in chunks of ``PAIR_CHUNK`` configurations so that the (chunk, N, N) temporaries stay
-    in the CPU cache; only the (B, N, 3) gradient is kept for backward.
-    """
+
+class _Energy(torch.autograd.Function):
+    """U(x) for autograd: the forward pass computes U and ∂U/∂x together
+    (:meth:`TorchForceField.energy_and_gradient`), the backward only scales the stored ∂U/∂x."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, *terms) -> Tensor:
-        x = x - x.mean(dim=1, keepdim=True)
-        energy = x.new_empty(x.shape[0])
-        grad = x.new_empty(x.shape)
-        for start in range(0, x.shape[0], PAIR_CHUNK):
-            xc = x[start : start + PAIR_CHUNK]
-            r2 = pairwise_squared_distances(xc)
-            parts = [term.energy_and_dr2(r2) for term in terms]
-            energy[start : start + PAIR_CHUNK] = sum(e for e, _ in parts)
-            de_dr2 = sum(g for _, g in parts)
-            sym = de_dr2 + de_dr2.transpose(-1, -2)
-            grad[start : start + PAIR_CHUNK] = 2.0 * (sym.sum(-1, keepdim=True) * xc - sym @ xc)
+    def forward(ctx, x: Tensor, forcefield: "TorchForceField") -> Tensor:
+        energy, grad = forcefield.energy_and_gradient(x)
         ctx.save_for_backward(grad)
         return energy
 
@@ -525,7 +565,7 @@ class _PairEnergy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_energy: Tensor):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_energy[:, None, None], *[None] * (len(ctx.needs_input_grad) - 1))
+        return grad * grad_energy[:, None, None], None
 
 
 _TERM_BUILDERS = {
@@ -570,25 +610,53 @@ class TorchForceField(nn.Module):
         self.pair_terms = [t for t in terms.values() if hasattr(t, "energy_and_dr2")]
         self.bonded_terms = [t for t in terms.values() if not hasattr(t, "energy_and_dr2")]
         self.n_atoms = system.getNumParticles()
+        self.register_buffer("pairs", unordered_pairs(self.n_atoms))
         self.to(dtype=dtype, device=device)
         self.dtype = dtype
         if positions is not None:
             check_against_openmm(self, system, positions)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Potential energy in kJ/mol, shape (B,)."""
-        energy = _PairEnergy.apply(x, *self.pair_terms) if self.pair_terms else x.new_zeros(x.shape[0])
-        y = x.permute(1, 2, 0).contiguous()  # atom-major (N, 3, B) for the bonded terms' gathers
-        return energy + sum(term(y) for term in self.bonded_terms)
+        """Potential energy in kJ/mol, shape (B,), differentiable once with respect to x."""
+        return _Energy.apply(x, self)
 
     def energy_and_forces(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(U in kJ/mol of shape (B,), F = −∇U in kJ/(mol nm) of shape (B, N, 3)), detached."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            energy = self(x)
-            (grad,) = torch.autograd.grad(energy.sum(), x)
-        return energy.detach(), -grad
+        energy, grad = self.energy_and_gradient(x)
+        return energy, grad.neg_()
 
+    @torch.no_grad()
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(U (B,) in kJ/mol, ∂U/∂x (B, N, 3) in kJ/(mol nm)) in one pass, chunk by chunk."""
+        energy = x.new_empty(x.shape[0])
+        grad = torch.empty_like(x)
+        for start in range(0, x.shape[0], CHUNK):
+            chunk = slice(start, start + CHUNK)
+            energy[chunk], g = self._chunk_energy_and_gradient(x[chunk].permute(1, 2, 0).contiguous())
+            grad[chunk] = g.permute(2, 0, 1)
+        return energy, grad
+
+    def _chunk_energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """U (b,) and ∂U/∂y (N, 3, b) of atom-major coordinates y (N, 3, b)."""
+        grad = torch.zeros_like(y)
+        energy = y.new_zeros(y.shape[-1])
+        if self.pair_terms:
+            d = _gather(y, self.pairs.T)
+            d = d[:, 0] - d[:, 1]  # x_i − x_j, (P, 3, b)
+            r2 = _dot(d, d)
+            inv_r = torch.rsqrt(r2)
+            de_dr2 = 0
+            for term in self.pair_terms:
+                e, g = term.energy_and_dr2(r2, inv_r)
+                energy += e
+                de_dr2 = de_dr2 + g
+            f = 2.0 * de_dr2.unsqueeze(1) * d  # ∂U/∂x_i = −∂U/∂x_j = 2 ∂U/∂r²_ij (x_i − x_j)
+            grad.index_add_(0, self.pairs[0], f).index_add_(0, self.pairs[1], f, alpha=-1.0)
+        for term in self.bonded_terms:
+            e, g = term.energy_and_gradient(y)
+            energy += e
+            grad.index_add_(0, term.idx.reshape(-1), g.reshape(-1, *y.shape[1:]))
+        return energy, grad
 
 #: (|ΔE| absolute kJ/mol, |ΔE| relative, max|ΔF| absolute kJ/(mol nm), max|ΔF| relative to max|F|)
 CHECK_TOLERANCES = {torch.float64: (1e-3, 1e-7, 1e-2, 1e-6), torch.float32: (0.05, 1e-5, 1.0, 1e-4)}

@@ -12,6 +12,7 @@ from flowcg.targets.forcefield import (
     TorchForceField,
     UnsupportedForceError,
     check_against_openmm,
+    unordered_pairs,
 )
 from flowcg.targets.openmm_bridge import OpenMMEvaluator
 from flowcg.targets.systems import ALDP_DIR, load_system, load_system_from_files
@@ -86,7 +87,8 @@ def test_engulfed_atom_matches_openmm(preset):
     frame = ms.positions.copy()
     frame[0] = frame[1] + 0.02 * (frame[0] - frame[1])
     gb = next(t for t in TorchForceField(ms.system).terms.values() if isinstance(t, OBCGeneralizedBorn))
-    assert gb.rho[0] < gb.s_j[0, 1] - np.linalg.norm(frame[0] - frame[1])  # the engulfed branch is hit
+    pair = unordered_pairs(ms.system.getNumParticles()).T.tolist().index([0, 1])  # s_j[0, pair] = s_1
+    assert gb.rho[0, 0] < gb.s_j[0, pair, 0] - np.linalg.norm(frame[0] - frame[1])  # the engulfed branch is hit
     de, df = _compare(ms.system, ms.positions, frame[None], torch.float64)
     assert de.max() <= 1e-3 and df.max() <= 1e-2, (de.max(), df.max())
 
