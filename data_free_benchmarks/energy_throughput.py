@@ -2,9 +2,10 @@
 
 Settings, for aldp_implicit (ff96 + OBC1) and aldp_vacuum, at batch sizes 1, 64 and 1024:
 
-* torch float32 / float64: one batched call of ``TorchForceField.energy_and_forces`` (autograd),
-  with 1 intra-op thread and with one per core (OpenMP; on a machine shared with other busy
-  processes OpenMP's spin-waiting can collapse the multi-threaded rate, hence both rows);
+* torch float32 / float64: one batched call of ``TorchForceField.energy_and_forces`` (one pass of
+  analytic derivatives), with 1 intra-op thread and with one per core (OpenMP; on a machine shared
+  with other busy processes OpenMP's spin-waiting can collapse the multi-threaded rate, hence both
+  rows and ``OMP_WAIT_POLICY=PASSIVE`` in the command);
 * OpenMM, frame by frame through :class:`~flowcg.targets.openmm_bridge.OpenMMEvaluator`: CPU
   platform in one process with ``Threads`` = 1 and = all cores, CPU platform over a pool of worker
   processes (one per core, one thread each), and the Reference platform (single process and pool).
@@ -12,7 +13,7 @@ Settings, for aldp_implicit (ff96 + OBC1) and aldp_vacuum, at batch sizes 1, 64 
 Each setting is timed by wall clock over repeated calls for at least ``--seconds`` (after one warm-up
 call); the machine's load average is recorded at start and end, since other jobs share the cores.
 
-    OMP_NUM_THREADS=2 .venv/bin/python data_free_benchmarks/energy_throughput.py
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python data_free_benchmarks/energy_throughput.py
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     n_cores = len(os.sched_getaffinity(0))
     report = {
-        "command": "OMP_NUM_THREADS=2 .venv/bin/python data_free_benchmarks/energy_throughput.py",
+        "command": " ".join(
+            [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ]
+            + [".venv/bin/python data_free_benchmarks/energy_throughput.py"]
+        ),
         "cpu": cpu_model(),
         "cores": n_cores,
         "torch_threads": torch.get_num_threads(),

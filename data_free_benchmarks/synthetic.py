@@ -51,6 +51,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(rows: list[dict]) -> str:
+    """Per target over seeds: mean and worst ESS, worst |Δ log Z|, fewest modes found, mean cost."""
+    lines = ["| target | seeds | ESS mean (min) | max abs Δlog Z | max abs Δmass_left | modes found (worst seed) | energy evals (mean) | wall s (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(row["name"] for row in rows):
+        ms = [row["metrics"] for row in rows if row["name"] == name]
+        ess = [m["ess"] for m in ms]
+        mass = [m["mass_left_error"] for m in ms if "mass_left_error" in m]
+        modes = [m["modes_found"] for m in ms if "modes_found" in m]
+        mass_cell = f"{max(mass):.2g}" if mass else "–"
+        modes_cell = f"{min(modes)}/{ms[0]['n_modes']}" if modes else "–"
+        evals = sum(m["energy_evaluations"] for m in ms) / len(ms)
+        wall = sum(m["wall_time_s"] for m in ms) / len(ms)
+        lines.append(
+            f"| {name} | {len(ms)} | {sum(ess) / len(ess):.4f} ({min(ess):.4f}) | {max(m['log_z_error'] for m in ms):.2g} | "
+            f"{mass_cell} | {modes_cell} | {evals:.3g} | {wall:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(SUITE), help="run only these entries")
@@ -64,8 +83,9 @@ def main() -> None:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / "synthetic.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (results / "synthetic.md").write_text(table(rows))
-    print(table(rows))
+    report = summary(rows) + "\n" + table(rows)
+    (results / "synthetic.md").write_text(report)
+    print(report)
 
 
 if __name__ == "__main__":

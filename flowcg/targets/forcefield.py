@@ -44,9 +44,11 @@ import torch
 from openmm import unit
 from torch import Tensor, nn
 
-#: Configurations per chunk: the (pairs, chunk) temporaries of the pair terms stay cache-resident
-#: while each tensor op is still long enough to amortise its dispatch cost.
-CHUNK = 256
+from flowcg.targets.cpu_allocator import retain_freed_memory
+
+#: Configurations per chunk: long enough tensor ops to amortise their dispatch cost (a few µs
+#: each), small enough temporaries (≤ 1 MB in float32) to stay in the outer caches.
+CHUNK = 512
 
 #: 1/(4π ε₀) in kJ nm/(mol e²), the value OpenMM's NonbondedForce and GBSAOBCForce use.
 ONE_4PI_EPS0 = 138.93545764438198
@@ -115,14 +117,14 @@ class HarmonicBonds(nn.Module):
             "k", _column([p[3].value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2) for p in params])
         )
 
-    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """U (B,) and ∂U/∂x of the atoms ``idx``, (M, 2, 3, B), from atom-major coordinates y (N, 3, B)."""
+    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """U (B,) and ∂U/∂x of the atoms ``idx[:, k]``, k = 0, 1, each (M, 3, B), from atom-major y (N, 3, B)."""
         p = _gather(y, self.idx)
         d = p[:, 1] - p[:, 0]
         r = _dot(d, d).sqrt()
         stretch = r - self.r0
         g = (self.k * stretch / r).unsqueeze(1) * d
-        return (0.5 * self.k * stretch * stretch).sum(0), torch.stack([-g, g], dim=1)
+        return (0.5 * self.k * stretch * stretch).sum(0), (-g, g)
 
 
 class HarmonicAngles(nn.Module):
@@ -143,8 +145,8 @@ class HarmonicAngles(nn.Module):
             "k", _column([p[4].value_in_unit(unit.kilojoule_per_mole / unit.radian**2) for p in params])
         )
 
-    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """U (B,) and ∂U/∂x of the atoms ``idx``, (M, 3, 3, B), from atom-major coordinates y (N, 3, B)."""
+    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """U (B,) and ∂U/∂x of the atoms ``idx[:, k]``, k = 0…2, each (M, 3, B), from atom-major y (N, 3, B)."""
         p = _gather(y, self.idx)
         u, v = p[:, 0] - p[:, 1], p[:, 2] - p[:, 1]
         w = _cross(u, v)
@@ -153,7 +155,7 @@ class HarmonicAngles(nn.Module):
         k_bend = self.k * bend
         g0 = (k_bend / (_dot(u, u) * norm_w)).unsqueeze(1) * _cross(u, w)
         g2 = (k_bend / (_dot(v, v) * norm_w)).unsqueeze(1) * _cross(w, v)
-        return (0.5 * k_bend * bend).sum(0), torch.stack([g0, -g0 - g2, g2], dim=1)
+        return (0.5 * k_bend * bend).sum(0), (g0, -g0 - g2, g2)
 
 
 class PeriodicTorsions(nn.Module):
@@ -177,8 +179,8 @@ class PeriodicTorsions(nn.Module):
         self.register_buffer("phase", _column([p[5].value_in_unit(unit.radian) for p in params]))
         self.register_buffer("k", _column([p[6].value_in_unit(unit.kilojoule_per_mole) for p in params]))
 
-    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """U (B,) and ∂U/∂x of the atoms ``idx``, (M, 4, 3, B), from atom-major coordinates y (N, 3, B)."""
+    def energy_and_gradient(self, y: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """U (B,) and ∂U/∂x of the atoms ``idx[:, k]``, k = 0…3, each (M, 3, B), from atom-major y (N, 3, B)."""
         p = _gather(y, self.idx)
         b1, b2, b3 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 1], p[:, 3] - p[:, 2]
         a, c = _cross(b1, b2), _cross(b2, b3)
@@ -191,7 +193,7 @@ class PeriodicTorsions(nn.Module):
         g0 = (-du_dphi * b2_norm / _dot(a, a)).unsqueeze(1) * a
         g3 = (du_dphi * b2_norm / _dot(c, c)).unsqueeze(1) * c
         s = (-_dot(b1, b2) / b2_sq).unsqueeze(1) * g0 + (_dot(b3, b2) / b2_sq).unsqueeze(1) * g3
-        return energy, torch.stack([g0, s - g0, -s - g3, g3], dim=1)
+        return energy, (g0, s - g0, -s - g3, g3)
 
 
 class Nonbonded(nn.Module):
@@ -302,14 +304,13 @@ class OBCGeneralizedBorn(nn.Module):
         self.has_surface_area = float(surface_area_energy) != 0.0
         i, j = unordered_pairs(n)
         self_pair = torch.arange(n)
-        # Born integral over ordered pairs (i, j): row i holds ρ_i, column j holds s_j.
-        self.register_buffer("born_i", torch.cat([i, j]))
+        # Born integral over the ordered pairs (i, j), (2, P, 1): ρ_i of their atom i, s_j of their atom j.
+        self.register_buffer("ordered_i", torch.cat([i, j]))
         self.register_buffer("rho_i", rho[torch.cat([i, j])].view(2, -1, 1))
         self.register_buffer("s_j", s[torch.cat([j, i])].view(2, -1, 1))
         # Polar pairs: the unordered pairs, then the self pairs (i, i).
         self.register_buffer("polar_i", torch.cat([i, self_pair]))
         self.register_buffer("polar_j", torch.cat([j, self_pair]))
-        self.register_buffer("polar_ij", torch.cat([i, self_pair, j, self_pair]))
         self.register_buffer("qq", -float(coulomb) * torch.cat([q[i] * q[j], 0.5 * q * q]).unsqueeze(-1))
         self.register_buffer("shift", torch.cat([torch.full((len(i),), float(energy_shift)), torch.zeros(n)]).unsqueeze(-1))
         self.register_buffer("rho", rho.unsqueeze(-1))
@@ -360,7 +361,7 @@ class OBCGeneralizedBorn(nn.Module):
         n_pairs, batch = r2.shape
         n_atoms = self.rho.shape[0]
         term, k = self._born_integral(r2, r2 * inv_r, inv_r)
-        psi = 0.5 * self.rho * r2.new_zeros(n_atoms, batch).index_add_(0, self.born_i, term.view(-1, batch))
+        psi = 0.5 * self.rho * r2.new_zeros(n_atoms, batch).index_add_(0, self.ordered_i, term.view(-1, batch))
         tanh = torch.tanh(psi * (self.alpha - psi * (self.beta - self.gamma * psi)))
         born = 1.0 / (1.0 / self.rho - tanh / self.radius)
         dborn_dpsi = born * born * (1.0 - tanh * tanh) * (self.alpha - psi * (2.0 * self.beta - 3.0 * self.gamma * psi)) / self.radius
@@ -396,7 +397,7 @@ class OBCGeneralizedBorn(nn.Module):
             energy = energy + surface.sum(0)
             de_dborn = de_dborn - 6.0 * surface / born
         # ∂U/∂r² via the Born radii: ½ r⁻¹ Σ_i ∂U/∂ψ_i ∂ψ_i/∂r = r⁻³ Σ_i (−ρ_i/16 ∂U/∂B_i ∂B_i/∂ψ_i) k_ij
-        c = (-0.0625 * self.rho * de_dborn * dborn_dpsi).index_select(0, self.born_i).view(2, n_pairs, batch)
+        c = (-0.0625 * self.rho * de_dborn * dborn_dpsi).index_select(0, self.ordered_i).view(2, n_pairs, batch)
         de_dr2 = (c * k).sum(0).mul_(inv_r * inv_r * inv_r)
         return energy, de_dr2.add_(de_df2[:n_pairs]).addcmul_(de_df2[:n_pairs], exp_d[:n_pairs], value=-0.25)
 
@@ -613,6 +614,8 @@ class TorchForceField(nn.Module):
         self.register_buffer("pairs", unordered_pairs(self.n_atoms))
         self.to(dtype=dtype, device=device)
         self.dtype = dtype
+        if torch.device(device).type == "cpu":
+            retain_freed_memory()  # else every pass page-faults its temporaries anew (see there)
         if positions is not None:
             check_against_openmm(self, system, positions)
 
@@ -641,8 +644,7 @@ class TorchForceField(nn.Module):
         grad = torch.zeros_like(y)
         energy = y.new_zeros(y.shape[-1])
         if self.pair_terms:
-            d = _gather(y, self.pairs.T)
-            d = d[:, 0] - d[:, 1]  # x_i − x_j, (P, 3, b)
+            d = y.index_select(0, self.pairs[0]) - y.index_select(0, self.pairs[1])  # x_i − x_j, (P, 3, b)
             r2 = _dot(d, d)
             inv_r = torch.rsqrt(r2)
             de_dr2 = 0
@@ -653,9 +655,10 @@ class TorchForceField(nn.Module):
             f = 2.0 * de_dr2.unsqueeze(1) * d  # ∂U/∂x_i = −∂U/∂x_j = 2 ∂U/∂r²_ij (x_i − x_j)
             grad.index_add_(0, self.pairs[0], f).index_add_(0, self.pairs[1], f, alpha=-1.0)
         for term in self.bonded_terms:
-            e, g = term.energy_and_gradient(y)
+            e, grads = term.energy_and_gradient(y)
             energy += e
-            grad.index_add_(0, term.idx.reshape(-1), g.reshape(-1, *y.shape[1:]))
+            for atoms, g in zip(term.idx.T, grads):
+                grad.index_add_(0, atoms, g)
         return energy, grad
 
 #: (|ΔE| absolute kJ/mol, |ΔE| relative, max|ΔF| absolute kJ/(mol nm), max|ΔF| relative to max|F|)

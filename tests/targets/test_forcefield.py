@@ -132,3 +132,21 @@ def test_overlapping_atoms_give_infinite_energy(dtype):
     x[1, 3] = x[1, 2]
     energy = ff(x)
     assert torch.isfinite(energy[0]) and not torch.isfinite(energy[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_autograd_and_chunks_match_energy_and_forces(monkeypatch, dtype):
+    """−∂U/∂x through autograd (the Function's backward) equals the one-pass forces, whatever the chunking."""
+    from flowcg.targets import forcefield
+
+    ms = load_system("aldp_implicit")
+    ff = TorchForceField(ms.system, dtype=dtype)
+    x = torch.as_tensor(ms.positions[None] + 0.003 * np.random.default_rng(4).standard_normal((7, 22, 3)), dtype=dtype)
+    energy, forces = ff.energy_and_forces(x)
+    monkeypatch.setattr(forcefield, "CHUNK", 3)  # two full chunks and a partial one
+    x.requires_grad_(True)
+    chunked = ff(x)
+    (2.0 * chunked).sum().backward()
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(chunked.detach(), energy, **tol)
+    torch.testing.assert_close(x.grad, -2.0 * forces, **tol)
