@@ -195,13 +195,16 @@ def langevin_frames(
 
     Starts from the reference positions after an energy minimisation, at the system's temperature,
     and keeps one frame every ``steps_per_frame`` steps. Meant for validation and benchmarks (a
-    cloud of realistic configurations), not as an equilibrium reference.
+    cloud of realistic configurations), not as an equilibrium reference. The CPU platform runs on
+    one thread here: its multi-threaded force sums change order between runs, and a seed must
+    reproduce the frames bitwise.
     """
     integrator = openmm.LangevinMiddleIntegrator(
         molecular_system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond
     )
     integrator.setRandomNumberSeed(seed)
-    context = openmm.Context(molecular_system.system, integrator, openmm.Platform.getPlatformByName(platform))
+    properties = {"Threads": "1"} if platform == "CPU" else {}
+    context = openmm.Context(molecular_system.system, integrator, openmm.Platform.getPlatformByName(platform), properties)
     context.setPositions(molecular_system.positions)
     openmm.LocalEnergyMinimizer.minimize(context)
     context.setVelocitiesToTemperature(molecular_system.temperature * unit.kelvin, seed)
