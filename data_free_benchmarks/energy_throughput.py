@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -29,19 +28,13 @@ import numpy as np
 import openmm
 import torch
 
+from flowcg.builders import cpu_model
 from flowcg.targets.forcefield import TorchForceField
 from flowcg.targets.openmm_bridge import OpenMMEvaluator
 from flowcg.targets.systems import load_system
 
 RESULTS = Path(__file__).parent / "results" / "energy_throughput.json"
 BATCH_SIZES = (1, 64, 1024)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def throughput(evaluate, frames: np.ndarray, seconds: float) -> float:

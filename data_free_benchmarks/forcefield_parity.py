@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from flowcg.targets.forcefield import TorchForceField
 from flowcg.targets.openmm_bridge import OpenMMEvaluator
+from flowcg.builders import cpu_model
 from flowcg.targets.systems import PRESETS, langevin_frames, load_system
 
 RESULTS = Path(__file__).parent / "results" / "forcefield_parity.json"
@@ -71,7 +71,7 @@ def main() -> None:
         "command": "OMP_NUM_THREADS=2 .venv/bin/python data_free_benchmarks/forcefield_parity.py",
         "ground_truth": "OpenMM Reference platform (double precision)",
         "md": f"Langevin 1 fs, 1/ps, 300 K, seed {args.seed}, {args.frames} frames x {args.steps_per_frame} steps",
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "presets": {p: parity(p, args.frames, args.steps_per_frame, args.seed) for p in sorted(PRESETS)},
     }
     report["wall_seconds"] = time.perf_counter() - start

@@ -51,17 +51,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
 def describe_device(device: torch.device) -> str:
     """Human-readable device for metrics: GPU name, or CPU model and thread count."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {cpu}, {torch.get_num_threads()} torch threads"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} torch threads"
 
 
 def build_target(cfg_target) -> Target:
@@ -77,6 +80,14 @@ def build_model(cfg_model, target: Target) -> StructuredFlow:
             "building a flow for it needs a coordinate transform, which this model config does not define"
         )
     return build_flow(dim=target.dim, **_plain(cfg_model))
+
+
+def build_target_and_model(cfg, device: str | None = None) -> tuple[Target, StructuredFlow, torch.device]:
+    """Target and (untrained) model of a run config, on ``device`` (default: the config's) in its dtype."""
+    torch_device, dtype = resolve_device(device or cfg.device), resolve_dtype(cfg.dtype)
+    target = build_target(cfg.target).to(device=torch_device, dtype=dtype)
+    model = build_model(cfg.model, target).to(device=torch_device, dtype=dtype)
+    return target, model, torch_device
 
 
 def build_training(cfg_train) -> tuple[Schedule, TrainConfig]:
@@ -107,10 +118,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a flowcg run folder: no {CONFIG_NAME}")
     cfg = OmegaConf.load(config_path)
-    torch_device = resolve_device(device or cfg.device)
-    dtype = resolve_dtype(cfg.dtype)
-    target = build_target(cfg.target).to(device=torch_device, dtype=dtype)
-    model = build_model(cfg.model, target).to(device=torch_device, dtype=dtype)
+    target, model, torch_device = build_target_and_model(cfg, device)
     saved = checkpoint.load(run_dir / MODEL_NAME, map_location=torch_device)
     model.load_state_dict(saved["model"])
     model.eval()

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowcg.analysis.histograms import kl_divergence
-from flowcg.analysis.ramachandran import FAB_EPS, bin_area, ramachandran_histogram
+from flowcg.analysis.ramachandran import kl_of_histograms, ramachandran_histogram
 from flowcg.sampling.importance import as_numpy
 
 
@@ -59,7 +58,7 @@ def md_cost_curve(
     for stop in frames:
         counts += ramachandran_histogram(phi[start:stop], psi[start:stop], bins)
         start = stop
-        kl.append(kl_divergence(ref, counts, eps=FAB_EPS * bin_area(bins)))
+        kl.append(kl_of_histograms(ref, counts))
     return MDCostCurve(frames=frames, steps=frames * int(steps_per_frame), kl=np.asarray(kl))
 
 

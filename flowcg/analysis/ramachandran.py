@@ -62,7 +62,7 @@ def phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     phi_atoms, psi_atoms = backbone_torsion_atoms(topology)
     phi = dihedral(*(x[:, a] for a in phi_atoms))
     psi = dihedral(*(x[:, a] for a in psi_atoms))
-    return phi.cpu().double().numpy(), psi.cpu().double().numpy()
+    return as_numpy(phi), as_numpy(psi)
 
 
 def ramachandran_histogram(phi, psi, bins: int = 64, weights=None) -> np.ndarray:
@@ -76,13 +76,14 @@ def bin_area(bins: int) -> float:
     return (2 * math.pi / bins) ** 2
 
 
+def kl_of_histograms(ref_counts: np.ndarray, model_counts: np.ndarray) -> float:
+    """FAB's KL(ref‖model) of two Ramachandran histograms of the same (bins, bins) grid."""
+    return kl_divergence(ref_counts, model_counts, eps=FAB_EPS * bin_area(ref_counts.shape[0]))
+
+
 def ramachandran_kl(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None) -> float:
     """KL(ref‖model) of the Ramachandran histograms (FAB's estimator, ε = 1e-10 on densities)."""
-    return kl_divergence(
-        ramachandran_histogram(ref_phi, ref_psi, bins),
-        ramachandran_histogram(phi, psi, bins, weights),
-        eps=FAB_EPS * bin_area(bins),
-    )
+    return kl_of_histograms(ramachandran_histogram(ref_phi, ref_psi, bins), ramachandran_histogram(phi, psi, bins, weights))
 
 
 def ramachandran_tv(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None) -> float:
@@ -117,10 +118,13 @@ def ramachandran_metrics(ref_phi, ref_psi, phi, psi, log_weights=None) -> dict[s
     """
     metrics: dict[str, float] = {}
     variants = {"": None} if log_weights is None else {"": None, "_rw": normalized_weights(log_weights)}
+    for bins in (64, 100):
+        ref = ramachandran_histogram(ref_phi, ref_psi, bins)  # once per grid, shared by all variants
+        for suffix, weights in variants.items():
+            model = ramachandran_histogram(phi, psi, bins, weights)
+            metrics[f"kl_{bins}{suffix}"] = kl_of_histograms(ref, model)
+            metrics[f"tv_{bins}{suffix}"] = total_variation(ref, model)
     for suffix, weights in variants.items():
-        for bins in (64, 100):
-            metrics[f"kl_{bins}{suffix}"] = ramachandran_kl(ref_phi, ref_psi, phi, psi, bins, weights)
-            metrics[f"tv_{bins}{suffix}"] = ramachandran_tv(ref_phi, ref_psi, phi, psi, bins, weights)
         for name, p in basin_populations(phi, psi, weights).items():
             metrics[f"basin_{name}{suffix}"] = p
     for name, p in basin_populations(ref_phi, ref_psi).items():

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 
+import hydra
 import numpy as np
+from omegaconf import DictConfig
 
 from flowcg.targets import TargetInputError, UnknownTargetError
 from flowcg.training.checkpoint import MissingCheckpointError
@@ -21,9 +23,19 @@ USER_ERRORS = (ValueError, TypeError, UnknownTargetError, TargetInputError, Miss
 log = logging.getLogger("flowcg")
 
 
-def check_config_dir() -> None:
-    if not Path(CONFIG_DIR).is_dir():
-        sys.exit(f"flowcg: config folder {CONFIG_DIR} not found; install flowcg from its repository with `pip install -e .`")
+def entry_point(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], None]:
+    """Console-script ``main`` of a Hydra app: runs ``task`` on the composed ``conf/<config_name>``."""
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
+    def run(cfg: DictConfig) -> None:
+        task(cfg)
+
+    def main() -> None:
+        if not Path(CONFIG_DIR).is_dir():
+            sys.exit(f"flowcg: config folder {CONFIG_DIR} not found; install flowcg from its repository with `pip install -e .`")
+        run()
+
+    return main
 
 
 def clean_errors(program: str) -> Callable:

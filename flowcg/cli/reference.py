@@ -30,7 +30,6 @@ import os
 import time
 from pathlib import Path
 
-import hydra
 import mdtraj as md
 import numpy as np
 import openmm
@@ -39,25 +38,10 @@ from omegaconf import DictConfig
 from openmm import app, unit
 
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandran_kl
+from flowcg.cli.common import entry_point
+from flowcg.targets.openmm_bridge import default_platform
 from flowcg.targets.systems import MolecularSystem, load_system
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def select_platform(name: str = "auto") -> openmm.Platform:
-    """The named OpenMM platform, or for "auto" the fastest CPU one (CPU, else Reference)."""
-    if name != "auto":
-        return openmm.Platform.getPlatformByName(name)
-    available = [openmm.Platform.getPlatform(i) for i in range(openmm.Platform.getNumPlatforms())]
-    cpu = [p for p in available if p.getName() in ("CPU", "Reference")]
-    return max(cpu, key=lambda p: p.getSpeed())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
+from flowcg.training.checkpoint import write_atomic
 
 def _dcd_frames(path: Path, topology_pdb: Path) -> np.ndarray:
     return md.load_dcd(str(path), top=str(topology_pdb)).xyz if path.exists() else np.zeros((0, 0, 3))
@@ -84,7 +68,7 @@ class ReferenceRun:
             system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, self.timestep_ps * unit.picosecond
         )
         self.integrator.setRandomNumberSeed(self.seed + 1)
-        self.platform = select_platform(platform)
+        self.platform = openmm.Platform.getPlatformByName(default_platform() if platform == "auto" else platform)
         properties = {"Threads": str(threads)} if threads and self.platform.getName() == "CPU" else {}
         self.context = openmm.Context(system.system, self.integrator, self.platform, properties)
         self.records = self._restore() if self.paths["checkpoint.chk"].exists() else self._start()
@@ -165,14 +149,13 @@ class ReferenceRun:
             started = time.perf_counter()
             self._commit()
         metrics = self.metrics(self.n_frames - start_frames)
-        _atomic_write(self.paths["metrics.json"], json.dumps(metrics, indent=2).encode())
+        write_atomic(self.paths["metrics.json"], lambda handle: handle.write(json.dumps(metrics, indent=2).encode()))
         return metrics
 
     def _commit(self) -> None:
-        _atomic_write(self.paths["checkpoint.chk"], self.context.createCheckpoint())
-        tmp = self.paths["reference.npz"].with_name("reference.tmp.npz")
-        np.savez(tmp, **self.records)
-        os.replace(tmp, self.paths["reference.npz"])
+        checkpoint = self.context.createCheckpoint()
+        write_atomic(self.paths["checkpoint.chk"], lambda handle: handle.write(checkpoint))
+        write_atomic(self.paths["reference.npz"], lambda handle: np.savez(handle, **self.records))
 
     def metrics(self, new_frames: int) -> dict:
         """Run summary: length, cost, speed, basin populations and the half-vs-half KL64."""
@@ -202,8 +185,7 @@ class ReferenceRun:
         return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="reference")
-def main(cfg: DictConfig) -> None:
+def reference(cfg: DictConfig) -> None:
     system = load_system(cfg.target.name, temperature=cfg.target.options.temperature)
     run = ReferenceRun(
         system,
@@ -219,6 +201,9 @@ def main(cfg: DictConfig) -> None:
     )
     metrics = run.run(cfg.ns)
     print(json.dumps(metrics, indent=2))
+
+
+main = entry_point("reference", reference)
 
 
 if __name__ == "__main__":

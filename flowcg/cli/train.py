@@ -11,14 +11,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from flowcg.analysis.plots import plot_run
-from flowcg.analysis.synthetic import target_metrics
-from flowcg.builders import CONFIG_NAME, build_model, build_target, build_training, describe_device, resolve_device, resolve_dtype, save_model, seed_everything
-from flowcg.cli.common import CONFIG_DIR, check_config_dir, clean_errors, log, write_json
+from flowcg.analysis.synthetic import evaluate_samples
+from flowcg.builders import CONFIG_NAME, build_target_and_model, build_training, describe_device, save_model, seed_everything
+from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
 from flowcg.training import Trainer
@@ -29,10 +28,8 @@ from flowcg.training.trainer import CHECKPOINT_NAME
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
     seed_everything(cfg.seed)
-    target = build_target(cfg.target).to(device=device, dtype=dtype)
-    model = build_model(cfg.model, target).to(device=device, dtype=dtype)
+    target, model, device = build_target_and_model(cfg)
     schedule, train_config = build_training(cfg.train)
     if cfg.n_samples < 1:
         raise ValueError(f"n_samples must be ≥ 1, got {cfg.n_samples}")
@@ -54,10 +51,7 @@ def train(cfg: DictConfig) -> dict:
         samples.save(run_dir / "samples.npz")
         metrics = {
             "target": target.name,
-            **samples.summary(),
-            "log_z_exact": target.log_z_exact,
-            "log_z_error": None if target.log_z_exact is None else abs(samples.summary()["log_z"] - target.log_z_exact),
-            **target_metrics(target, samples),
+            **evaluate_samples(target, samples),
             "energy_evaluations": training_evaluations,
             "energy_evaluations_sampling": target.n_energy_evaluations - training_evaluations,
             "train_wall_time_s": state["wall_time_s"],
@@ -82,15 +76,7 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    train(cfg)
-
-
-def main() -> None:
-    check_config_dir()
-    _hydra_main()
-
+main = entry_point("train", train)
 
 if __name__ == "__main__":
     main()

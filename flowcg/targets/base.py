@@ -5,9 +5,12 @@ A target is a Boltzmann density p(x) ∝ exp(−u(x)) over configurations x of a
 Every method takes a leading batch dimension.
 
 A target knows nothing of flows, trainers or samplers. Subclasses implement
-:meth:`_reduced_energy`; the public :meth:`energy` adds what every target needs
-(shape validation with a clear error, and counting of energy evaluations, the
-currency in which sampler budgets are compared across papers).
+:meth:`_reduced_energy`; the public :meth:`energy` adds what every target needs:
+shape validation with a clear error; counting of energy evaluations, the currency in which
+sampler budgets are compared across papers; and one convention for impossible configurations
+(overlapping atoms, NaN coordinates): their energy is +inf, never NaN, so importance weights
+exp(−u) are exactly zero there, and their gradient is zero, so one of them cannot poison the
+gradient of a whole batch.
 """
 
 from __future__ import annotations
@@ -20,6 +23,21 @@ from torch import Tensor, nn
 
 class TargetInputError(ValueError):
     """Configurations that do not fit the target (wrong shape, wrong dimension)."""
+
+
+class _ZeroNonFiniteGradient(torch.autograd.Function):
+    """Identity whose backward replaces non-finite gradient entries by 0.
+
+    Where u = +inf the chain rule gives 0 · ∞ = NaN even when the loss ignores the sample.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class Target(nn.Module, abc.ABC):
@@ -65,10 +83,12 @@ class Target(nn.Module, abc.ABC):
             )
 
     def energy(self, x: Tensor) -> Tensor:
-        """Reduced energy u(x) = U(x)/kT, shape (B,). Differentiable where the backend is."""
+        """Reduced energy u(x) = U(x)/kT, shape (B,); +inf (zero gradient) where not finite.
+        Differentiable where the backend is."""
         self.check_shape(x)
         self.n_energy_evaluations += int(x.shape[0])
-        return self._reduced_energy(x)
+        u = self._reduced_energy(_ZeroNonFiniteGradient.apply(x) if x.requires_grad else x)
+        return torch.where(torch.isfinite(u), u, torch.full_like(u, float("inf")))
 
     def forces(self, x: Tensor) -> Tensor:
         """Forces −∇U(x) in physical units (energy unit of ``kT`` per length unit), shape of x.

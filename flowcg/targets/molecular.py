@@ -11,7 +11,7 @@ kT = R·T in kJ/mol. Two interchangeable back-ends evaluate U:
     force fields the torch backend does not implement.
 
 A configuration whose energy is not finite (atoms on top of each other, NaN coordinates) gets
-u = +inf, never NaN, so importance weights exp(−u) are exactly zero there, and a zero gradient.
+u = +inf and a zero gradient, as for every target (:meth:`flowcg.targets.base.Target.energy`).
 """
 
 from __future__ import annotations
@@ -31,22 +31,6 @@ from flowcg.targets.systems import MolecularSystem, load_system, load_system_fro
 
 BACKENDS = ("torch", "openmm")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class _FiniteGradient(torch.autograd.Function):
-    """Identity whose backward replaces non-finite gradient entries by 0.
-
-    A configuration with u = +inf (overlapping atoms) has no meaningful gradient, and its NaN would
-    poison the parameter gradient of a whole batch; this keeps it at zero instead.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class MolecularTarget(Target):
@@ -97,20 +81,15 @@ class MolecularTarget(Target):
             self.forcefield = None
             self.evaluator = OpenMMEvaluator(self.system, platform=platform, n_workers=n_workers)
 
-    def potential_energy(self, x: Tensor) -> Tensor:
-        """U(x) in kJ/mol, shape (B,), in the dtype and on the device of x; +inf where not finite."""
-        x = _FiniteGradient.apply(x)
+    def _reduced_energy(self, x: Tensor) -> Tensor:
+        """U(x)/kT, shape (B,), in the dtype and on the device of x (U from the chosen backend)."""
         if self.forcefield is not None:
             ff_param = next(self.forcefield.buffers())
             energy = self.forcefield(x.to(dtype=self.forcefield.dtype, device=ff_param.device))
             energy = energy.to(dtype=x.dtype, device=x.device)
         else:
             energy = openmm_energy(x, self.evaluator)
-        # NaN (e.g. inf − inf of overlapping atoms) means "impossible configuration" here.
-        return torch.where(torch.isfinite(energy), energy, torch.full_like(energy, float("inf")))
-
-    def _reduced_energy(self, x: Tensor) -> Tensor:
-        return self.potential_energy(x) / self.kT
+        return energy / self.kT
 
     def forces(self, x: Tensor) -> Tensor:
         """−∇U in kJ/(mol nm), shape of x (OpenMM's own forces for the ``openmm`` backend)."""

@@ -104,7 +104,7 @@ def _from_pdb(
     pdb = app.PDBFile(str(pdb_path))
     try:
         system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
-    except ValueError as err:
+    except ValueError:
         # OpenMM's message is a multi-line essay; name the offending residue(s) in one line instead.
         unmatched = ff.getUnmatchedResidues(pdb.topology)
         if not unmatched:

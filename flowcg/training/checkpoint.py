@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -16,14 +18,14 @@ class MissingCheckpointError(FileNotFoundError):
     """resume was asked for but there is no checkpoint to resume from."""
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save ``obj`` to ``path`` atomically."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -31,6 +33,11 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save ``obj`` to ``path`` atomically."""
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def load(path: str | os.PathLike, map_location="cpu"):

@@ -50,11 +50,7 @@ def reverse_kl(model: StructuredFlow, target: Target, beta: float, batch_size: i
     draw = model.rsample(batch_size)
     u = target.energy(draw.x)
     finite = torch.isfinite(u) & torch.isfinite(draw.log_q)
-    n_nonfinite = int((~finite).sum())
-    if n_nonfinite and draw.x.requires_grad:
-        # A dropped sample still back-propagates 0 · ∞ = NaN through the energy; zero its rows.
-        row_mask = finite.view(-1, *([1] * (draw.x.dim() - 1)))
-        draw.x.register_hook(lambda grad: torch.where(row_mask, grad, torch.zeros_like(grad)))
+    n_nonfinite = int((~finite).sum())  # Target.energy already gives these samples zero gradient
     if n_nonfinite == batch_size:
         loss = torch.full((), float("nan"), device=u.device, dtype=u.dtype)
     else:

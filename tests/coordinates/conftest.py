@@ -1,11 +1,8 @@
 """Shared fixtures: alanine dipeptide and a few frames of short vacuum MD."""
 
-import numpy as np
-import openmm
 import pytest
-from openmm import unit
 
-from flowcg.targets.systems import load_system
+from flowcg.targets.systems import langevin_frames, load_system
 
 
 @pytest.fixture(scope="session")
@@ -16,13 +13,4 @@ def aldp():
 @pytest.fixture(scope="session")
 def md_frames(aldp):
     """Eight frames (8, 22, 3) nm, 50 fs apart, of 300 K Langevin MD in vacuum (seeded)."""
-    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 1 * unit.femtosecond)
-    integrator.setRandomNumberSeed(7)
-    context = openmm.Context(aldp.system, integrator, openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(aldp.positions * unit.nanometer)
-    context.setVelocitiesToTemperature(300 * unit.kelvin, 7)
-    frames = []
-    for _ in range(8):
-        integrator.step(50)
-        frames.append(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-    return np.asarray(frames)
+    return langevin_frames(aldp, n_frames=8, steps_per_frame=50, seed=7, platform="Reference")

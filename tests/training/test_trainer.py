@@ -1,7 +1,6 @@
 """The trainer: exact resume after a kill, robustness to NaN energies, and a short training that
 lands mass in both wells of the double well."""
 
-import numpy as np
 import pytest
 import torch
 
