@@ -19,7 +19,7 @@ any DCD frames beyond it (a crash after the DCD append) and continues until ``ns
 Dynamics: LangevinMiddleIntegrator (``timestep_fs``, ``friction_per_ps``, the target's
 temperature), no constraints, after a local energy minimisation and ``equilibration_ps`` of
 unsaved equilibration. OpenMM reads a seed of 0 as "pick one at random", so config seed s is
-passed to OpenMM as s + 1 (for velocities and for the integrator's noise), keeping runs
+passed to OpenMM as s + 1 (``systems.openmm_seed``, for velocities and the integrator's noise), keeping runs
 reproducible.
 """
 
@@ -40,7 +40,7 @@ from openmm import app, unit
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandran_kl
 from flowcg.cli.common import entry_point
 from flowcg.targets.openmm_bridge import default_platform
-from flowcg.targets.systems import MolecularSystem, load_system
+from flowcg.targets.systems import MolecularSystem, langevin_simulation, load_system, thermalize
 from flowcg.training.checkpoint import write_atomic
 
 def _dcd_frames(path: Path, topology_pdb: Path) -> np.ndarray:
@@ -64,20 +64,13 @@ class ReferenceRun:
         self.equilibration_steps = round(equilibration_ps * 1000.0 / timestep_fs)
         self.seed = int(seed)
 
-        self.integrator = openmm.LangevinMiddleIntegrator(
-            system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, self.timestep_ps * unit.picosecond
-        )
-        self.integrator.setRandomNumberSeed(self.seed + 1)
         self.platform = openmm.Platform.getPlatformByName(default_platform() if platform == "auto" else platform)
-        properties = {"Threads": str(threads)} if threads and self.platform.getName() == "CPU" else {}
-        self.context = openmm.Context(system.system, self.integrator, self.platform, properties)
+        self.context, self.integrator = langevin_simulation(system, timestep_fs, friction_per_ps, self.seed, self.platform, threads)
         self.records = self._restore() if self.paths["checkpoint.chk"].exists() else self._start()
 
     def _start(self) -> dict:
         """Minimise, thermalise, equilibrate; write topology.pdb; return empty records."""
-        self.context.setPositions(self.system.positions * unit.nanometer)
-        openmm.LocalEnergyMinimizer.minimize(self.context)
-        self.context.setVelocitiesToTemperature(self.system.temperature * unit.kelvin, self.seed + 1)
+        thermalize(self.context, self.system, self.seed)
         self.integrator.step(self.equilibration_steps)
         with open(self.paths["topology.pdb"], "w") as handle:
             app.PDBFile.writeFile(self.system.omm_topology, self.system.positions * unit.nanometer, handle)

@@ -182,6 +182,39 @@ PRESETS: dict[str, Callable[[float], MolecularSystem]] = {
 }
 
 
+def openmm_seed(seed: int) -> int:
+    """The OpenMM random seed for config seed ``seed``: OpenMM reads 0 as "pick one at random"."""
+    return int(seed) + 1
+
+
+def langevin_simulation(
+    molecular_system: MolecularSystem,
+    timestep_fs: float = 1.0,
+    friction_per_ps: float = 1.0,
+    seed: int = 0,
+    platform: str | openmm.Platform = "CPU",
+    threads: int | None = None,
+) -> tuple[openmm.Context, openmm.LangevinMiddleIntegrator]:
+    """A seeded LangevinMiddleIntegrator at the system's temperature and its Context (no positions set).
+
+    ``threads`` sets the CPU platform's thread count (None: OpenMM's default, all cores).
+    """
+    integrator = openmm.LangevinMiddleIntegrator(
+        molecular_system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond
+    )
+    integrator.setRandomNumberSeed(openmm_seed(seed))
+    platform = openmm.Platform.getPlatformByName(platform) if isinstance(platform, str) else platform
+    properties = {"Threads": str(threads)} if threads and platform.getName() == "CPU" else {}
+    return openmm.Context(molecular_system.system, integrator, platform, properties), integrator
+
+
+def thermalize(context: openmm.Context, molecular_system: MolecularSystem, seed: int = 0) -> None:
+    """Reference positions, local energy minimisation, then velocities drawn at the system's temperature."""
+    context.setPositions(molecular_system.positions * unit.nanometer)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    context.setVelocitiesToTemperature(molecular_system.temperature * unit.kelvin, openmm_seed(seed))
+
+
 def langevin_frames(
     molecular_system: MolecularSystem,
     n_frames: int,
@@ -195,19 +228,11 @@ def langevin_frames(
 
     Starts from the reference positions after an energy minimisation, at the system's temperature,
     and keeps one frame every ``steps_per_frame`` steps. Meant for validation and benchmarks (a
-    cloud of realistic configurations), not as an equilibrium reference. The CPU platform runs on
-    one thread here: its multi-threaded force sums change order between runs, and a seed must
-    reproduce the frames bitwise.
+    cloud of realistic configurations), not as an equilibrium reference. One CPU thread: the
+    multi-threaded force sums change order between runs, and a seed must reproduce the frames bitwise.
     """
-    integrator = openmm.LangevinMiddleIntegrator(
-        molecular_system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond
-    )
-    integrator.setRandomNumberSeed(seed)
-    properties = {"Threads": "1"} if platform == "CPU" else {}
-    context = openmm.Context(molecular_system.system, integrator, openmm.Platform.getPlatformByName(platform), properties)
-    context.setPositions(molecular_system.positions)
-    openmm.LocalEnergyMinimizer.minimize(context)
-    context.setVelocitiesToTemperature(molecular_system.temperature * unit.kelvin, seed)
+    context, integrator = langevin_simulation(molecular_system, timestep_fs, friction_per_ps, seed, platform, threads=1)
+    thermalize(context, molecular_system, seed)
     frames = np.empty((n_frames, molecular_system.n_atoms, 3))
     for k in range(n_frames):
         integrator.step(steps_per_frame)
