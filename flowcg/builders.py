@@ -16,7 +16,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from flowcg.coordinates.harmonic import harmonic_reference, minimized_positions
+from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.flows import StructuredFlow, build_flow
+from flowcg.flows.build import build_internal_flow
 from flowcg.targets import Target, load_target
 from flowcg.training import TrainConfig, build_schedule
 from flowcg.training import checkpoint
@@ -72,14 +75,34 @@ def build_target(cfg_target) -> Target:
     return load_target(cfg_target["name"], **_plain(cfg_target.get("options")))
 
 
+MODEL_KINDS = ("structured", "internal")
+
+
+def build_internal_model(target: Target, **options) -> StructuredFlow:
+    """Internal-coordinate flow for a molecular target: Z-matrix from its topology, stiff
+    coordinates standardised at the force field's minimum (see :mod:`flowcg.coordinates.harmonic`)."""
+    if getattr(target, "topology", None) is None:
+        raise ValueError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
+    transform = InternalCoordinateTransform.from_topology(target.topology)
+    x_min = minimized_positions(target.system, target.positions)
+    return build_internal_flow(transform, harmonic_reference(target.energy, transform, x_min), **options)
+
+
 def build_model(cfg_model, target: Target) -> StructuredFlow:
-    """Structured flow sized for ``target`` from the model options."""
+    """Structured flow for ``target`` from the model options; ``kind`` picks the flow space:
+    ``structured`` (R^d, vector targets) or ``internal`` (a molecule's internal coordinates)."""
+    options = _plain(cfg_model)
+    kind = options.pop("kind", "structured")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind '{kind}'; choose one of {', '.join(MODEL_KINDS)}")
+    if kind == "internal":
+        return build_internal_model(target, **options)
     if len(target.event_shape) != 1:
         raise ValueError(
             f"target '{target.name}' has configurations of shape {target.event_shape}; "
-            "building a flow for it needs a coordinate transform, which this model config does not define"
+            "use model=internal (a flow on internal coordinates) for molecules"
         )
-    return build_flow(dim=target.dim, **_plain(cfg_model))
+    return build_flow(dim=target.dim, **options)
 
 
 def build_target_and_model(cfg, device: str | None = None) -> tuple[Target, StructuredFlow, torch.device]:

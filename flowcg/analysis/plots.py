@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from flowcg.analysis.molecular import plot_molecular_sample  # noqa: E402
 from flowcg.sampling.importance import normalized_weights  # noqa: E402
 from flowcg.sampling.sampler import SampleSet  # noqa: E402
 from flowcg.targets.base import Target  # noqa: E402
@@ -115,12 +116,11 @@ def plot_samples(target: Target, samples: SampleSet, path: Path, n_show: int = 5
     return _save(fig, path)
 
 
-def plot_run(target: Target, state: dict, samples: SampleSet, folder: Path) -> list[Path]:
-    """All plots of a finished run into ``folder``; returns their paths."""
+def plot_run(target: Target, state: dict, samples: SampleSet, folder: Path, reference: tuple | None = None) -> list[Path]:
+    """All plots of a finished run into ``folder`` (for a molecule: the Ramachandran plot, with the
+    reference MD's (φ, ψ) if given); returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [
-        plot_training(state, folder / "training.png"),
-        plot_beta_schedule(state, folder / "beta_schedule.png"),
-        plot_marginals(target, samples, folder / "marginals.png"),
-        plot_samples(target, samples, folder / "samples.png"),
-    ]
+    paths = [plot_training(state, folder / "training.png"), plot_beta_schedule(state, folder / "beta_schedule.png")]
+    if getattr(target, "topology", None) is not None:
+        return paths + [plot_molecular_sample(target.topology, samples, folder / "ramachandran.png", reference)]
+    return paths + [plot_marginals(target, samples, folder / "marginals.png"), plot_samples(target, samples, folder / "samples.png")]

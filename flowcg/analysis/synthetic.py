@@ -81,18 +81,3 @@ def target_metrics(target: Target, samples: SampleSet) -> dict:
         if isinstance(target, kind):
             return evaluate(target, samples)
     return {}
-
-
-def evaluate_samples(target: Target, samples: SampleSet) -> dict:
-    """The metrics of a one-shot sample: ESS, log Z, KL (:meth:`SampleSet.summary`) and, for weights
-    at β = 1 (where the exact answers apply), log Z against the exact value and :func:`target_metrics`."""
-    summary = samples.summary()
-    if samples.beta != 1.0:
-        return {**summary, "log_z_exact": None}
-    exact = target.log_z_exact
-    return {
-        **summary,
-        "log_z_exact": exact,
-        "log_z_error": None if exact is None else abs(summary["log_z"] - exact),
-        **target_metrics(target, samples),
-    }

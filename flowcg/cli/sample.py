@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from flowcg.analysis.plots import plot_marginals, plot_samples
-from flowcg.analysis.synthetic import evaluate_samples
+from flowcg.analysis.evaluate import evaluate_samples
 from flowcg.builders import describe_device, load_run, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, write_json
 from flowcg.sampling import draw_samples, reweighted_mean

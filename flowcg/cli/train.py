@@ -15,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from flowcg.analysis.plots import plot_run
-from flowcg.analysis.synthetic import evaluate_samples
+from flowcg.analysis.evaluate import evaluate_samples
+from flowcg.analysis.molecular import load_reference
 from flowcg.builders import CONFIG_NAME, build_target_and_model, build_training, describe_device, save_model, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.logger import build_logger
@@ -49,9 +50,10 @@ def train(cfg: DictConfig) -> dict:
 
         samples = draw_samples(model, target, cfg.n_samples, cfg.sample_batch_size)
         samples.save(run_dir / "samples.npz")
+        reference = load_reference(cfg.reference) if cfg.get("reference") else None
         metrics = {
             "target": target.name,
-            **evaluate_samples(target, samples),
+            **evaluate_samples(target, samples, reference),
             "energy_evaluations": training_evaluations,
             "energy_evaluations_sampling": target.n_energy_evaluations - training_evaluations,
             "train_wall_time_s": state["wall_time_s"],
@@ -64,14 +66,14 @@ def train(cfg: DictConfig) -> dict:
             "dtype": cfg.dtype,
             "device": describe_device(device),
         }
-        plot_run(target, state, samples, run_dir / "plots")
+        plot_run(target, state, samples, run_dir / "plots", reference)
         # training time accumulates across resumes; setup and evaluation are this process's
         metrics["wall_time_s"] = setup_s + state["wall_time_s"] + (time.perf_counter() - trained_at)
         write_json(metrics, run_dir / "metrics.json")
         logger.summary(metrics)
     finally:
         logger.finish()
-    log.info("ESS %.4f, log Z %.4f (exact %s), %d energy evaluations", metrics["ess"], metrics["log_z"], metrics["log_z_exact"], metrics["energy_evaluations"])
+    log.info("ESS %.4f, log Z %.4f (exact %s), %d energy evaluations", metrics["ess"], metrics["log_z"], metrics.get("log_z_exact"), metrics["energy_evaluations"])
     print(f"flowcg-train: results in {run_dir}")
     return metrics
 

@@ -52,3 +52,8 @@ def signed_volume(center: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     under a mirror reflection and is invariant under rotations and translations.
     """
     return ((a - center) * torch.cross(b - center, c - center, dim=-1)).sum(-1)
+
+
+def wrap(angle: Tensor) -> Tensor:
+    """Angle(s) in rad mapped to [−π, π)."""
+    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi

@@ -117,12 +117,20 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
     """Build a Z-matrix from the bond graph of ``topology``.
 
     Atoms are placed breadth-first from the three ``root`` atoms (default: N, CA, C of the
-    first amino-acid residue), heavy neighbours before hydrogens. Each atom X bonded to an
-    already placed B takes as angle reference A a placed neighbour of B, and as torsion
-    reference T a placed neighbour of A (a proper dihedral) or, failing that, another placed
-    neighbour of B (an improper one). Ties go to heavy atoms, then to the earliest placed:
-    the earliest-placed references are the backbone ones, so for a dipeptide the preceding C
-    gets torsion C–N–CA–C = φ and the following N gets N–C–CA–N = ψ.
+    first amino-acid residue): heavy neighbours before hydrogens, and among heavy ones those
+    with more heavy neighbours first (the chain continues before its side groups). Each atom
+    X bonded to an already placed B takes as angle reference A the best placed neighbour of
+    B (heavy, then earliest placed). Its torsion reference T is
+
+    * another placed neighbour of B when B already has two placed neighbours: an *improper*
+      torsion X–B–A–T, stiff (≈ ±120° at tetrahedral centres, ≈ 180° at planar ones) and
+      with its sign fixing the handedness at B, so chirality is a coordinate, not a
+      correlation the flow must learn;
+    * otherwise a placed neighbour of A: a *proper*, freely rotating torsion.
+
+    So only the first substituent around each bond carries the rotation and every other is
+    placed relative to it. For a dipeptide the preceding C gets C–N–CA–C = φ and the
+    following N gets N–C–CA–N = ψ; each methyl has one rotor torsion.
     """
     n = topology.n_atoms
     neighbours: list[list[int]] = [[] for _ in range(n)]
@@ -130,6 +138,7 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
         neighbours[a.index].append(b.index)
         neighbours[b.index].append(a.index)
     heavy = np.array([atom.element is not None and atom.element.atomic_number > 1 for atom in topology.atoms])
+    heavy_degree = [sum(bool(heavy[b]) for b in neighbours[a]) for a in range(n)]
     root = tuple(int(a) for a in (root if root is not None else _default_root(topology, neighbours, heavy)))
     chained = root[2] in neighbours[root[1]] or root[2] in neighbours[root[0]]
     if root[1] not in neighbours[root[0]] or not chained:
@@ -151,17 +160,17 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
     while cursor < len(order):
         b = order[cursor]
         cursor += 1
-        for x in sorted(neighbours[b], key=lambda a: (not heavy[a], a)):
+        for x in sorted(neighbours[b], key=lambda a: (not heavy[a], -heavy_degree[a], a)):
             if x in rank:
                 continue
             a = best([c for c in neighbours[b] if c in rank and c != x])
-            proper = [c for c in neighbours[a] if c in rank and c not in (b, x)]
             improper = [c for c in neighbours[b] if c in rank and c not in (a, x)]
+            proper = [c for c in neighbours[a] if c in rank and c not in (b, x)]
             if not proper and not improper:
                 raise ValueError(f"atom {x}: no placed atom available as torsion reference")
             rank[x] = len(order)
             order.append(x)
-            rows.append((x, b, a, best(proper or improper)))
+            rows.append((x, b, a, best(improper or proper)))
     if len(order) != n:
         missing = sorted(set(range(n)) - set(order))
         raise ValueError(f"bond graph is not connected; atoms {missing[:10]} are unreachable from {root}")
@@ -198,6 +207,9 @@ class InternalCoordinateTransform(Transform):
         kind: per coordinate "bond" | "angle" | "torsion".
         atom_indices: per coordinate the atoms defining it, e.g. (x, b, a, t) for a torsion.
         periodic_mask: bool buffer (3N − 6,), True for torsions.
+        improper_mask: bool buffer (3N − 6,), True for improper torsions X–B–A–T, those whose
+            T is bonded to B (stiff; see :func:`zmatrix_from_topology`). The rest of the
+            torsions are proper (free rotors).
         phi_index, psi_index: position of the backbone φ / ψ torsion in the vector, when the
             topology has exactly one φ and one ψ that appear as torsion coordinates; else None.
     """
@@ -218,6 +230,9 @@ class InternalCoordinateTransform(Transform):
             + [tuple(int(a) for a in z[k, :4]) for k in range(3, n)]
         )
         self.register_buffer("periodic_mask", torch.tensor([k == "torsion" for k in self.kind]))
+        zmatrix_bonds = {frozenset(int(a) for a in z[k, :2]) for k in range(1, n)}
+        improper = [False] * (2 * n - 3) + [frozenset((int(z[k, 1]), int(z[k, 3]))) in zmatrix_bonds for k in range(3, n)]
+        self.register_buffer("improper_mask", torch.tensor(improper))
 
         # Rows 3.. grouped into levels whose references all lie in earlier levels, so each level
         # is placed in one batched NeRF step (≈ graph depth steps instead of N).

@@ -1,15 +1,38 @@
-"""Build a :class:`StructuredFlow` from plain options (what ``conf/model/*.yaml`` holds)."""
+"""Build a :class:`StructuredFlow` from plain options (what ``conf/model/*.yaml`` holds).
+
+* :func:`build_flow`: a flow on R^d (vector targets), LU mixing then couplings.
+* :func:`build_internal_flow`: a flow on a molecule's internal coordinates, with circular
+  layers for the rotor torsions, ending in Cartesian coordinates.
+"""
 
 from __future__ import annotations
 
-from nflows.transforms import CompositeTransform, Transform
+import torch
+from nflows.transforms import CompositeTransform, Permutation, Transform
 
-from flowcg.flows.couplings import coupling_layer
+from flowcg.coordinates.harmonic import HarmonicReference, HarmonicStandardization
+from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.flows.circular import CircleEmbedding
+from flowcg.flows.couplings import MixedSplineCoupling, coupling_layer
 from flowcg.flows.mixing import LUMixing
 from flowcg.flows.model import StructuredFlow
 from flowcg.latent import ConditionalDiagonalGaussian, DiagonalGaussianMixture, StandardNormal, StructuredLatent
 
 FAST_DENSITIES = {"conditional": ConditionalDiagonalGaussian, "standard": StandardNormal}
+
+
+def structured_latent(dim: int, slow_dim: int, n_components: int, fast: str, fast_hidden: int,
+                      prior_init_spread: float, prior_init_std: float, seed: int) -> StructuredLatent:
+    """Mixture prior on the first ``slow_dim`` latents, a ``fast`` density on the rest."""
+    if not 1 <= slow_dim <= dim:
+        raise ValueError(f"slow_dim must lie in [1, {dim}], got {slow_dim}")
+    if fast not in FAST_DENSITIES:
+        raise ValueError(f"unknown fast density '{fast}'; choose one of {', '.join(FAST_DENSITIES)}")
+    fast_kwargs = {"hidden": fast_hidden} if fast == "conditional" else {}
+    return StructuredLatent(
+        DiagonalGaussianMixture(slow_dim, n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed),
+        FAST_DENSITIES[fast](slow_dim, dim - slow_dim, **fast_kwargs),
+    )
 
 
 def build_flow(
@@ -42,16 +65,7 @@ def build_flow(
         prior_init_spread, prior_init_std: initial spread of the mixture means and their σ.
         coordinates: fixed flow-space → configuration-space transform (None = identity).
     """
-    if not 1 <= slow_dim <= dim:
-        raise ValueError(f"slow_dim must lie in [1, {dim}], got {slow_dim}")
-    if fast not in FAST_DENSITIES:
-        raise ValueError(f"unknown fast density '{fast}'; choose one of {', '.join(FAST_DENSITIES)}")
-    fast_dim = dim - slow_dim
-    fast_kwargs = {"hidden": fast_hidden} if fast == "conditional" else {}
-    latent = StructuredLatent(
-        DiagonalGaussianMixture(slow_dim, n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed),
-        FAST_DENSITIES[fast](slow_dim, fast_dim, **fast_kwargs),
-    )
+    latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed)
     layers: list[Transform] = [LUMixing(dim)] if mixing else []
     layers += [
         coupling_layer(coupling, dim, parity=i % 2, hidden=hidden, n_blocks=n_blocks, num_bins=num_bins, tail_bound=tail_bound)
@@ -60,3 +74,64 @@ def build_flow(
     if not layers:
         raise ValueError("the bijection needs at least one layer: set mixing=true or n_couplings ≥ 1")
     return StructuredFlow(latent, CompositeTransform(layers), coordinates)
+
+
+def slow_coordinate_indices(transform: InternalCoordinateTransform, rotor_mask: torch.Tensor, slow_dim: int, slow_coordinates) -> list[int]:
+    """Internal coordinates that receive the slow latents.
+
+    ``"backbone"``: φ and ψ first (when the topology has them), then the other rotor torsions in
+    Z-matrix order; or an explicit list of coordinate indices.
+    """
+    if slow_coordinates == "backbone":
+        backbone = [i for i in (transform.phi_index, transform.psi_index) if i is not None]
+        rotors = backbone + [i for i in rotor_mask.nonzero().ravel().tolist() if i not in backbone]
+        indices = rotors[:slow_dim]
+    else:
+        indices = [int(i) for i in slow_coordinates]
+    if len(indices) != slow_dim or len(set(indices)) != slow_dim or not all(0 <= i < transform.dim for i in indices):
+        raise ValueError(f"slow_coordinates must name {slow_dim} distinct coordinates in [0, {transform.dim}), got {indices}")
+    return indices
+
+
+def build_internal_flow(
+    transform: InternalCoordinateTransform,
+    reference: HarmonicReference,
+    slow_dim: int = 2,
+    slow_coordinates="backbone",
+    n_components: int = 4,
+    fast: str = "conditional",
+    fast_hidden: int = 64,
+    n_couplings: int = 8,
+    hidden: int = 128,
+    n_blocks: int = 2,
+    num_bins: int = 8,
+    tail_bound: float = 5.0,
+    prior_init_spread: float = 1.0,
+    prior_init_std: float = 0.5,
+    seed: int = 0,
+) -> StructuredFlow:
+    """A structured-latent flow whose samples are Cartesian frames (B, N, 3) in nm.
+
+    latent → flow space: a fixed permutation puts the slow latents on ``slow_coordinates``;
+    :class:`CircleEmbedding` maps rotor torsions onto the circle; ``n_couplings``
+    :class:`MixedSplineCoupling` layers (random halves, each followed by its complement) act on
+    lines and circles; :class:`HarmonicStandardization` scales the stiff coordinates to internal
+    coordinates; the internal-coordinate map places the atoms.
+    """
+    dim = transform.dim
+    rotor_mask = (transform.periodic_mask & ~transform.improper_mask).cpu()
+    slow = slow_coordinate_indices(transform, rotor_mask, slow_dim, slow_coordinates)
+    latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed)
+    # latent order [slow | fast] -> flow order: slow latents land on their coordinates
+    flow_order = slow + [i for i in range(dim) if i not in slow]
+    latent_of_coordinate = torch.empty(dim, dtype=torch.long)
+    latent_of_coordinate[torch.tensor(flow_order)] = torch.arange(dim)
+    generator = torch.Generator().manual_seed(seed)
+    layers: list[Transform] = [Permutation(latent_of_coordinate), CircleEmbedding(rotor_mask)]
+    for i in range(n_couplings):
+        if i % 2 == 0:
+            half = torch.zeros(dim, dtype=torch.bool)
+            half[torch.randperm(dim, generator=generator)[: dim // 2]] = True
+        layers.append(MixedSplineCoupling(half if i % 2 == 0 else ~half, rotor_mask, hidden, n_blocks, num_bins, tail_bound))
+    layers.append(HarmonicStandardization(reference))
+    return StructuredFlow(latent, CompositeTransform(layers), coordinates=transform)

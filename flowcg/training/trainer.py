@@ -209,13 +209,14 @@ class Trainer:
         self.model.train()
         start = time.perf_counter() - s["wall_time_s"]
         bar = tqdm(initial=s["step"], desc="train", unit="step", disable=not cfg.show_progress, dynamic_ncols=True)
-        losses: list[float] = []
         try:
             while not s["done"]:
                 stage_length = cfg.final_steps if s["beta"] >= 1.0 else cfg.steps_per_stage
                 while s["stage_step"] < stage_length:
                     loss, grad_norm = self.train_step()
-                    losses.append(loss)
+                    if math.isfinite(loss):  # the stage's mean loss, kept in the state so it survives a resume
+                        s["stage_loss_sum"] = s.get("stage_loss_sum", 0.0) + loss
+                        s["stage_loss_count"] = s.get("stage_loss_count", 0) + 1
                     s["step"] += 1
                     s["stage_step"] += 1
                     bar.update(1)
@@ -228,8 +229,8 @@ class Trainer:
                         s["wall_time_s"] = time.perf_counter() - start
                         self.save_checkpoint()
                 record, u, log_q = self.evaluate_stage()
-                finite_losses = [v for v in losses[-stage_length:] if math.isfinite(v)]
-                record["loss"] = float(np.mean(finite_losses)) if finite_losses else math.nan
+                count = s.pop("stage_loss_count", 0)
+                record["loss"] = s.pop("stage_loss_sum", 0.0) / count if count else math.nan
                 record["nonfinite_energies"] = s["nonfinite_energies"]
                 record["skipped_steps"] = s["skipped_steps"]
                 previous = s["stages"][-1] if s["stages"] else {"nonfinite_energies": 0, "skipped_steps": 0}

@@ -1,0 +1,65 @@
+"""Metrics and plots of a one-shot sample of a molecule, optionally against reference MD.
+
+The reference is the ``reference.npz`` that ``flowcg-reference`` writes (φ, ψ per frame, rad).
+Metrics (keys of ``metrics.json``):
+
+* ``fraction_d``: share of samples with a D-configured CA centre; with ``reject_d`` those samples
+  get zero weight and are left out of every histogram (FAB's filter).
+* with a reference: the Ramachandran KL / TV on 64² and 100² grids, raw and reweighted (``_rw``),
+  and basin populations (see :mod:`flowcg.analysis.ramachandran`);
+* without one: the basin populations of the model, raw and reweighted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flowcg.analysis.ramachandran import basin_populations, phi_psi, plot_ramachandran, ramachandran_metrics
+from flowcg.coordinates.chirality import CAChirality
+from flowcg.sampling.importance import normalized_weights
+from flowcg.sampling.sampler import SampleSet
+
+
+def load_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(φ, ψ) in rad of a ``flowcg-reference`` run: its ``reference.npz`` or the folder holding it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "reference.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"reference MD not found: {path} (run flowcg-reference first)")
+    with np.load(path) as data:
+        return data["phi"], data["psi"]
+
+
+def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
+    """True for frames without a D-configured CA centre (all True if nothing is chiral)."""
+    try:
+        chirality = CAChirality(topology)
+    except ValueError:
+        return np.ones(len(x), dtype=bool)
+    return ~chirality.is_d(x).numpy()
+
+
+def molecular_metrics(topology, samples: SampleSet, reference: tuple | None = None, reject_d: bool = True) -> dict:
+    """Chirality, basin populations and (with a reference (φ, ψ)) Ramachandran metrics."""
+    keep = keep_l_mask(topology, samples.x)
+    metrics: dict = {"fraction_d": float(1.0 - keep.mean())}
+    chosen = keep if reject_d else np.ones_like(keep)
+    phi, psi = phi_psi(samples.x[chosen], topology)
+    log_w = samples.log_w[chosen]
+    if reference is not None:
+        rama = ramachandran_metrics(*reference, phi, psi, log_weights=log_w)
+        rama.pop("ess"), rama.pop("ess_clipped")  # the sample summary reports ESS over all samples
+        metrics.update(rama)
+    else:
+        metrics.update({f"basin_{k}": v for k, v in basin_populations(phi, psi).items()})
+        metrics.update({f"basin_{k}_rw": v for k, v in basin_populations(phi, psi, normalized_weights(log_w)).items()})
+    return metrics
+
+
+def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference: tuple | None = None) -> Path:
+    """Ramachandran PNG: model, reweighted model and (if given) the reference; L samples only."""
+    keep = keep_l_mask(topology, samples.x)
+    return plot_ramachandran(path, phi_psi(samples.x[keep], topology), reference, log_weights=samples.log_w[keep])
