@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, plot_ramachandran, ramachandran_metrics
 from flowcg.coordinates.chirality import CAChirality
@@ -63,3 +64,20 @@ def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference: t
     """Ramachandran PNG: model, reweighted model and (if given) the reference; L samples only."""
     keep = keep_l_mask(topology, samples.x)
     return plot_ramachandran(path, phi_psi(samples.x[keep], topology), reference, log_weights=samples.log_w[keep])
+
+
+def torsion_table(transform, topology, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Names and values (N, T) in rad of every torsion coordinate of ``transform`` for frames x (N, atoms, 3).
+
+    Names are the four atoms (``RES:ATOM``) with ``phi`` / ``psi`` marked, e.g. ``phi(ACE:C-ALA:N-ALA:CA-ALA:C)``.
+    """
+    atoms = list(topology.atoms)
+    columns = transform.periodic_mask.nonzero().ravel().tolist()
+    labels = {transform.phi_index: "phi", transform.psi_index: "psi"}
+    names = []
+    for k in columns:
+        quad = "-".join(f"{atoms[a].residue.name}:{atoms[a].name}" for a in transform.atom_indices[k])
+        names.append(f"{labels[k]}({quad})" if k in labels else quad)
+    with torch.no_grad():
+        ic, _ = transform.inverse(torch.as_tensor(x, dtype=torch.float64))
+    return names, ic[:, columns].numpy()

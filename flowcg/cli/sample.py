@@ -1,9 +1,14 @@
-"""``flowcg-sample``: draw N iid samples from a trained run and reweight them to the target.
+"""``flowcg-sample``: draw N iid samples from a trained model and reweight them to the target.
 
     flowcg-sample run=RUN_DIR n=100000 hydra.run.dir=OUT
+    flowcg-sample pretrained=aldp_implicit n=100000 hydra.run.dir=OUT    # a model shipped with flowcg
 
-Writes into OUT: samples.npz (x, log_q, energies_kT, log_w, z_slow), metrics.json (Kish ESS,
-log Z, reweighted observables, target metrics) and plots/*.png.
+Writes into OUT: samples.npz (log_q, energies_kT, log_w = −βu − log q, z_slow; x for vector
+targets), metrics.json (Kish ESS, log Z, target metrics) and plots. For a molecule, x goes to
+samples.dcd with topology.pdb instead, samples.npz adds phi, psi and is_d, and the metrics add
+the Ramachandran comparison with the reference MD and the CV discovery (cv_report.md,
+free_energy.png, ramachandran.png). log_q is the density of Cartesian frames with the rigid-body
+degrees of freedom fixed as the internal-coordinate map fixes them.
 """
 
 from __future__ import annotations
@@ -11,14 +16,47 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import mdtraj as md
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from flowcg.analysis.plots import plot_marginals, plot_samples
+from flowcg.analysis.cv import cv_discovery, cv_markdown, plot_free_energy
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.builders import describe_device, load_run, seed_everything
+from flowcg.analysis.molecular import keep_l_mask, load_reference, plot_molecular_sample, torsion_table
+from flowcg.analysis.plots import plot_marginals, plot_samples
+from flowcg.analysis.ramachandran import phi_psi
+from flowcg.builders import Run, describe_device, load_run, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, write_json
-from flowcg.sampling import draw_samples, reweighted_mean
+from flowcg.pretrained import load_pretrained, pretrained_reference
+from flowcg.sampling import SampleSet, draw_samples, reweighted_mean
+
+
+def _load(cfg: DictConfig) -> tuple[Run, tuple | None]:
+    """The model named by ``run`` or ``pretrained`` (exactly one) and the reference MD (φ, ψ), if any."""
+    if (cfg.run is None) == (cfg.pretrained is None):
+        raise ValueError("give exactly one of run=RUN_DIR or pretrained=NAME")
+    if cfg.pretrained is not None:
+        run, reference = load_pretrained(cfg.pretrained, device=cfg.device), pretrained_reference(cfg.pretrained)
+    else:
+        run, reference = load_run(cfg.run, device=cfg.device), None
+    if cfg.reference:
+        reference = load_reference(cfg.reference)
+    return run, reference
+
+
+def _molecular_outputs(run: Run, samples: SampleSet, reference: tuple | None, out_dir: Path, lag_frames: int) -> dict:
+    """Trajectory, npz, Ramachandran and CV-discovery outputs of a molecular sample; returns the CV report."""
+    topology = run.target.topology
+    md.Trajectory(samples.x.astype("float32"), topology).save_dcd(str(out_dir / "samples.dcd"))
+    md.Trajectory(run.target.positions[None].astype("float32"), topology).save_pdb(str(out_dir / "topology.pdb"))
+    phi, psi = phi_psi(samples.x, topology)
+    samples.save(out_dir / "samples.npz", include_x=False, phi=phi, psi=psi, is_d=~keep_l_mask(topology, samples.x))
+    plot_molecular_sample(topology, samples, out_dir / "ramachandran.png", reference)
+    names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
+    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi, psi, reference, lag_frames=lag_frames)
+    (out_dir / "cv_report.md").write_text(cv_markdown(report))
+    plot_free_energy(samples.z_slow, samples.log_w, out_dir / "free_energy.png")
+    return report
 
 
 @clean_errors("flowcg-sample")
@@ -26,25 +64,28 @@ def sample(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     seed_everything(cfg.seed)
-    run = load_run(cfg.run, device=cfg.device)
+    run, reference = _load(cfg)
     samples = draw_samples(run.model, run.target, cfg.n, cfg.batch_size, beta=cfg.beta)
-    samples.save(out_dir / "samples.npz")
-    flat = samples.x.reshape(len(samples.x), -1)
     metrics = {
-        "run": str(Path(cfg.run).resolve()),
+        "model": cfg.pretrained or str(Path(cfg.run).resolve()),
         "target": run.target.name,
         "beta": cfg.beta,
-        **evaluate_samples(run.target, samples),
-        "observables": {
-            "mean_x_model": flat.mean(0).tolist(),
-            "mean_x_reweighted": reweighted_mean(flat, samples.log_w).tolist(),
-            "mean_energy_kT_reweighted": float(reweighted_mean(samples.energies_kT, samples.log_w)),
-        },
+        **evaluate_samples(run.target, samples, reference),
         "energy_evaluations": run.target.n_energy_evaluations,
         "device": describe_device(run.device),
     }
-    plot_marginals(run.target, samples, out_dir / "marginals.png")
-    plot_samples(run.target, samples, out_dir / "samples.png")
+    if getattr(run.target, "topology", None) is not None:
+        metrics["cv_discovery"] = _molecular_outputs(run, samples, reference, out_dir, cfg.tica_lag_frames)
+    else:
+        samples.save(out_dir / "samples.npz")
+        flat = samples.x.reshape(len(samples.x), -1)
+        metrics["observables"] = {
+            "mean_x_model": flat.mean(0).tolist(),
+            "mean_x_reweighted": reweighted_mean(flat, samples.log_w).tolist(),
+            "mean_energy_kT_reweighted": float(reweighted_mean(samples.energies_kT, samples.log_w)),
+        }
+        plot_marginals(run.target, samples, out_dir / "marginals.png")
+        plot_samples(run.target, samples, out_dir / "samples.png")
     metrics["wall_time_s"] = time.perf_counter() - started
     write_json(metrics, out_dir / "metrics.json")
     print(f"flowcg-sample: {cfg.n} samples, ESS {metrics['ess']:.4f}, log Z {metrics['log_z']:.4f}; results in {out_dir}")

@@ -48,9 +48,11 @@ class SampleSet:
             "nonfinite_energies": int((~np.isfinite(self.energies_kT)).sum()),
         }
 
-    def save(self, path: str | Path) -> None:
-        """Write an npz with x, log_q, energies_kT, log_w, z_slow and beta."""
-        np.savez_compressed(path, x=self.x, log_q=self.log_q, energies_kT=self.energies_kT, log_w=self.log_w, z_slow=self.z_slow, beta=self.beta)
+    def save(self, path: str | Path, include_x: bool = True, **extra: np.ndarray) -> None:
+        """Write an npz with log_q, energies_kT, log_w, z_slow, beta, any ``extra`` arrays and
+        (``include_x``) x; molecules keep x in a trajectory file instead."""
+        arrays = {"x": self.x} if include_x else {}
+        np.savez_compressed(path, **arrays, log_q=self.log_q, energies_kT=self.energies_kT, log_w=self.log_w, z_slow=self.z_slow, beta=self.beta, **extra)
 
 
 @torch.no_grad()
