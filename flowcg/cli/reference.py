@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 from openmm import app, unit
 
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandran_kl
-from flowcg.cli.common import entry_point
+from flowcg.cli.common import clean_errors, entry_point
 from flowcg.targets.openmm_bridge import default_platform
 from flowcg.targets.systems import MolecularSystem, langevin_simulation, load_system, thermalize
 from flowcg.training.checkpoint import write_atomic
@@ -64,6 +64,9 @@ class ReferenceRun:
         self.equilibration_steps = round(equilibration_ps * 1000.0 / timestep_fs)
         self.seed = int(seed)
 
+        names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+        if platform != "auto" and platform not in names:
+            raise ValueError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(names)}")
         self.platform = openmm.Platform.getPlatformByName(default_platform() if platform == "auto" else platform)
         self.context, self.integrator = langevin_simulation(system, timestep_fs, friction_per_ps, self.seed, self.platform, threads)
         self.records = self._restore() if self.paths["checkpoint.chk"].exists() else self._start()
@@ -178,7 +181,10 @@ class ReferenceRun:
         return metrics
 
 
+@clean_errors("flowcg-reference")
 def reference(cfg: DictConfig) -> None:
+    if cfg.ns <= 0:
+        raise ValueError(f"ns must be positive, got {cfg.ns}")
     system = load_system(cfg.target.name, temperature=cfg.target.options.temperature)
     run = ReferenceRun(
         system,

@@ -52,3 +52,12 @@ def test_resume_trims_uncommitted_frames(tmp_path):
     assert md.load(str(tmp_path / "trajectory.dcd"), top=str(tmp_path / "topology.pdb")).n_frames == run.n_frames == 10
     run.run(0.002)
     assert md.load(str(tmp_path / "trajectory.dcd"), top=str(tmp_path / "topology.pdb")).n_frames == 20
+
+
+def test_bad_input_fails_with_one_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for overrides, message in ((["target=aldp_vacuum", "ns=-1"], "ns must be positive"), (["target=aldp_vacuum", "platform=Quantum"], "Quantum")):
+        cmd = [sys.executable, "-m", "flowcg.cli.reference", *overrides, f"hydra.run.dir={tmp_path / 'bad'}"]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr
+        assert "Traceback" not in result.stderr

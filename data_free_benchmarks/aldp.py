@@ -1,0 +1,157 @@
+"""Alanine dipeptide flagship: the data-free runs against long reference MD.
+
+    .venv/bin/python data_free_benchmarks/aldp.py --reference outputs/reference/aldp_implicit_long \
+        [--only NAME ...] [--n 100000] [--train]
+
+Arms (each a real ``flowcg-train`` run in ``data_free_benchmarks/runs/aldp/<name>``, git-ignored):
+
+* ``flagship``: ``experiment=aldp_implicit`` (tempered from 1200 K, 4-component mixture prior);
+* ``no_tempering``: the same at β = 1 throughout (``train/schedule=constant``), same step count;
+* ``single_gaussian``: the same with one mixture component (``model.n_components=1``).
+
+With ``--train`` missing runs are trained (interrupted ones resumed); otherwise only finished runs
+are evaluated. Evaluation draws ``--n`` fresh one-shot samples per run and compares them with the
+reference MD (``flowcg-reference`` output): Ramachandran KL/TV (64², 100²; raw and reweighted),
+basin populations and their relative error, Kish ESS (and clipped), the training energy
+evaluations and wall time, and the MD-equivalent speed-up:
+
+    speed-up = MD steps the reference needs to reach the model's KL / the model's training evaluations.
+
+For the speed-up the reference is split in halves: the running KL of the first half (one MD step =
+one energy evaluation) is measured against the second half, and so is the model's KL, so neither
+side is compared with itself. Results: ``results/aldp_implicit.json`` and ``results/aldp_implicit.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from flowcg.analysis.evaluate import evaluate_samples  # noqa: E402
+from flowcg.analysis.md_cost import md_cost_curve, md_steps_to_reach  # noqa: E402
+from flowcg.analysis.molecular import keep_l_mask, load_reference  # noqa: E402
+from flowcg.analysis.ramachandran import BASINS, basin_populations, phi_psi, ramachandran_kl  # noqa: E402
+from flowcg.builders import load_run  # noqa: E402
+from flowcg.sampling import draw_samples, normalized_weights  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ARMS = {
+    "flagship": ["experiment=aldp_implicit"],
+    "no_tempering": ["experiment=aldp_implicit", "train/schedule=constant"],
+    "single_gaussian": ["experiment=aldp_implicit", "model.n_components=1"],
+}
+
+
+def train(name: str, run_dir: Path) -> None:
+    resume = ["resume=true"] if (run_dir / "checkpoint.pt").is_file() else []
+    command = [str(BIN / "flowcg-train"), *ARMS[name], "logger=none", "n_samples=10000", f"hydra.run.dir={run_dir}", *resume]
+    if name == "no_tempering":  # same number of optimisation steps as the flagship's stages + final stage
+        flagship = json.loads((run_dir.parent / "flagship" / "metrics.json").read_text())
+        command.append(f"train.final_steps={flagship['steps']}")
+    print("running:", " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True)
+
+
+def evaluate(run_dir: Path, reference: tuple, n: int, seed: int = 0) -> dict:
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    run = load_run(run_dir, device="cpu")
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    samples = draw_samples(run.model, run.target, n, batch_size=10_000)
+    metrics = evaluate_samples(run.target, samples, reference)
+    for basin in BASINS:
+        ref = metrics[f"ref_basin_{basin}"]
+        metrics[f"basin_{basin}_rw_relative_error"] = abs(metrics[f"basin_{basin}_rw"] - ref) / ref if ref > 0 else None
+
+    half = len(reference[0]) // 2
+    first, second = (reference[0][:half], reference[1][:half]), (reference[0][half:], reference[1][half:])
+    keep = keep_l_mask(run.target.topology, samples.x)
+    phi, psi = phi_psi(samples.x[keep], run.target.topology)
+    model_kl = ramachandran_kl(*second, phi, psi, weights=normalized_weights(samples.log_w[keep]))
+    curve = md_cost_curve(*first, steps_per_frame=reference[2], reference=second)
+    md_steps = md_steps_to_reach(model_kl, curve)
+    return {
+        **metrics,
+        "kl_64_rw_vs_second_half": model_kl,
+        "reference_half_vs_half_kl_64": float(curve.kl[-1]),
+        "md_steps_to_model_kl": md_steps,
+        "md_speedup": md_steps / trained["energy_evaluations"],
+        "energy_evaluations": trained["energy_evaluations"],
+        "train_wall_time_s": trained["train_wall_time_s"],
+        "train_device": trained["device"],
+        "steps": trained["steps"],
+        "stages": trained["stages"],
+        "evaluation_wall_time_s": time.perf_counter() - started,
+    }
+
+
+COLUMNS = ["ess", "ess_clipped", "kl_64_rw", "tv_64_rw", "kl_100_rw", "basin_beta_rw", "basin_alpha_R_rw", "basin_alpha_L_rw",
+           "fraction_d", "md_speedup", "energy_evaluations", "train_wall_time_s"]
+
+
+def table(results: dict) -> str:
+    lines = ["| arm | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, m in results["arms"].items():
+        cells = [f"{m[k]:.4g}" if isinstance(m.get(k), float) else str(m.get(k)) for k in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ref = results["reference"]
+    lines.append(f"| reference MD ({ref['ns']:.2f} ns) | – | – | {ref['half_vs_half_kl_64']:.4g} | – | – | "
+                 f"{ref['basins']['beta']:.4g} | {ref['basins']['alpha_R']:.4g} | {ref['basins']['alpha_L']:.4g} | – | – | – | – |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="flowcg-reference run folder")
+    parser.add_argument("--only", nargs="*", default=list(ARMS))
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--train", action="store_true", help="train missing runs first")
+    args = parser.parse_args()
+
+    reference_dir = Path(args.reference)
+    phi, psi = load_reference(reference_dir)
+    with np.load(reference_dir / "reference.npz") as data:
+        steps_per_frame = int(data["save_interval_steps"])
+    reference_metrics = json.loads((reference_dir / "metrics.json").read_text())
+
+    half = len(phi) // 2
+    results = {
+        "reference": {
+            "path": str(reference_dir), "frames": int(len(phi)), "ns": float(reference_metrics["ns"]),
+            "steps_per_frame": steps_per_frame, "basins": basin_populations(phi, psi),
+            "half_vs_half_kl_64": ramachandran_kl(phi[half:], psi[half:], phi[:half], psi[:half]),
+            "wall_time_s": reference_metrics.get("wall_time_s"),
+        },
+        "arms": {},
+    }
+    out = HERE / "results" / "aldp_implicit.json"
+    if out.is_file():
+        results["arms"] = json.loads(out.read_text()).get("arms", {})
+    for name in args.only:
+        run_dir = HERE / "runs" / "aldp" / name
+        if args.train and not (run_dir / "metrics.json").is_file():
+            train(name, run_dir)
+        if not (run_dir / "metrics.json").is_file():
+            print(f"skipping {name}: no finished run in {run_dir}")
+            continue
+        metrics = evaluate(run_dir, (phi, psi, steps_per_frame), args.n)
+        metrics["command"] = " ".join(["flowcg-train", *ARMS[name]])
+        results["arms"][name] = metrics
+        print(name, {k: metrics[k] for k in ("ess", "kl_64_rw", "tv_64_rw", "md_speedup")}, flush=True)
+    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (HERE / "results" / "aldp_implicit.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
