@@ -80,3 +80,10 @@ def test_untrained_flow_puts_slow_latents_on_phi_psi_and_keeps_l_chirality(vacuu
 def test_internal_model_needs_a_molecule():
     with pytest.raises(ValueError, match="molecular target"):
         build_internal_model(load_target("double_well"))
+
+
+def test_slow_coordinates_are_checked(vacuum):
+    with pytest.raises(ValueError, match="slow_coordinates must name 2 distinct"):
+        build_internal_model(vacuum, slow_coordinates=[41, 41], n_couplings=2, hidden=8)
+    with pytest.raises(ValueError, match="unknown fast density"):
+        build_internal_model(vacuum, fast="laplace", n_couplings=2, hidden=8)
