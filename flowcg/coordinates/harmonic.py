@@ -9,10 +9,12 @@ harmonic width in the reduced energy u = U/kT,
 
 the thermal fluctuation of c_i with the others held fixed (e.g. σ ≈ 0.003 nm for a C–H bond at
 300 K). The curvature comes from central differences of the autograd gradient ∂u/∂c at x*.
-Free rotor torsions are left alone: they are periodic and get circular layers.
+Free rotor torsions are periodic and get circular layers; they are only rotated so that the
+flow's circle is centred on their value at the minimum.
 
 :class:`HarmonicStandardization` is the fixed affine map y ↦ c = c* + σ y on the stiff
-coordinates (improper torsions wrapped back onto (−π, π]); its log|det| is Σ log σ_i.
+coordinates and y ↦ c* + y on the rotors, torsions wrapped back onto (−π, π]; its log|det| is
+Σ log σ_i over the stiff ones.
 """
 
 from __future__ import annotations
@@ -79,14 +81,15 @@ def harmonic_reference(energy_kT, transform: InternalCoordinateTransform, x_min_
 
 
 class HarmonicStandardization(Transform):
-    """Fixed map y ↦ c: c_i = c*_i + σ_i y_i on stiff coordinates (torsions wrapped), identity on rotors."""
+    """Fixed map y ↦ c: c_i = c*_i + σ_i y_i on stiff coordinates and c_i = c*_i + y_i on rotors
+    (a rotation, so the flow's circle is centred on the minimum's conformation); torsions wrapped."""
 
     def __init__(self, reference: HarmonicReference):
         super().__init__()
         stiff = reference.stiff.bool()
-        self.register_buffer("center", torch.where(stiff, reference.center, torch.zeros_like(reference.center)).float())
+        self.register_buffer("center", reference.center.float())
         self.register_buffer("width", torch.where(stiff, reference.width, torch.ones_like(reference.width)).float())
-        self.register_buffer("wrapped", stiff & reference.periodic.bool())
+        self.register_buffer("wrapped", reference.periodic.bool())
 
     def forward(self, inputs: Tensor, context=None) -> tuple[Tensor, Tensor]:
         outputs = self.center + self.width * inputs

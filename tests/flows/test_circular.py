@@ -37,16 +37,19 @@ def test_circular_spline_is_smooth_across_the_seam():
     assert abs(logdet[1] - logdet[0]) < 1e-9  # equal end derivatives: C¹ on the circle
 
 
-def test_circle_embedding_maps_standard_normal_to_uniform():
+def test_circle_embedding_maps_cauchy_to_uniform():
     embedding = CircleEmbedding(torch.tensor([True, False]))
-    z = torch.randn(200_000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(2)
+    z = torch.randn(200_000, 2, generator=generator, dtype=torch.float64)
+    z[:, 0] = torch.tan(math.pi * (torch.rand(200_000, generator=generator, dtype=torch.float64) - 0.5))  # standard Cauchy
     y, logdet = embedding(z)
     counts = torch.histc(y[:, 0], bins=8, min=-math.pi, max=math.pi)
     assert (counts / len(z) - 1 / 8).abs().max() < 0.005
     assert torch.equal(y[:, 1], z[:, 1])
     jac = jacobian(lambda v: embedding(v[None])[0][0], z[0])
     assert torch.allclose(logdet[0], torch.linalg.slogdet(jac).logabsdet, atol=1e-10)
-    assert torch.allclose(embedding.inverse(y)[0], z, atol=1e-7)
+    moderate = z[:, 0].abs() < 1e4
+    assert torch.allclose(embedding.inverse(y)[0][moderate], z[moderate], rtol=1e-6, atol=1e-8)
 
 
 def _perturbed_coupling(seed=3):

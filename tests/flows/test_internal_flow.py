@@ -10,6 +10,7 @@ import torch
 from flowcg.analysis.ramachandran import phi_psi
 from flowcg.builders import build_internal_model
 from flowcg.coordinates import CAChirality, InternalCoordinateTransform
+from flowcg.coordinates.geometry import wrap
 from flowcg.coordinates.harmonic import HarmonicStandardization, harmonic_reference, minimized_positions
 from flowcg.targets import load_target
 
@@ -50,6 +51,8 @@ def test_standardization_inverts_across_the_torsion_seam(vacuum):
     reference = harmonic_reference(vacuum.energy, transform, minimized_positions(vacuum.system, vacuum.positions))
     standardization = HarmonicStandardization(reference).double()
     y = torch.randn(64, transform.dim, dtype=torch.float64) * 3
+    rotors = transform.periodic_mask & ~transform.improper_mask
+    y[:, rotors] = (torch.rand(64, int(rotors.sum()), dtype=torch.float64) * 2 - 1) * 3.1  # rotors live on one turn
     ic, logdet = standardization(y)
     back, logdet_inverse = standardization.inverse(ic)
     assert (ic[:, transform.improper_mask].abs() <= math.pi).all()  # impropers near 180° wrap
@@ -71,9 +74,12 @@ def test_untrained_flow_puts_slow_latents_on_phi_psi_and_keeps_l_chirality(vacuu
     untrained = build_internal_model(vacuum, n_couplings=2, hidden=16, seed=1).double()
     draw = untrained.sample(500)
     phi, psi = phi_psi(draw.x, vacuum.topology)
-    expected = math.pi * torch.erf(draw.z[:, :2] / math.sqrt(2.0))  # identity couplings: the circle embedding alone
-    assert torch.allclose(torch.as_tensor(phi), expected[:, 0], atol=1e-6)
-    assert torch.allclose(torch.as_tensor(psi), expected[:, 1], atol=1e-6)
+    # identity couplings: the circle embedding, rotated to the minimum's φ*, ψ*
+    centre = untrained.bijection._transforms[-1].center
+    transform = untrained.coordinates
+    for angle, index, latent in ((phi, transform.phi_index, 0), (psi, transform.psi_index, 1)):
+        expected = wrap(centre[index] + 2 * torch.atan(draw.z[:, latent]))
+        assert torch.allclose(wrap(torch.as_tensor(angle) - expected), torch.zeros(500, dtype=torch.float64), atol=1e-6)
     assert not CAChirality(vacuum.topology).is_d(draw.x).any()  # CB's improper torsion sits on the L side
 
 
