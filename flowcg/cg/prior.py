@@ -1,0 +1,261 @@
+"""Physical prior energy for CG models, fitted by Boltzmann inversion of CG frames.
+
+The prior keeps a learned CG potential in the physical region where it has no data (bonds
+that do not break, beads that do not overlap). With kT = R T, R = 0.0083144626 kJ/mol/K:
+
+* harmonic bonds   U = ½ k (b − b₀)², b the bead–bead distance (nm), k in kJ/mol/nm²;
+* harmonic angles  U = ½ k (θ − θ₀)², θ ∈ [0, π] rad, k in kJ/mol/rad²;
+* repulsion        U = ε (σ / r)⁶ between non-bonded pairs (r, σ in nm, ε in kJ/mol);
+* dihedrals (off by default)  U = Σ_{n=1}^{N} a_n cos nφ + b_n sin nφ, φ ∈ (−π, π] rad.
+
+Boltzmann inversion. If a coordinate q alone were distributed as p(q) ∝ exp(−U(q) / kT), a
+harmonic U = ½ k (q − q₀)² would make q Gaussian with mean q₀ and variance kT / k, so from
+frames sampled at temperature T
+
+    q₀ = mean(q),   k = kT / var(q).
+
+This is the CGSchNet recipe; it ignores the Jacobians (r² for distances, sin θ for angles)
+and the coupling between coordinates, which is harmless for stiff terms: the prior only needs
+the right scale, the network learns the rest. Likewise a dihedral's free energy
+−kT log p(φ) is read off a periodic histogram (with a pseudocount, so unvisited angles get a
+large but finite penalty) and least-squares fitted by the truncated Fourier series.
+
+Repulsion. σ is the smallest distance observed for a pair (or for all pairs of the same pair
+of bead types, or for all pairs at once); at that distance the repulsion costs ε (default
+1 kT) and it grows as r⁻⁶ below it, so it is inactive on the data and stops collapse outside.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flowcg.cg.mapping import CGMapping
+from flowcg.coordinates.geometry import bond_angle, dihedral
+
+__all__ = [
+    "MOLAR_GAS_CONSTANT",
+    "CGPrior",
+    "FourierDihedrals",
+    "HarmonicAngles",
+    "HarmonicBonds",
+    "Repulsion",
+    "fit_prior",
+    "kT",
+]
+
+#: R in kJ/mol/K.
+MOLAR_GAS_CONSTANT = 0.0083144626
+
+
+def kT(temperature_K: float) -> float:
+    """Thermal energy R T in kJ/mol."""
+    return MOLAR_GAS_CONSTANT * temperature_K
+
+
+def _index_buffer(indices, width: int) -> Tensor:
+    return torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1, width))
+
+
+def _float_buffer(values) -> Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float64).reshape(-1), dtype=torch.get_default_dtype())
+
+
+class HarmonicBonds(nn.Module):
+    """Σ ½ k (b − b₀)² over bead pairs; b₀ in nm, k in kJ/mol/nm²."""
+
+    def __init__(self, pairs, x0_nm, k_kJ_mol_nm2):
+        super().__init__()
+        self.register_buffer("pairs", _index_buffer(pairs, 2))
+        self.register_buffer("x0", _float_buffer(x0_nm))
+        self.register_buffer("k", _float_buffer(k_kJ_mol_nm2))
+
+    @staticmethod
+    def coordinates(x: Tensor, pairs: Tensor) -> Tensor:
+        """Bond lengths (B, n_bonds) in nm."""
+        return torch.linalg.vector_norm(x[:, pairs[:, 1]] - x[:, pairs[:, 0]], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.coordinates(x, self.pairs)
+        return 0.5 * (self.k.to(x) * (b - self.x0.to(x)) ** 2).sum(-1)
+
+
+class HarmonicAngles(nn.Module):
+    """Σ ½ k (θ − θ₀)² over bead triples (vertex in the middle); θ₀ in rad, k in kJ/mol/rad²."""
+
+    def __init__(self, triples, x0_rad, k_kJ_mol_rad2):
+        super().__init__()
+        self.register_buffer("triples", _index_buffer(triples, 3))
+        self.register_buffer("x0", _float_buffer(x0_rad))
+        self.register_buffer("k", _float_buffer(k_kJ_mol_rad2))
+
+    @staticmethod
+    def coordinates(x: Tensor, triples: Tensor) -> Tensor:
+        """Bond angles (B, n_angles) in rad, in [0, π]."""
+        return bond_angle(x[:, triples[:, 0]], x[:, triples[:, 1]], x[:, triples[:, 2]])
+
+    def forward(self, x: Tensor) -> Tensor:
+        theta = self.coordinates(x, self.triples)
+        return 0.5 * (self.k.to(x) * (theta - self.x0.to(x)) ** 2).sum(-1)
+
+
+class Repulsion(nn.Module):
+    """Σ ε (σ / r)⁶ over bead pairs; σ in nm (one per pair), ε in kJ/mol."""
+
+    def __init__(self, pairs, sigma_nm, epsilon_kJ_mol: float):
+        super().__init__()
+        self.register_buffer("pairs", _index_buffer(pairs, 2))
+        self.register_buffer("sigma", _float_buffer(sigma_nm))
+        self.epsilon = float(epsilon_kJ_mol)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = HarmonicBonds.coordinates(x, self.pairs)
+        return self.epsilon * ((self.sigma.to(x) / r) ** 6).sum(-1)
+
+
+class FourierDihedrals(nn.Module):
+    """Σ_d Σ_{n=1}^{N} a_dn cos nφ_d + b_dn sin nφ_d in kJ/mol; coefficients (n_dihedrals, N)."""
+
+    def __init__(self, quadruples, cos_coefficients, sin_coefficients):
+        super().__init__()
+        self.register_buffer("quadruples", _index_buffer(quadruples, 4))
+        n = self.quadruples.shape[0]
+        self.register_buffer("a", _float_buffer(cos_coefficients).reshape(n, -1))
+        self.register_buffer("b", _float_buffer(sin_coefficients).reshape(n, -1))
+
+    @staticmethod
+    def coordinates(x: Tensor, quadruples: Tensor) -> Tensor:
+        """Dihedrals (B, n_dihedrals) in rad, in (−π, π]."""
+        return dihedral(*(x[:, quadruples[:, m]] for m in range(4)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        phi = self.coordinates(x, self.quadruples)
+        n_phi = phi[..., None] * torch.arange(1, self.a.shape[1] + 1, device=x.device, dtype=x.dtype)
+        return (self.a.to(x) * torch.cos(n_phi) + self.b.to(x) * torch.sin(n_phi)).sum((-1, -2))
+
+
+class CGPrior(nn.Module):
+    """Sum of prior terms: U_prior(X) (B,) in kJ/mol for X (B, n_beads, 3) in nm."""
+
+    def __init__(self, terms: dict[str, nn.Module]):
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+
+    def energies(self, x: Tensor) -> dict[str, Tensor]:
+        """Each term's energy (B,) in kJ/mol, by name."""
+        return {name: term(x) for name, term in self.terms.items()}
+
+    def forward(self, x: Tensor) -> Tensor:
+        energy = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for term in self.terms.values():
+            energy = energy + term(x)
+        return energy
+
+
+def _boltzmann_harmonic(q: Tensor, kt: float) -> tuple[np.ndarray, np.ndarray]:
+    """q₀ = mean, k = kT / var for samples q (T, n_terms)."""
+    q = q.double()
+    variance = q.var(0, unbiased=False)
+    if not bool((variance > 0).all()):
+        raise ValueError("a bond or angle does not fluctuate in the frames; cannot Boltzmann-invert it")
+    return q.mean(0).numpy(), (kt / variance).numpy()
+
+
+def fit_fourier_dihedral(
+    phi: np.ndarray, kt: float, n_terms: int = 3, bins: int = 72, pseudocount: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cos and sin coefficients (n_terms,) in kJ/mol of −kT log p(φ) for angles φ (rad), constant dropped.
+
+    ``pseudocount`` is added to every bin's count, so an empty bin costs kT log(max count /
+    pseudocount) rather than infinity.
+    """
+    counts, edges = np.histogram(np.asarray(phi), bins=bins, range=(-math.pi, math.pi))
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    free_energy = -kt * np.log(counts + pseudocount)
+    n = np.arange(1, n_terms + 1)
+    design = np.concatenate([np.ones((bins, 1)), np.cos(np.outer(centres, n)), np.sin(np.outer(centres, n))], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, free_energy, rcond=None)
+    return coefficients[1 : 1 + n_terms], coefficients[1 + n_terms :]
+
+
+def _pair_sigmas(distances: np.ndarray, pairs: np.ndarray, mapping: CGMapping, group: str) -> np.ndarray:
+    """σ (nm) per pair from the minimum distance of that pair, its type pair, or all pairs."""
+    minimum = distances.min(axis=0)
+    if group == "pair":
+        return minimum
+    if group == "all":
+        return np.full_like(minimum, minimum.min())
+    types = np.sort(mapping.bead_types[pairs], axis=1)
+    keys = [tuple(t) for t in types]
+    per_type = {key: min(m for k, m in zip(keys, minimum) if k == key) for key in set(keys)}
+    return np.array([per_type[key] for key in keys])
+
+
+def fit_prior(
+    cg_positions_nm,
+    mapping: CGMapping,
+    temperature_K: float,
+    *,
+    bonds: bool = True,
+    angles: bool = True,
+    repulsion: bool = True,
+    repulsion_sigma_nm: float | None = None,
+    repulsion_group: str = "type",
+    repulsion_epsilon_kT: float = 1.0,
+    repulsion_min_separation: int = 3,
+    dihedrals: bool = False,
+    dihedral_terms: int = 3,
+    dihedral_bins: int = 72,
+    dihedral_indices: Sequence[Sequence[int]] | None = None,
+) -> CGPrior:
+    """Fit a :class:`CGPrior` to CG frames by Boltzmann inversion (module docstring).
+
+    Args:
+        cg_positions_nm: (T, n_beads, 3) CG frames in nm (numpy or torch), sampled at ``temperature_K``.
+        mapping: supplies the CG bonds, angles, dihedrals, bead types and non-bonded pairs.
+        temperature_K: temperature of the frames, in K.
+        bonds, angles: include the harmonic bond / angle terms.
+        repulsion: include the (σ/r)⁶ repulsion between pairs ≥ ``repulsion_min_separation``
+            CG bonds apart (3 = all but 1–2 and 1–3 pairs).
+        repulsion_sigma_nm: a single fixed σ in nm; None fits σ from the data as grouped by
+            ``repulsion_group``: ``"type"`` (minimum over pairs of the same bead-type pair),
+            ``"pair"`` (each pair its own minimum) or ``"all"`` (one global minimum).
+        repulsion_epsilon_kT: ε in units of kT.
+        dihedrals: include Fourier dihedral terms on ``dihedral_indices`` (default: the mapping's
+            dihedrals) with ``dihedral_terms`` harmonics, from a ``dihedral_bins``-bin histogram.
+    """
+    x = cg_positions_nm.detach() if isinstance(cg_positions_nm, Tensor) else torch.as_tensor(np.asarray(cg_positions_nm))
+    x = x.to(torch.float64)
+    if x.ndim != 3 or x.shape[1:] != (mapping.n_beads, 3) or x.shape[0] < 2:
+        raise ValueError(f"expected ≥ 2 CG frames of shape (T, {mapping.n_beads}, 3), got {tuple(x.shape)}")
+    kt = kT(temperature_K)
+    terms: dict[str, nn.Module] = {}
+    if bonds and len(mapping.bonds):
+        pairs = torch.as_tensor(mapping.bonds)
+        terms["bonds"] = HarmonicBonds(mapping.bonds, *_boltzmann_harmonic(HarmonicBonds.coordinates(x, pairs), kt))
+    if angles and len(mapping.angles):
+        triples = torch.as_tensor(mapping.angles)
+        terms["angles"] = HarmonicAngles(mapping.angles, *_boltzmann_harmonic(HarmonicAngles.coordinates(x, triples), kt))
+    if repulsion:
+        pairs = mapping.nonbonded_pairs(repulsion_min_separation)
+        if len(pairs):
+            if repulsion_sigma_nm is not None:
+                sigma = np.full(len(pairs), float(repulsion_sigma_nm))
+            else:
+                if repulsion_group not in ("type", "pair", "all"):
+                    raise ValueError(f"repulsion_group must be 'type', 'pair' or 'all', got '{repulsion_group}'")
+                distances = HarmonicBonds.coordinates(x, torch.as_tensor(pairs)).numpy()
+                sigma = _pair_sigmas(distances, pairs, mapping, repulsion_group)
+            terms["repulsion"] = Repulsion(pairs, sigma, repulsion_epsilon_kT * kt)
+    if dihedrals:
+        chosen = mapping.dihedrals if dihedral_indices is None else dihedral_indices
+        quadruples = np.asarray(chosen, dtype=np.int64).reshape(-1, 4)
+        if len(quadruples):
+            phi = FourierDihedrals.coordinates(x, torch.as_tensor(quadruples)).numpy()
+            fits = [fit_fourier_dihedral(phi[:, d], kt, dihedral_terms, dihedral_bins) for d in range(len(quadruples))]
+            terms["dihedrals"] = FourierDihedrals(quadruples, np.stack([a for a, _ in fits]), np.stack([b for _, b in fits]))
+    return CGPrior(terms)

@@ -1,0 +1,122 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowcg.cg.prior import CGPrior, HarmonicBonds, Repulsion, fit_prior, kT
+from flowcg.coordinates.geometry import bond_angle, dihedral
+
+TEMPERATURE = 300.0
+KT = kT(TEMPERATURE)
+BOND_X0 = np.array([0.133, 0.146, 0.152, 0.133])  # nm
+BOND_K = np.array([3.0e5, 2.0e5, 1.5e5, 2.5e5])  # kJ/mol/nm²
+ANGLE_X0 = np.array([2.12, 1.94, 2.03])  # rad
+ANGLE_K = np.array([400.0, 250.0, 600.0])  # kJ/mol/rad²
+
+
+def place(a, b, c, bond, angle, torsion):
+    """Atom d with |cd| = bond, ∠bcd = angle and dihedral(a, b, c, d) = torsion (NeRF), batched."""
+    bc = c - b
+    bc /= np.linalg.norm(bc, axis=-1, keepdims=True)
+    n = np.cross(b - a, bc)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    m = np.cross(n, bc)
+    local = np.stack([-np.cos(angle), np.sin(angle) * np.cos(torsion), np.sin(angle) * np.sin(torsion)], axis=-1)
+    return c + bond[:, None] * (local[:, :1] * bc + local[:, 1:2] * m + local[:, 2:] * n)
+
+
+def chain_frames(n_frames, seed=0, phi_sampler=None):
+    """5-bead chains with bonds ~ N(x0, kT/k), angles ~ N(θ0, kT/k), given or uniform dihedrals."""
+    rng = np.random.default_rng(seed)
+    bonds = BOND_X0 + rng.standard_normal((n_frames, 4)) * np.sqrt(KT / BOND_K)
+    angles = ANGLE_X0 + rng.standard_normal((n_frames, 3)) * np.sqrt(KT / ANGLE_K)
+    torsions = rng.uniform(-math.pi, math.pi, (n_frames, 2))
+    if phi_sampler is not None:
+        torsions[:, 0] = phi_sampler(rng, n_frames)
+    x = np.zeros((n_frames, 5, 3))
+    x[:, 1, 0] = bonds[:, 0]
+    x[:, 2, 0] = bonds[:, 0] - bonds[:, 1] * np.cos(angles[:, 0])
+    x[:, 2, 1] = bonds[:, 1] * np.sin(angles[:, 0])
+    for k in (3, 4):
+        x[:, k] = place(x[:, k - 3], x[:, k - 2], x[:, k - 1], bonds[:, k - 1], angles[:, k - 2], torsions[:, k - 3])
+    return x, bonds, angles, torsions
+
+
+def test_chain_generator_is_consistent():
+    x, bonds, angles, torsions = chain_frames(50)
+    t = torch.as_tensor(x)
+    np.testing.assert_allclose(HarmonicBonds.coordinates(t, torch.tensor([[0, 1], [1, 2], [2, 3], [3, 4]])), bonds)
+    np.testing.assert_allclose(bond_angle(t[:, 1], t[:, 2], t[:, 3]), angles[:, 1])
+    np.testing.assert_allclose(dihedral(t[:, 1], t[:, 2], t[:, 3], t[:, 4]), torsions[:, 1], atol=1e-10)
+
+
+def test_boltzmann_inversion_recovers_harmonic_parameters(backbone):
+    x, *_ = chain_frames(40000)
+    prior = fit_prior(x, backbone, TEMPERATURE)
+    assert set(prior.terms) == {"bonds", "angles", "repulsion"}
+    bonds, angles = prior.terms["bonds"], prior.terms["angles"]
+    np.testing.assert_allclose(bonds.x0.numpy(), BOND_X0, rtol=1e-3)
+    np.testing.assert_allclose(bonds.k.numpy(), BOND_K, rtol=0.03)
+    np.testing.assert_allclose(angles.x0.numpy(), ANGLE_X0, rtol=1e-3)
+    np.testing.assert_allclose(angles.k.numpy(), ANGLE_K, rtol=0.03)
+
+
+def test_prior_energy_terms(backbone):
+    x, bonds, angles, _ = chain_frames(2000, seed=1)
+    prior = fit_prior(x, backbone, TEMPERATURE, repulsion_group="pair").double()
+    t = torch.as_tensor(x[:5])
+    terms = prior.energies(t)
+    b, a = prior.terms["bonds"], prior.terms["angles"]
+    expected_bonds = 0.5 * (b.k * (torch.as_tensor(bonds[:5]) - b.x0) ** 2).sum(-1)
+    expected_angles = 0.5 * (a.k * (torch.as_tensor(angles[:5]) - a.x0) ** 2).sum(-1)
+    torch.testing.assert_close(terms["bonds"], expected_bonds)
+    torch.testing.assert_close(terms["angles"], expected_angles)
+    torch.testing.assert_close(prior(t), sum(terms.values()))
+    # Each non-bonded pair's σ is its closest approach, where it costs ε = 1 kT.
+    repulsion = prior.terms["repulsion"]
+    assert repulsion.pairs.tolist() == backbone.nonbonded_pairs().tolist()
+    distances = HarmonicBonds.coordinates(torch.as_tensor(x), repulsion.pairs)
+    torch.testing.assert_close(repulsion.sigma, distances.min(0).values)
+    assert repulsion.epsilon == pytest.approx(KT)
+    # The mean harmonic energy per term is ½ kT (equipartition over the data it was fitted on).
+    full = torch.as_tensor(x)
+    assert prior.terms["bonds"](full).mean().item() == pytest.approx(4 * 0.5 * KT, rel=1e-6)
+
+
+def test_repulsion_groupings(backbone):
+    x, *_ = chain_frames(500, seed=2)
+    pairs = backbone.nonbonded_pairs()
+    minimum = HarmonicBonds.coordinates(torch.as_tensor(x), torch.as_tensor(pairs)).min(0).values
+    by_all = fit_prior(x, backbone, TEMPERATURE, repulsion_group="all").terms["repulsion"].sigma
+    assert torch.allclose(by_all, torch.full_like(by_all, float(minimum.min())))
+    # Pairs (C, C) = (0, 3), (C, N) = (0, 4), (N, N) = (1, 4): three different type pairs.
+    by_type = fit_prior(x, backbone, TEMPERATURE).terms["repulsion"].sigma
+    torch.testing.assert_close(by_type, minimum.float())
+    fixed = fit_prior(x, backbone, TEMPERATURE, repulsion_sigma_nm=0.3).terms["repulsion"]
+    assert torch.allclose(fixed.sigma, torch.tensor(0.3))
+    r = torch.tensor([[[0.0, 0.0, 0.0], [0.3, 0.0, 0.0]]])
+    assert Repulsion([[0, 1]], [0.3], 2.0)(r).item() == pytest.approx(2.0)
+    assert "repulsion" not in fit_prior(x, backbone, TEMPERATURE, repulsion=False).terms
+
+
+def test_dihedral_prior_fits_a_von_mises_free_energy(backbone):
+    mu, kappa = 1.0, 2.0  # p(φ) ∝ exp(κ cos(φ − μ)) ⇒ F(φ) = −kT κ (cos μ cos φ + sin μ sin φ)
+    x, *_ = chain_frames(40000, seed=3, phi_sampler=lambda rng, n: rng.vonmises(mu, kappa, n))
+    prior = fit_prior(x, backbone, TEMPERATURE, dihedrals=True, dihedral_terms=3)
+    term = prior.terms["dihedrals"]
+    a, b = term.a[0].numpy(), term.b[0].numpy()
+    assert a[0] == pytest.approx(-KT * kappa * math.cos(mu), rel=0.03)
+    assert b[0] == pytest.approx(-KT * kappa * math.sin(mu), rel=0.03)
+    assert np.abs(np.r_[a[1:], b[1:]]).max() < 0.05 * KT * kappa
+    # ψ was uniform: a flat free energy.
+    assert np.abs(np.r_[term.a[1].numpy(), term.b[1].numpy()]).max() < 0.05 * KT
+
+
+def test_prior_fit_rejects_bad_input(backbone):
+    with pytest.raises(ValueError, match="CG frames"):
+        fit_prior(np.zeros((10, 4, 3)), backbone, TEMPERATURE)
+    frozen = np.repeat(chain_frames(1)[0], 3, axis=0)
+    with pytest.raises(ValueError, match="does not fluctuate"):
+        fit_prior(frozen, backbone, TEMPERATURE)
+    assert isinstance(fit_prior(chain_frames(10)[0], backbone, TEMPERATURE, bonds=False, angles=False), CGPrior)
