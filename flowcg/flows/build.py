@@ -98,6 +98,7 @@ def build_internal_flow(
     reference: HarmonicReference,
     slow_dim: int = 2,
     slow_coordinates="backbone",
+    transform_slow: bool = False,
     n_components: int = 4,
     fast: str = "conditional",
     fast_hidden: int = 64,
@@ -115,7 +116,7 @@ def build_internal_flow(
     latent → flow space: a fixed permutation puts the slow latents on ``slow_coordinates``;
     :class:`CircleEmbedding` maps rotor torsions onto the circle; ``n_couplings``
     :class:`MixedSplineCoupling` layers (random halves, each followed by its complement) act on
-    lines and circles; :class:`HarmonicStandardization` scales the stiff coordinates to internal
+    lines and circles, the slow coordinates only conditioning them unless ``transform_slow``; :class:`HarmonicStandardization` scales the stiff coordinates to internal
     coordinates; the internal-coordinate map places the atoms.
     """
     dim = transform.dim
@@ -128,10 +129,17 @@ def build_internal_flow(
     latent_of_coordinate[torch.tensor(flow_order)] = torch.arange(dim)
     generator = torch.Generator().manual_seed(seed)
     layers: list[Transform] = [Permutation(latent_of_coordinate), CircleEmbedding(rotor_mask)]
+    # The slow coordinates condition every coupling but, unless transform_slow, are never
+    # transformed: their marginal is then the mixture prior's (through the fixed circle map), so
+    # each mixture component owns a basin and stratified sampling keeps small basins trained.
+    # (When couplings could move them, reverse KL folded the alpha_L component into the
+    # extended basin within 300 steps at 1200 K.)
+    movable = torch.tensor([transform_slow or i not in slow for i in range(dim)])
     for i in range(n_couplings):
         if i % 2 == 0:
+            order = movable.nonzero().ravel()[torch.randperm(int(movable.sum()), generator=generator)]
             half = torch.zeros(dim, dtype=torch.bool)
-            half[torch.randperm(dim, generator=generator)[: dim // 2]] = True
-        layers.append(MixedSplineCoupling(half if i % 2 == 0 else ~half, rotor_mask, hidden, n_blocks, num_bins, tail_bound))
+            half[order[: len(order) // 2]] = True
+        layers.append(MixedSplineCoupling(half if i % 2 == 0 else movable & ~half, rotor_mask, hidden, n_blocks, num_bins, tail_bound))
     layers.append(HarmonicStandardization(reference))
     return StructuredFlow(latent, CompositeTransform(layers), coordinates=transform)

@@ -70,17 +70,23 @@ def test_cartesian_log_density_is_exact_and_encode_inverts(model):
     assert torch.allclose(torch.cat([z_slow, z_fast], 1), draw.z, atol=1e-6)
 
 
-def test_untrained_flow_puts_slow_latents_on_phi_psi_and_keeps_l_chirality(vacuum):
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_phi_psi_are_the_slow_latents_and_chirality_stays_l(vacuum, perturbed):
     untrained = build_internal_model(vacuum, n_couplings=2, hidden=16, seed=1).double()
+    if perturbed:  # trained couplings condition on φ/ψ but never move them (transform_slow=False)
+        with torch.no_grad():
+            for p in untrained.bijection.parameters():
+                p.add_(0.1 * torch.randn_like(p))
     draw = untrained.sample(500)
     phi, psi = phi_psi(draw.x, vacuum.topology)
-    # identity couplings: the circle embedding, rotated to the minimum's φ*, ψ*
+    # the circle embedding, rotated to the minimum's φ*, ψ*
     centre = untrained.bijection._transforms[-1].center
     transform = untrained.coordinates
     for angle, index, latent in ((phi, transform.phi_index, 0), (psi, transform.psi_index, 1)):
         expected = wrap(centre[index] + 2 * torch.atan(draw.z[:, latent]))
         assert torch.allclose(wrap(torch.as_tensor(angle) - expected), torch.zeros(500, dtype=torch.float64), atol=1e-6)
-    assert not CAChirality(vacuum.topology).is_d(draw.x).any()  # CB's improper torsion sits on the L side
+    if not perturbed:
+        assert not CAChirality(vacuum.topology).is_d(draw.x).any()  # CB's improper torsion sits on the L side
 
 
 def test_internal_model_needs_a_molecule():
