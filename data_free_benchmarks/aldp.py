@@ -15,7 +15,9 @@ reference MD (``flowcg-reference`` output): Ramachandran KL/TV (64², 100²; raw
 basin populations and their relative error, Kish ESS (and clipped), the training energy
 evaluations and wall time, and the MD-equivalent speed-up:
 
-    speed-up = MD steps the reference needs to reach the model's KL / the model's training evaluations.
+    speed-up = MD steps the reference needs to reach the model's KL / the model's training evaluations
+
+(when the first half never gets there, its length gives a lower bound, ``md_speedup_lower_bound``).
 
 For the speed-up the reference is split in halves: the running KL of the first half (one MD step =
 one energy evaluation) is measured against the second half, and so is the model's KL, so neither
@@ -47,7 +49,8 @@ from flowcg.sampling import draw_samples, normalized_weights  # noqa: E402
 BIN = Path(sys.executable).parent
 ARMS = {
     "flagship": ["experiment=aldp_implicit"],
-    "no_tempering": ["experiment=aldp_implicit", "train/schedule=constant"],
+    # the preset sets the geometric schedule's keys, which the constant schedule does not take
+    "no_tempering": ["experiment=aldp_implicit", "train/schedule=constant", "~train.schedule.beta0", "~train.schedule.n_stages"],
     "single_gaussian": ["experiment=aldp_implicit", "model.n_components=1"],
 }
 
@@ -68,7 +71,7 @@ def evaluate(run_dir: Path, reference: tuple, n: int, seed: int = 0) -> dict:
     run = load_run(run_dir, device="cpu")
     trained = json.loads((run_dir / "metrics.json").read_text())
     samples = draw_samples(run.model, run.target, n, batch_size=10_000)
-    metrics = evaluate_samples(run.target, samples, reference)
+    metrics = evaluate_samples(run.target, samples, reference[:2])
     for basin in BASINS:
         ref = metrics[f"ref_basin_{basin}"]
         metrics[f"basin_{basin}_rw_relative_error"] = abs(metrics[f"basin_{basin}_rw"] - ref) / ref if ref > 0 else None
@@ -85,7 +88,9 @@ def evaluate(run_dir: Path, reference: tuple, n: int, seed: int = 0) -> dict:
         "kl_64_rw_vs_second_half": model_kl,
         "reference_half_vs_half_kl_64": float(curve.kl[-1]),
         "md_steps_to_model_kl": md_steps,
-        "md_speedup": md_steps / trained["energy_evaluations"],
+        # if the first half never reaches the model's KL, all its steps bound the speed-up from below
+        "md_speedup": md_steps / trained["energy_evaluations"] if np.isfinite(md_steps) else None,
+        "md_speedup_lower_bound": float(curve.steps[-1]) / trained["energy_evaluations"] if not np.isfinite(md_steps) else None,
         "energy_evaluations": trained["energy_evaluations"],
         "train_wall_time_s": trained["train_wall_time_s"],
         "train_device": trained["device"],
@@ -95,8 +100,8 @@ def evaluate(run_dir: Path, reference: tuple, n: int, seed: int = 0) -> dict:
     }
 
 
-COLUMNS = ["ess", "ess_clipped", "kl_64_rw", "tv_64_rw", "kl_100_rw", "basin_beta_rw", "basin_alpha_R_rw", "basin_alpha_L_rw",
-           "fraction_d", "md_speedup", "energy_evaluations", "train_wall_time_s"]
+COLUMNS = ["ess", "ess_clipped", "kl_64", "kl_64_rw", "tv_64_rw", "kl_100_rw", "basin_beta_rw", "basin_alpha_R_rw", "basin_alpha_L_rw",
+           "fraction_d", "md_speedup", "md_speedup_lower_bound", "energy_evaluations", "train_wall_time_s"]
 
 
 def table(results: dict) -> str:
@@ -105,8 +110,8 @@ def table(results: dict) -> str:
         cells = [f"{m[k]:.4g}" if isinstance(m.get(k), float) else str(m.get(k)) for k in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ref = results["reference"]
-    lines.append(f"| reference MD ({ref['ns']:.2f} ns) | – | – | {ref['half_vs_half_kl_64']:.4g} | – | – | "
-                 f"{ref['basins']['beta']:.4g} | {ref['basins']['alpha_R']:.4g} | {ref['basins']['alpha_L']:.4g} | – | – | – | – |")
+    lines.append(f"| reference MD ({ref['ns']:.2f} ns), half vs half | – | – | {ref['half_vs_half_kl_64']:.4g} | – | – | – | "
+                 f"{ref['basins']['beta']:.4g} | {ref['basins']['alpha_R']:.4g} | {ref['basins']['alpha_L']:.4g} | – | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
 
