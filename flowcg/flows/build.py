@@ -22,17 +22,21 @@ FAST_DENSITIES = {"conditional": ConditionalDiagonalGaussian, "standard": Standa
 
 
 def structured_latent(dim: int, slow_dim: int, n_components: int, fast: str, fast_hidden: int,
-                      prior_init_spread: float, prior_init_std: float, seed: int) -> StructuredLatent:
-    """Mixture prior on the first ``slow_dim`` latents, a ``fast`` density on the rest."""
+                      prior_init_spread: float, prior_init_std: float, seed: int, periodic_slow: bool = False) -> StructuredLatent:
+    """Mixture prior on the first ``slow_dim`` latents (wrapped normals if ``periodic_slow``), a
+    ``fast`` density on the rest."""
     if not 1 <= slow_dim <= dim:
         raise ValueError(f"slow_dim must lie in [1, {dim}], got {slow_dim}")
     if fast not in FAST_DENSITIES:
         raise ValueError(f"unknown fast density '{fast}'; choose one of {', '.join(FAST_DENSITIES)}")
-    fast_kwargs = {"hidden": fast_hidden} if fast == "conditional" else {}
+    fast_kwargs = {"hidden": fast_hidden, "periodic_slow": periodic_slow} if fast == "conditional" else {}
     return StructuredLatent(
-        DiagonalGaussianMixture(slow_dim, n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed),
+        DiagonalGaussianMixture(slow_dim, n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed, periodic=periodic_slow),
         FAST_DENSITIES[fast](slow_dim, dim - slow_dim, **fast_kwargs),
     )
+
+
+SLOW_PRIORS = ("gaussian", "wrapped")
 
 
 def build_flow(
@@ -98,6 +102,7 @@ def build_internal_flow(
     reference: HarmonicReference,
     slow_dim: int = 2,
     slow_coordinates="backbone",
+    slow_prior: str = "gaussian",
     transform_slow: bool = False,
     n_components: int = 4,
     fast: str = "conditional",
@@ -114,7 +119,9 @@ def build_internal_flow(
     """A structured-latent flow whose samples are Cartesian frames (B, N, 3) in nm.
 
     latent → flow space: a fixed permutation puts the slow latents on ``slow_coordinates``;
-    :class:`CircleEmbedding` maps rotor torsions onto the circle; ``n_couplings``
+    :class:`CircleEmbedding` maps rotor torsions onto the circle (all but the slow ones when
+    ``slow_prior`` is ``"wrapped"``: then the slow prior is a mixture of wrapped normals, an
+    angle already, and the slow marginal has no seam); ``n_couplings``
     :class:`MixedSplineCoupling` layers (random halves, each followed by its complement) act on
     lines and circles, the slow coordinates only conditioning them unless ``transform_slow``; :class:`HarmonicStandardization` scales the stiff coordinates to internal
     coordinates; the internal-coordinate map places the atoms.
@@ -122,13 +129,20 @@ def build_internal_flow(
     dim = transform.dim
     rotor_mask = (transform.periodic_mask & ~transform.improper_mask).cpu()
     slow = slow_coordinate_indices(transform, rotor_mask, slow_dim, slow_coordinates)
-    latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed)
+    if slow_prior not in SLOW_PRIORS:
+        raise ValueError(f"unknown slow_prior '{slow_prior}'; choose one of {', '.join(SLOW_PRIORS)}")
+    wrapped = slow_prior == "wrapped"
+    if wrapped and not all(rotor_mask[i] for i in slow):
+        raise ValueError("slow_prior 'wrapped' needs every slow coordinate to be a rotor torsion")
+    latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed, periodic_slow=wrapped)
     # latent order [slow | fast] -> flow order: slow latents land on their coordinates
     flow_order = slow + [i for i in range(dim) if i not in slow]
     latent_of_coordinate = torch.empty(dim, dtype=torch.long)
     latent_of_coordinate[torch.tensor(flow_order)] = torch.arange(dim)
     generator = torch.Generator().manual_seed(seed)
-    layers: list[Transform] = [Permutation(latent_of_coordinate), CircleEmbedding(rotor_mask)]
+    # wrapped slow latents are angles already; every other rotor latent is mapped onto the circle
+    embedded = rotor_mask & ~torch.isin(torch.arange(dim), torch.tensor(slow)) if wrapped else rotor_mask
+    layers: list[Transform] = [Permutation(latent_of_coordinate), CircleEmbedding(embedded)]
     # The slow coordinates condition every coupling but, unless transform_slow, are never
     # transformed: their marginal is then the mixture prior's (through the fixed circle map), so
     # each mixture component owns a basin and stratified sampling keeps small basins trained.

@@ -49,20 +49,25 @@ class StandardNormal(nn.Module):
 
 
 class ConditionalDiagonalGaussian(nn.Module):
-    """p(z_f | z_s) = N(A z_s + MLP_m(z_s), diag exp(c + MLP_s(z_s))²)."""
+    """p(z_f | z_s) = N(A h(z_s) + MLP_m(h(z_s)), diag exp(c + MLP_s(h(z_s)))²), with h the identity,
+    or h(z_s) = (cos z_s, sin z_s) when the slow latents are angles (``periodic_slow``), so that the
+    conditional is continuous on the circle."""
 
-    def __init__(self, slow_dim: int, fast_dim: int, hidden: int = 64, n_hidden_layers: int = 2):
+    def __init__(self, slow_dim: int, fast_dim: int, hidden: int = 64, n_hidden_layers: int = 2, periodic_slow: bool = False):
         super().__init__()
         self.fast_dim = fast_dim
-        self.linear_mean = nn.Linear(slow_dim, fast_dim, bias=False)
+        self.periodic_slow = periodic_slow
+        features = 2 * slow_dim if periodic_slow else slow_dim
+        self.linear_mean = nn.Linear(features, fast_dim, bias=False)
         nn.init.zeros_(self.linear_mean.weight)
-        self.mean_net = _zero_init_mlp(slow_dim, fast_dim, hidden, n_hidden_layers)
-        self.log_std_net = _zero_init_mlp(slow_dim, fast_dim, hidden, n_hidden_layers)
+        self.mean_net = _zero_init_mlp(features, fast_dim, hidden, n_hidden_layers)
+        self.log_std_net = _zero_init_mlp(features, fast_dim, hidden, n_hidden_layers)
         self.log_std_offset = nn.Parameter(torch.zeros(fast_dim))
 
     def mean_and_log_std(self, z_slow: Tensor) -> tuple[Tensor, Tensor]:
-        mean = self.linear_mean(z_slow) + self.mean_net(z_slow)
-        log_std = self.log_std_offset + self.log_std_net(z_slow)
+        h = torch.cat([torch.cos(z_slow), torch.sin(z_slow)], dim=-1) if self.periodic_slow else z_slow
+        mean = self.linear_mean(h) + self.mean_net(h)
+        log_std = self.log_std_offset + self.log_std_net(h)
         return mean, log_std
 
     def rsample(self, z_slow: Tensor) -> Tensor:

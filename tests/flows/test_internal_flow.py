@@ -59,6 +59,15 @@ def test_standardization_inverts_across_the_torsion_seam(vacuum):
     assert torch.allclose(back, y, atol=1e-9) and torch.allclose(logdet, -logdet_inverse)
 
 
+def test_wrapped_slow_prior_gives_an_exact_density(vacuum):
+    model = build_internal_model(vacuum, n_couplings=2, hidden=16, slow_prior="wrapped", seed=2).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    draw = model.rsample(32)
+    assert torch.allclose(model.log_prob(draw.x.detach()), draw.log_q.detach(), atol=1e-6)
+
+
 def test_cartesian_log_density_is_exact_and_encode_inverts(model):
     with torch.no_grad():
         for p in model.parameters():
@@ -70,9 +79,10 @@ def test_cartesian_log_density_is_exact_and_encode_inverts(model):
     assert torch.allclose(torch.cat([z_slow, z_fast], 1), draw.z, atol=1e-6)
 
 
+@pytest.mark.parametrize("slow_prior", ["gaussian", "wrapped"])
 @pytest.mark.parametrize("perturbed", [False, True])
-def test_phi_psi_are_the_slow_latents_and_chirality_stays_l(vacuum, perturbed):
-    untrained = build_internal_model(vacuum, n_couplings=2, hidden=16, seed=1).double()
+def test_phi_psi_are_the_slow_latents_and_chirality_stays_l(vacuum, perturbed, slow_prior):
+    untrained = build_internal_model(vacuum, n_couplings=2, hidden=16, seed=1, slow_prior=slow_prior).double()
     if perturbed:  # trained couplings condition on φ/ψ but never move them (transform_slow=False)
         with torch.no_grad():
             for p in untrained.bijection.parameters():
@@ -83,7 +93,8 @@ def test_phi_psi_are_the_slow_latents_and_chirality_stays_l(vacuum, perturbed):
     centre = untrained.bijection._transforms[-1].center
     transform = untrained.coordinates
     for angle, index, latent in ((phi, transform.phi_index, 0), (psi, transform.psi_index, 1)):
-        expected = wrap(centre[index] + 2 * torch.atan(draw.z[:, latent]))
+        embedded = draw.z[:, latent] if slow_prior == "wrapped" else 2 * torch.atan(draw.z[:, latent])
+        expected = wrap(centre[index] + embedded)
         assert torch.allclose(wrap(torch.as_tensor(angle) - expected), torch.zeros(500, dtype=torch.float64), atol=1e-6)
     if not perturbed:
         assert not CAChirality(vacuum.topology).is_d(draw.x).any()  # CB's improper torsion sits on the L side
@@ -99,3 +110,5 @@ def test_slow_coordinates_are_checked(vacuum):
         build_internal_model(vacuum, slow_coordinates=[41, 41], n_couplings=2, hidden=8)
     with pytest.raises(ValueError, match="unknown fast density"):
         build_internal_model(vacuum, fast="laplace", n_couplings=2, hidden=8)
+    with pytest.raises(ValueError, match="needs every slow coordinate to be a rotor"):
+        build_internal_model(vacuum, slow_prior="wrapped", slow_coordinates=[0, 41], n_couplings=2, hidden=8)

@@ -62,3 +62,15 @@ def test_standard_normal_fast_density_and_empty_fast_block():
     assert fast.rsample(z_slow).shape == (4, 0)
     assert torch.equal(fast.log_prob(fast.rsample(z_slow), z_slow), torch.zeros(4))
     assert abs(float(StandardNormal(1, 1).log_prob(torch.zeros(1, 1), z_slow[:1])) + 0.5 * math.log(2 * math.pi)) < 1e-6
+
+
+def test_wrapped_mixture_is_a_normalised_density_on_the_circle():
+    mixture = DiagonalGaussianMixture(1, 3, init_spread=3.0, init_std=1.5, seed=4, periodic=True).double()
+    grid = torch.linspace(-math.pi, math.pi, 20_001, dtype=torch.float64)[:-1, None]
+    integral = mixture.log_prob(grid).exp().sum() * (2 * math.pi / 20_000)
+    assert abs(float(integral) - 1.0) < 1e-9
+    z, weights = mixture.rsample_stratified(300)
+    assert (z >= -math.pi).all() and (z < math.pi).all() and torch.allclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+    # periodic: the density at −π and at π agree (no seam)
+    ends = torch.tensor([[-math.pi], [math.pi]], dtype=torch.float64)
+    assert torch.allclose(*mixture.log_prob(ends))
