@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from flowcg.coordinates.harmonic import harmonic_reference, minimized_positions
+from flowcg.coordinates.harmonic import harmonic_reference, minimized_positions, unfitted_reference
 from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.flows import StructuredFlow, build_flow
 from flowcg.flows.build import build_internal_flow
@@ -78,25 +78,32 @@ def build_target(cfg_target) -> Target:
 MODEL_KINDS = ("structured", "internal")
 
 
-def build_internal_model(target: Target, **options) -> StructuredFlow:
+def build_internal_model(target: Target, fit_reference: bool = True, **options) -> StructuredFlow:
     """Internal-coordinate flow for a molecular target: Z-matrix from its topology, stiff
-    coordinates standardised at the force field's minimum (see :mod:`flowcg.coordinates.harmonic`)."""
+    coordinates standardised at the force field's minimum (see :mod:`flowcg.coordinates.harmonic`).
+
+    ``fit_reference=False`` skips the minimisation and the curvature evaluations, for a model
+    whose weights (standardisation included) are loaded next."""
     if getattr(target, "topology", None) is None:
         raise ValueError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
     transform = InternalCoordinateTransform.from_topology(target.topology)
-    x_min = minimized_positions(target.system, target.positions)
-    return build_internal_flow(transform, harmonic_reference(target.energy, transform, x_min), **options)
+    if fit_reference:
+        reference = harmonic_reference(target.energy, transform, minimized_positions(target.system, target.positions))
+    else:
+        reference = unfitted_reference(transform)
+    return build_internal_flow(transform, reference, **options)
 
 
-def build_model(cfg_model, target: Target) -> StructuredFlow:
+def build_model(cfg_model, target: Target, fit_reference: bool = True) -> StructuredFlow:
     """Structured flow for ``target`` from the model options; ``kind`` picks the flow space:
-    ``structured`` (R^d, vector targets) or ``internal`` (a molecule's internal coordinates)."""
+    ``structured`` (R^d, vector targets) or ``internal`` (a molecule's internal coordinates;
+    ``fit_reference``: see :func:`build_internal_model`)."""
     options = _plain(cfg_model)
     kind = options.pop("kind", "structured")
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind '{kind}'; choose one of {', '.join(MODEL_KINDS)}")
     if kind == "internal":
-        return build_internal_model(target, **options)
+        return build_internal_model(target, fit_reference, **options)
     if len(target.event_shape) != 1:
         raise ValueError(
             f"target '{target.name}' has configurations of shape {target.event_shape}; "
@@ -105,11 +112,12 @@ def build_model(cfg_model, target: Target) -> StructuredFlow:
     return build_flow(dim=target.dim, **options)
 
 
-def build_target_and_model(cfg, device: str | None = None) -> tuple[Target, StructuredFlow, torch.device]:
-    """Target and (untrained) model of a run config, on ``device`` (default: the config's) in its dtype."""
+def build_target_and_model(cfg, device: str | None = None, fit_reference: bool = True) -> tuple[Target, StructuredFlow, torch.device]:
+    """Target and (untrained) model of a run config, on ``device`` (default: the config's) in its
+    dtype (``fit_reference``: see :func:`build_internal_model`)."""
     torch_device, dtype = resolve_device(device or cfg.device), resolve_dtype(cfg.dtype)
     target = build_target(cfg.target).to(device=torch_device, dtype=dtype)
-    model = build_model(cfg.model, target).to(device=torch_device, dtype=dtype)
+    model = build_model(cfg.model, target, fit_reference).to(device=torch_device, dtype=dtype)
     return target, model, torch_device
 
 
@@ -141,7 +149,8 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a flowcg run folder: no {CONFIG_NAME}")
     cfg = OmegaConf.load(config_path)
-    target, model, torch_device = build_target_and_model(cfg, device)
+    # the saved weights hold the fitted standardisation: no need to minimise and evaluate energies again
+    target, model, torch_device = build_target_and_model(cfg, device, fit_reference=False)
     saved = checkpoint.load(run_dir / MODEL_NAME, map_location=torch_device)
     model.load_state_dict(saved["model"])
     model.eval()

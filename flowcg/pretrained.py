@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from flowcg.analysis.molecular import load_reference
 from flowcg.builders import CONFIG_NAME, MODEL_NAME, Run, load_run
 from flowcg.training import checkpoint
 
@@ -42,10 +43,7 @@ def load_pretrained(name: str, device: str | None = None) -> Run:
 def pretrained_reference(name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Reference MD (φ, ψ) shipped with model ``name``, or None."""
     path = pretrained_dir(name) / REFERENCE_NAME
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return data["phi"], data["psi"]
+    return load_reference(path) if path.is_file() else None
 
 
 def publish(run_dir: str | Path, name: str, reference: tuple[np.ndarray, np.ndarray] | None, provenance: str) -> Path:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from flowcg.cg.mapping import CGMapping
-from flowcg.coordinates.geometry import bond_angle, dihedral
+from flowcg.coordinates.geometry import bond_angle, dihedral, distance
 
 __all__ = [
     "MOLAR_GAS_CONSTANT",
@@ -65,42 +65,46 @@ def _float_buffer(values) -> Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64).reshape(-1), dtype=torch.get_default_dtype())
 
 
-class HarmonicBonds(nn.Module):
+class _HarmonicTerm(nn.Module):
+    """Σ ½ k (q − q₀)² over index tuples of ``arity`` beads, q given by :meth:`coordinates`."""
+
+    arity: int
+
+    def __init__(self, indices, x0, k):
+        super().__init__()
+        self.register_buffer("indices", _index_buffer(indices, self.arity))
+        self.register_buffer("x0", _float_buffer(x0))
+        self.register_buffer("k", _float_buffer(k))
+
+    @staticmethod
+    def coordinates(x: Tensor, indices: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = self.coordinates(x, self.indices)
+        return 0.5 * (self.k.to(x) * (q - self.x0.to(x)) ** 2).sum(-1)
+
+
+class HarmonicBonds(_HarmonicTerm):
     """Σ ½ k (b − b₀)² over bead pairs; b₀ in nm, k in kJ/mol/nm²."""
 
-    def __init__(self, pairs, x0_nm, k_kJ_mol_nm2):
-        super().__init__()
-        self.register_buffer("pairs", _index_buffer(pairs, 2))
-        self.register_buffer("x0", _float_buffer(x0_nm))
-        self.register_buffer("k", _float_buffer(k_kJ_mol_nm2))
+    arity = 2
 
     @staticmethod
     def coordinates(x: Tensor, pairs: Tensor) -> Tensor:
         """Bond lengths (B, n_bonds) in nm."""
-        return torch.linalg.vector_norm(x[:, pairs[:, 1]] - x[:, pairs[:, 0]], dim=-1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b = self.coordinates(x, self.pairs)
-        return 0.5 * (self.k.to(x) * (b - self.x0.to(x)) ** 2).sum(-1)
+        return distance(x[:, pairs[:, 0]], x[:, pairs[:, 1]])
 
 
-class HarmonicAngles(nn.Module):
+class HarmonicAngles(_HarmonicTerm):
     """Σ ½ k (θ − θ₀)² over bead triples (vertex in the middle); θ₀ in rad, k in kJ/mol/rad²."""
 
-    def __init__(self, triples, x0_rad, k_kJ_mol_rad2):
-        super().__init__()
-        self.register_buffer("triples", _index_buffer(triples, 3))
-        self.register_buffer("x0", _float_buffer(x0_rad))
-        self.register_buffer("k", _float_buffer(k_kJ_mol_rad2))
+    arity = 3
 
     @staticmethod
     def coordinates(x: Tensor, triples: Tensor) -> Tensor:
         """Bond angles (B, n_angles) in rad, in [0, π]."""
         return bond_angle(x[:, triples[:, 0]], x[:, triples[:, 1]], x[:, triples[:, 2]])
-
-    def forward(self, x: Tensor) -> Tensor:
-        theta = self.coordinates(x, self.triples)
-        return 0.5 * (self.k.to(x) * (theta - self.x0.to(x)) ** 2).sum(-1)
 
 
 class Repulsion(nn.Module):

@@ -39,7 +39,7 @@ from openmm import app, unit
 
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandran_kl
 from flowcg.cli.common import clean_errors, entry_point
-from flowcg.targets.openmm_bridge import default_platform
+from flowcg.targets.openmm_bridge import available_platforms, default_platform
 from flowcg.targets.systems import MolecularSystem, langevin_simulation, load_system, thermalize
 from flowcg.training.checkpoint import write_atomic
 
@@ -64,9 +64,8 @@ class ReferenceRun:
         self.equilibration_steps = round(equilibration_ps * 1000.0 / timestep_fs)
         self.seed = int(seed)
 
-        names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-        if platform != "auto" and platform not in names:
-            raise ValueError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(names)}")
+        if platform != "auto" and platform not in available_platforms():
+            raise ValueError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(available_platforms())}")
         self.platform = openmm.Platform.getPlatformByName(default_platform() if platform == "auto" else platform)
         self.context, self.integrator = langevin_simulation(system, timestep_fs, friction_per_ps, self.seed, self.platform, threads)
         self.records = self._restore() if self.paths["checkpoint.chk"].exists() else self._start()

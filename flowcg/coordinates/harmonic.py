@@ -75,9 +75,19 @@ def harmonic_reference(energy_kT, transform: InternalCoordinateTransform, x_min_
     (gradient,) = torch.autograd.grad(energy_kT(cartesian).sum(), displaced)
     curvature = (gradient[:dim, :].diagonal() - gradient[dim:, :].diagonal()) / (2 * steps)
     width = curvature.clamp(min=max_width**-2).rsqrt()
+    return HarmonicReference(center.detach(), width.detach(), *_stiff_and_periodic(transform))
+
+
+def unfitted_reference(transform: InternalCoordinateTransform) -> HarmonicReference:
+    """Centres 0 and widths 1 with the right masks: the shape of a reference, for a model whose
+    fitted standardisation is then restored from a saved state (no minimisation, no energy call)."""
+    zeros = torch.zeros(transform.dim, dtype=torch.float64)
+    return HarmonicReference(zeros, torch.ones_like(zeros), *_stiff_and_periodic(transform))
+
+
+def _stiff_and_periodic(transform: InternalCoordinateTransform) -> tuple[Tensor, Tensor]:
     periodic = transform.periodic_mask.cpu()
-    stiff = ~(periodic & ~transform.improper_mask.cpu())
-    return HarmonicReference(center=center.detach(), width=width.detach(), stiff=stiff, periodic=periodic)
+    return ~(periodic & ~transform.improper_mask.cpu()), periodic
 
 
 class HarmonicStandardization(Transform):

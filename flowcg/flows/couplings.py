@@ -23,6 +23,8 @@ from torch import nn
 from flowcg.flows.circular import circular_spline
 
 COUPLINGS = ("spline", "affine")
+#: Unnormalised knot derivative that nflows maps to exactly 1 (min_derivative + softplus): identity splines.
+_UNIT_DERIVATIVE = float(np.log(np.expm1(1 - DEFAULT_MIN_DERIVATIVE)))
 
 
 def alternating_mask(features: int, parity: int) -> torch.Tensor:
@@ -53,9 +55,8 @@ def coupling_layer(kind: str, features: int, parity: int, hidden: int = 64, n_bl
     if kind == "spline":
         layer = PiecewiseRationalQuadraticCouplingTransform(mask, create, num_bins=num_bins, tails="linear", tail_bound=tail_bound)
         # params per transformed feature: K widths, K heights, K−1 inner derivatives
-        unit_derivative = float(np.log(np.expm1(1 - DEFAULT_MIN_DERIVATIVE)))
         bias = layer.transform_net.final_layer.bias.detach().view(layer.num_transform_features, 3 * num_bins - 1)
-        bias[:, 2 * num_bins :] = unit_derivative
+        bias[:, 2 * num_bins :] = _UNIT_DERIVATIVE
         return layer
     raise ValueError(f"unknown coupling '{kind}'; choose one of {', '.join(COUPLINGS)}")
 
@@ -89,11 +90,10 @@ class MixedSplineCoupling(Transform):
         n_in = len(self._condition_line) + 2 * len(self._condition_circle)
         n_out = len(self._line) * (3 * k - 1) + len(self._circle) * (3 * k + 1)
         self.conditioner = _conditioner_factory(hidden, n_blocks)(n_in, n_out)
-        unit_derivative = float(np.log(np.expm1(1 - DEFAULT_MIN_DERIVATIVE)))
         bias = self.conditioner.final_layer.bias.detach()
         line_bias, circle_bias = bias[: len(self._line) * (3 * k - 1)], bias[len(self._line) * (3 * k - 1) :]
-        line_bias.view(len(self._line), 3 * k - 1)[:, 2 * k :] = unit_derivative
-        circle_bias.view(len(self._circle), 3 * k + 1)[:, 2 * k : 3 * k] = unit_derivative
+        line_bias.view(len(self._line), 3 * k - 1)[:, 2 * k :] = _UNIT_DERIVATIVE
+        circle_bias.view(len(self._circle), 3 * k + 1)[:, 2 * k : 3 * k] = _UNIT_DERIVATIVE
 
     def _transform(self, inputs: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.num_bins

@@ -27,10 +27,14 @@ logger = logging.getLogger(__name__)
 PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL")
 
 
+def available_platforms() -> list[str]:
+    """Names of the OpenMM platforms this installation can run."""
+    return [openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())]
+
+
 def default_platform() -> str:
     """The fastest CPU platform available: ``CPU`` if present, else ``Reference``."""
-    available = {openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())}
-    return "CPU" if "CPU" in available else "Reference"
+    return "CPU" if "CPU" in available_platforms() else "Reference"
 
 
 def _make_context(system_xml: str, platform: str, threads: int | None) -> openmm.Context:

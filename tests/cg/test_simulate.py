@@ -108,5 +108,5 @@ def test_cgschnet_with_prior_runs_on_the_aldp_backbone(backbone):
     integrator = LangevinBAOAB(model.eval().forces, backbone.masses, timestep_ps=0.002, temperature_K=TEMPERATURE)
     result = integrator.run(x_ref.repeat(8, 1, 1), n_steps=50, save_every=25, seed=0)
     assert result.frames.shape == (2, 8, 5, 3) and result.alive.all()
-    lengths = HarmonicBonds.coordinates(result.frames[-1], bonds.pairs)
+    lengths = HarmonicBonds.coordinates(result.frames[-1], bonds.indices)
     assert ((lengths > 0.1) & (lengths < 0.2)).all()
