@@ -48,3 +48,8 @@ class StructuredLatent(nn.Module):
         """n iid draws from p(z)."""
         z_slow = self.slow.sample(n)
         return torch.cat([z_slow, self.fast.rsample(z_slow)], dim=1)
+
+    @torch.no_grad()
+    def sample_given_slow(self, z_slow: Tensor) -> Tensor:
+        """z = (z_slow, z_fast) with z_fast ~ p(z_fast | z_slow), one draw per row of z_slow."""
+        return torch.cat([z_slow, self.fast.rsample(z_slow)], dim=1)

@@ -91,6 +91,19 @@ class MolecularTarget(Target):
             energy = openmm_energy(x, self.evaluator)
         return energy / self.kT
 
+    def energy_and_forces(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(U in kJ/mol (B,), −∇U in kJ/(mol nm) like x) in one evaluation per configuration, detached;
+        non-finite energies come back as +inf."""
+        self.check_shape(x)
+        self.n_energy_evaluations += int(x.shape[0])
+        if self.forcefield is not None:
+            ff_param = next(self.forcefield.buffers())
+            energy, forces = self.forcefield.energy_and_forces(x.detach().to(dtype=self.forcefield.dtype, device=ff_param.device))
+        else:
+            energy, forces = (torch.as_tensor(a) for a in self.evaluator.evaluate(x.detach().cpu().double().numpy()))
+        energy, forces = energy.to(dtype=x.dtype, device=x.device), forces.to(dtype=x.dtype, device=x.device)
+        return torch.where(torch.isfinite(energy), energy, torch.full_like(energy, float("inf"))), forces
+
     def forces(self, x: Tensor) -> Tensor:
         """−∇U in kJ/(mol nm), shape of x (OpenMM's own forces for the ``openmm`` backend)."""
         if self.evaluator is None:

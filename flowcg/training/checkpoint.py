@@ -40,6 +40,21 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
+def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
+    """numpy.savez ``arrays`` to ``path`` atomically."""
+    import numpy as np
+
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+
+
+def save_json_atomic(data, path: str | os.PathLike) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    import json
+
+    payload = json.dumps(data, indent=1).encode()
+    write_atomic(path, lambda handle: handle.write(payload))
+
+
 def load(path: str | os.PathLike, map_location="cpu"):
     """Load a checkpoint written by :func:`save_atomic`; a clear error if it is missing."""
     path = Path(path)

@@ -1,0 +1,1 @@
+"""Active learning for CG potentials: query strategies, oracles and the loop with its journal."""

@@ -1,0 +1,61 @@
+"""How good is a CG model's ensemble: W1 in reference TICA space and Ramachandran KL.
+
+The yardstick is a reference all-atom MD mapped to CG. TICA (deeptime) is fitted on its
+pairwise bead distances at ``lag_frames`` saved frames (with the 1 ps frames of
+``flowcg-reference`` the default 20 frames is 20 ps, the lag of the CGSchNet AL benchmark); the
+model's CG frames and the reference are projected on the first two TICs and compared by W1
+(:mod:`flowcg.analysis.w1`). φ, ψ of CG frames are the dihedrals of the backbone beads, so the
+Ramachandran KL(ref‖model) on 64×64 bins and the basin populations need no backmapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mdtraj as md
+import numpy as np
+
+from flowcg.active.backmap import TorsionBackmapper
+from flowcg.analysis.ramachandran import basin_populations, ramachandran_kl
+from flowcg.analysis.w1 import fit_cg_tica, w1_tica
+from flowcg.cg.mapping import CGMapping
+
+__all__ = ["CGReference", "load_cg_reference"]
+
+
+@dataclass
+class CGReference:
+    """Reference CG frames (T, n_beads, 3) nm in time order, their TICA model and (φ, ψ)."""
+
+    frames_nm: np.ndarray
+    tica: object
+    phi: np.ndarray
+    psi: np.ndarray
+    lag_frames: int
+
+    def evaluate(self, cg_frames_nm: np.ndarray, backmapper: TorsionBackmapper, seed: int = 0) -> dict:
+        """W1 (joint on TIC0–1 and per TIC), KL64 of (φ, ψ) and basin populations of model CG frames."""
+        if len(cg_frames_nm) == 0:
+            return {"w1": float("nan"), "n_frames": 0}
+        metrics = dict(w1_tica(cg_frames_nm, self.frames_nm, self.tica, seed=seed))
+        phi, psi = backmapper.torsions(cg_frames_nm).numpy().T
+        metrics["kl64"] = ramachandran_kl(self.phi, self.psi, phi, psi)
+        metrics.update({f"basin_{k}": v for k, v in basin_populations(phi, psi).items()})
+        metrics["n_frames"] = len(cg_frames_nm)
+        return metrics
+
+
+def load_cg_reference(folder: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, lag_frames: int = 20,
+                      stride: int = 1) -> CGReference:
+    """The reference MD of ``flowcg-reference`` (``trajectory.dcd`` + ``topology.pdb``) mapped to CG."""
+    folder = Path(folder)
+    trajectory, topology = folder / "trajectory.dcd", folder / "topology.pdb"
+    if not trajectory.is_file() or not topology.is_file():
+        raise FileNotFoundError(f"no reference MD in {folder} (needs trajectory.dcd and topology.pdb from flowcg-reference)")
+    traj = md.load_dcd(str(trajectory), top=str(topology), stride=stride, atom_indices=None)
+    if traj.n_atoms != mapping.n_atoms:
+        raise ValueError(f"reference has {traj.n_atoms} atoms, the mapping expects {mapping.n_atoms}")
+    frames = mapping.map_positions(traj.xyz.astype(np.float64))
+    phi, psi = backmapper.torsions(frames).numpy().T
+    return CGReference(frames, fit_cg_tica(frames, lag_frames), phi, psi, lag_frames)

@@ -1,0 +1,119 @@
+"""The trained Boltzmann generator as oracle: all-atom configurations for a CG frame, with weights.
+
+For a CG query X the oracle draws from the flow's conditional at the query's slow latent. The
+slow latent of a structured internal-coordinate flow is a function of the backbone torsions
+(φ, ψ), which the backbone CG frame fixes; it is found by encoding the backmapped structure
+(:class:`~flowcg.active.backmap.TorsionBackmapper`), z_s = encode(x_bm)_slow, and then
+
+    x_k ~ q(x | z_s),   k = 1..K,
+    w_k ∝ exp(−u(x_k) − log q(x_k | z_s)),   Σ_k w_k = ESS_q = (Σ w)² / Σ w²,
+
+importance weights (scaled to the query's Kish effective sample size, the number of independent
+frames they are worth; :mod:`flowcg.active.labels`) towards the Boltzmann density restricted to (φ, ψ) =
+(φ(X), ψ(X)). Since log q(x | z_s) = log q(x) − log p(z_s) and p(z_s) is shared within a query,
+the joint log q suffices. Why these are valid force-matching labels: conditioning on a function
+of the CG coordinates leaves p(x | C x) untouched (the same argument as for a restrained MD
+oracle), so the weighted pairs (C x_k, D f(x_k)) have the right conditional mean force. The
+configurations' other CG coordinates (the backbone bonds and angles) come from the model, not
+from the query frame. Cost: K energy+force evaluations per query (the torch force field).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from flowcg.active.backmap import TorsionBackmapper
+from flowcg.active.labels import Labels
+from flowcg.cg.mapping import CGMapping
+from flowcg.coordinates.geometry import dihedral, wrap
+from flowcg.flows.model import StructuredFlow
+
+__all__ = ["FlowOracle"]
+
+log = logging.getLogger(__name__)
+
+#: largest |Δφ|, |Δψ| (rad) tolerated between a query and its conditional draws.
+TORSION_TOLERANCE = 1e-3
+
+
+class FlowOracle:
+    """Labels from a trained :class:`StructuredFlow` (module docstring).
+
+    Args:
+        model: the trained flow on the target's internal coordinates, slow latents = (φ, ψ)
+            and not moved by the couplings (``transform_slow: false``).
+        target: the molecular target (energies in kJ/mol via ``energy_and_forces``).
+        mapping: the CG mapping the labels are expressed in.
+        backmapper: finds the all-atom structure, hence the slow latent, of a CG frame.
+        samples_per_query: K, configurations (and energy evaluations) per query.
+    """
+
+    name = "flow"
+
+    def __init__(self, model: StructuredFlow, target, mapping: CGMapping, backmapper: TorsionBackmapper, samples_per_query: int = 16):
+        if samples_per_query < 1:
+            raise ValueError(f"samples_per_query must be ≥ 1, got {samples_per_query}")
+        self.model = model.eval()
+        self.target = target
+        self.mapping = mapping
+        self.backmapper = backmapper
+        self.samples_per_query = samples_per_query
+
+    def label(self, cg_frames_nm: np.ndarray, seed: int) -> Labels:
+        cg = np.asarray(cg_frames_nm, dtype=np.float64)
+        if cg.ndim != 3 or cg.shape[1:] != (self.mapping.n_beads, 3):
+            raise ValueError(f"CG queries must have shape (Q, {self.mapping.n_beads}, 3), got {cg.shape}")
+        start = time.perf_counter()
+        reference = next(self.model.parameters())
+        as_model = dict(dtype=reference.dtype, device=reference.device)
+        k = self.samples_per_query
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            z_slow, _ = self.model.encode(torch.as_tensor(self.backmapper(cg), **as_model))
+            draws = self.model.sample_given_slow(z_slow.repeat_interleave(k, dim=0))
+        x = draws.x.to(torch.float64)
+        query = np.repeat(np.arange(len(cg)), k)
+        self._check_torsions(x, self.backmapper.torsions(cg)[query])
+        energy, forces = self.target.energy_and_forces(x)
+        log_w = (-energy / self.target.kT - draws.log_q.to(torch.float64)).numpy()
+        weights = _normalise_per_query(log_w, query)
+        keep = weights > 0
+        dropped = np.setdiff1d(np.arange(len(cg)), query[keep])
+        if dropped.size:
+            log.warning("flow oracle: no finite weight for queries %s; they get no labels", dropped.tolist())
+        positions, forces = x.numpy()[keep], forces.numpy()[keep]
+        return Labels(
+            positions_nm=positions,
+            cg_positions_nm=self.mapping.map_positions(positions),
+            cg_forces_kJ_mol_nm=self.mapping.map_forces(forces),
+            weights=weights[keep],
+            query=query[keep],
+            energies_kJ_mol=energy.numpy()[keep],
+            n_energy_evaluations=len(x),
+            wall_s=time.perf_counter() - start,
+        )
+
+    def _check_torsions(self, x: torch.Tensor, wanted: torch.Tensor) -> None:
+        """The draws must carry the queries' (φ, ψ): the flow oracle is exact only if they do."""
+        beads = torch.as_tensor(self.mapping.bead_atoms)[self.backmapper.torsion_beads]
+        got = torch.stack([dihedral(*(x[:, a] for a in quad)) for quad in beads.tolist()], dim=1)
+        error = float(wrap(got - wanted).abs().max()) if len(x) else 0.0
+        if error > TORSION_TOLERANCE:
+            raise ValueError(f"the flow moved the slow torsions by up to {error:.3g} rad: the flow oracle needs a model "
+                             "whose slow latents are (φ, ψ) and stay fixed (transform_slow: false)")
+
+
+def _normalise_per_query(log_w: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Importance weights within each query, scaled to sum to its Kish ESS; non-finite log weights get 0."""
+    weights = np.zeros_like(log_w)
+    finite = np.isfinite(log_w)
+    for q in np.unique(query):
+        rows = np.flatnonzero((query == q) & finite)
+        if rows.size:
+            w = np.exp(log_w[rows] - log_w[rows].max())
+            weights[rows] = w * w.sum() / (w * w).sum()
+    return weights

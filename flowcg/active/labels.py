@@ -1,0 +1,110 @@
+"""What an oracle hands back: labelled all-atom configurations, mapped to CG.
+
+An oracle answers Q CG query frames with K ≥ Q all-atom configurations x_k, each tied to the
+query it answers. Each carries the CG force-matching label of its mapping C, D
+(:class:`~flowcg.cg.mapping.CGMapping`):
+
+    X_k = C x_k  (nm),    F_k = D f(x_k)  (kJ/mol/nm),
+
+and a weight w_k ≥ 0 in units of independent frames, so that data from different oracles mix
+in one weighted force-matching loss: 1 per MD frame; for the K importance-weighted draws of a
+flow query, the self-normalised weights scaled to sum to their Kish effective sample size
+ESS_q = (Σ w)² / Σ w² ∈ [1, K], the number of independent frames they are worth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from flowcg.training.checkpoint import save_npz_atomic
+
+__all__ = ["Labels", "Oracle"]
+
+
+@dataclass
+class Labels:
+    """Labelled configurations, one row per all-atom configuration.
+
+    Attributes:
+        positions_nm: (K, N, 3) the all-atom configurations x.
+        cg_positions_nm: (K, n_beads, 3) mapped positions C x.
+        cg_forces_kJ_mol_nm: (K, n_beads, 3) mapped forces D f(x).
+        weights: (K,) weights in units of independent frames (module docstring).
+        query: (K,) index of the query each configuration answers (0-based, per batch).
+        energies_kJ_mol: (K,) all-atom potential energies U(x).
+        n_energy_evaluations: energy/force evaluations the oracle spent on this batch.
+        wall_s: the oracle's wall time for this batch, in s.
+    """
+
+    positions_nm: np.ndarray
+    cg_positions_nm: np.ndarray
+    cg_forces_kJ_mol_nm: np.ndarray
+    weights: np.ndarray
+    query: np.ndarray
+    energies_kJ_mol: np.ndarray
+    n_energy_evaluations: int = 0
+    wall_s: float = 0.0
+
+    def __post_init__(self):
+        k = len(self.weights)
+        if self.cg_positions_nm.shape != self.cg_forces_kJ_mol_nm.shape or self.cg_positions_nm.shape[0] != k:
+            raise ValueError(f"labels disagree in shape: positions {self.cg_positions_nm.shape}, forces "
+                             f"{self.cg_forces_kJ_mol_nm.shape}, {k} weights")
+        if len(self.query) != k or len(self.energies_kJ_mol) != k or len(self.positions_nm) != k:
+            raise ValueError("labels need one configuration, query index and energy per row")
+
+    @property
+    def n_queries(self) -> int:
+        return len(np.unique(self.query))
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    @classmethod
+    def empty(cls, n_atoms: int, n_beads: int) -> "Labels":
+        """No labels (what an oracle returns when every query failed)."""
+        return cls(np.zeros((0, n_atoms, 3)), np.zeros((0, n_beads, 3)), np.zeros((0, n_beads, 3)), np.zeros(0),
+                   np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    @classmethod
+    def concatenate(cls, parts: list["Labels"]) -> "Labels":
+        """One batch from several; query indices are renumbered so that batches stay apart."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        offsets = np.cumsum([0] + [int(p.query.max()) + 1 if len(p) else 0 for p in parts[:-1]])
+        return cls(
+            positions_nm=np.concatenate([p.positions_nm for p in parts]),
+            cg_positions_nm=np.concatenate([p.cg_positions_nm for p in parts]),
+            cg_forces_kJ_mol_nm=np.concatenate([p.cg_forces_kJ_mol_nm for p in parts]),
+            weights=np.concatenate([p.weights for p in parts]),
+            query=np.concatenate([p.query + o for p, o in zip(parts, offsets)]),
+            energies_kJ_mol=np.concatenate([p.energies_kJ_mol for p in parts]),
+            n_energy_evaluations=sum(p.n_energy_evaluations for p in parts),
+            wall_s=sum(p.wall_s for p in parts),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Atomic npz write: a kill leaves the old file or the new one, never half of one."""
+        save_npz_atomic(path, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Labels":
+        with np.load(path) as data:
+            values = {f.name: data[f.name] for f in fields(cls)}
+        values["n_energy_evaluations"] = int(values["n_energy_evaluations"])
+        values["wall_s"] = float(values["wall_s"])
+        return cls(**values)
+
+
+class Oracle(Protocol):
+    """Supplies labelled all-atom configurations for CG query frames."""
+
+    name: str
+
+    def label(self, cg_frames_nm: np.ndarray, seed: int) -> Labels:
+        """Labels for the CG frames (Q, n_beads, 3); the same seed gives the same labels."""
+        ...

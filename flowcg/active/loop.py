@@ -1,0 +1,250 @@
+"""The active-learning loop for a CG potential, with a journal that makes it resumable.
+
+Round r = 0 … R runs the steps
+
+    train     fit (r = 0) or fine-tune (r > 0) a committee of CGSchNet models on all labels so far
+              (old regions stay in the data, so they are not forgotten);
+    simulate  batched BAOAB from data frames with the committee's mean force; stopped replicas
+              are counted and dropped;
+    evaluate  W1 / Ramachandran KL of the simulated frames against the reference (if given);
+    select    at most M query frames among the simulated ones (a :mod:`~flowcg.active.selection` strategy);
+    query     the oracle labels them;
+    add       the labels join the dataset,
+
+with the last round stopping after ``evaluate``. Every step writes its output under
+``round_XXX/`` before the :class:`~flowcg.active.journal.Journal` records it, and draws its
+randomness from (seed, round, step) alone, so a resumed run repeats an interrupted step exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from flowcg.active.backmap import TorsionBackmapper
+from flowcg.active.evaluate import CGReference
+from flowcg.active.journal import Journal
+from flowcg.active.labels import Labels, Oracle
+from flowcg.cg.mapping import CGMapping
+from flowcg.cg.prior import fit_prior
+from flowcg.cg.schnet import CGSchNet
+from flowcg.cg.simulate import LangevinBAOAB
+from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
+from flowcg.training.checkpoint import load, save_atomic, save_json_atomic, save_npz_atomic
+
+__all__ = ["ActiveLearningLoop", "LoopOptions", "ModelOptions", "SimulationOptions"]
+
+log = logging.getLogger(__name__)
+
+STEPS = ("train", "simulate", "evaluate", "select", "query", "add")
+
+
+@dataclass
+class ModelOptions:
+    """CGSchNet size and prior (see :class:`~flowcg.cg.schnet.CGSchNet`, :func:`~flowcg.cg.prior.fit_prior`)."""
+
+    hidden: int = 64
+    n_filters: int = 64
+    n_rbf: int = 32
+    cutoff: float = 1.2
+    n_interactions: int = 3
+    dihedral_prior: bool = False
+
+
+@dataclass
+class SimulationOptions:
+    """CG Langevin runs per round: replicas, length, saving and the frames skipped as burn-in."""
+
+    n_replicas: int = 64
+    n_steps: int = 5000
+    save_every: int = 50
+    burn_in_saves: int = 10
+    timestep_ps: float = 0.002
+    friction_per_ps: float = 1.0
+
+
+@dataclass
+class LoopOptions:
+    """rounds R; queries_per_round M; committee_size models (≥ 2 for the committee strategy);
+    fit: the first fit; finetune_steps: steps of each later fine-tune; max_candidates: simulated
+    frames offered to the strategy (a seeded subsample); temperature_K of the CG model."""
+
+    rounds: int = 4
+    queries_per_round: int = 25
+    committee_size: int = 1
+    fit: FitOptions = field(default_factory=FitOptions)
+    finetune_steps: int = 500
+    max_candidates: int = 2000
+    temperature_K: float = 300.0
+    seed: int = 0
+
+
+def _seed(seed: int, round_index: int, step: str, member: int = 0) -> int:
+    return ((seed * 1009 + round_index) * 17 + STEPS.index(step)) * 101 + member
+
+
+class ActiveLearningLoop:
+    """One run of the loop in ``run_dir`` (module docstring).
+
+    Args:
+        run_dir: where the journal and every round's outputs live; rerunning resumes.
+        mapping: the CG mapping.
+        backmapper: CG frame → (φ, ψ) and an all-atom structure (for the metrics and oracles).
+        oracle: labels query frames.
+        strategy: a query strategy (``select(candidates, training, m, rng, committee)``).
+        initial: labels of the initial data (e.g. a short MD); they also fit the prior and the
+            TICA of the energy-matching targets.
+        initial_tica: TICA model for the energy-matching targets (needed iff λ > 0).
+        reference: the evaluation yardstick (None: the evaluate step records only simulation facts).
+    """
+
+    def __init__(self, run_dir: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, oracle: Oracle, strategy,
+                 initial: Labels, options: LoopOptions, model_options: ModelOptions, simulation: SimulationOptions,
+                 reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None):
+        if options.fit.energy_weight > 0 and initial_tica is None:
+            raise ValueError("energy matching needs the TICA model of the initial data")
+        if getattr(strategy, "name", "") == "committee" and options.committee_size < 2:
+            raise ValueError("the committee strategy needs committee_size ≥ 2")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.mapping, self.backmapper, self.oracle, self.strategy = mapping, backmapper, oracle, strategy
+        self.initial, self.options, self.model_options, self.simulation = initial, options, model_options, simulation
+        self.reference, self.initial_tica = reference, initial_tica
+        self.on_step = on_step
+        self.journal = Journal(self.run_dir / "journal.json")
+        initial_path = self.run_dir / "initial_labels.npz"
+        if not initial_path.is_file():
+            initial.save(initial_path)
+        self.prior_frames = initial.cg_positions_nm
+
+    # ------------------------------------------------------------------ data
+    def round_dir(self, round_index: int) -> Path:
+        return self.run_dir / f"round_{round_index:03d}"
+
+    def dataset(self, round_index: int) -> Labels:
+        """Initial labels plus those added in rounds < round_index (journalled ``add`` steps only)."""
+        parts = [self.initial] + [Labels.load(self.round_dir(r) / "labels.npz") for r in range(round_index) if self.journal.done(r, "add")]
+        return Labels.concatenate(parts)
+
+    # ------------------------------------------------------------------ models
+    def new_model(self) -> CGSchNet:
+        o = self.model_options
+        prior = fit_prior(self.prior_frames, self.mapping, self.options.temperature_K, dihedrals=o.dihedral_prior)
+        return CGSchNet(self.mapping.bead_types, hidden=o.hidden, n_filters=o.n_filters, n_rbf=o.n_rbf, cutoff=o.cutoff,
+                        n_interactions=o.n_interactions, prior=prior).double()
+
+    def committee(self, round_index: int) -> list[CGSchNet]:
+        states = load(self.round_dir(round_index) / "models.pt")["models"]
+        models = []
+        for state in states:
+            model = self.new_model()
+            model.load_state_dict(state)
+            models.append(model.eval())
+        return models
+
+    # ------------------------------------------------------------------ steps
+    def _train(self, r: int) -> dict:
+        data = self.dataset(r)
+        energy_targets = None
+        if self.options.fit.energy_weight > 0:
+            prior = self.new_model().prior
+            with torch.no_grad():
+                prior_energy = prior(torch.as_tensor(data.cg_positions_nm)).numpy()
+            energy_targets = tica_free_energy(data.cg_positions_nm, data.weights, self.initial_tica, self.options.temperature_K) - prior_energy
+        previous = self.committee(r - 1) if r > 0 else None
+        fit = self.options.fit if r == 0 else FitOptions(**{**asdict(self.options.fit), "steps": self.options.finetune_steps})
+        states, losses = [], []
+        for member in range(self.options.committee_size):
+            torch.manual_seed(_seed(self.options.seed, r, "train", member))
+            model = self.new_model() if previous is None else previous[member]
+            losses.append(fit_force_matching(model, data.cg_positions_nm, data.cg_forces_kJ_mol_nm, data.weights, fit,
+                                             seed=_seed(self.options.seed, r, "train", member), energy_targets_kJ_mol=energy_targets))
+            states.append(model.state_dict())
+        save_atomic({"models": states}, self.round_dir(r) / "models.pt")
+        return {"n_rows": len(data), "n_queries": data.n_queries, "force_mse": float(np.mean([l["force_mse"] for l in losses]))}
+
+    def _simulate(self, r: int) -> dict:
+        models = self.committee(r)
+
+        def mean_force(x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([m.forces(x, create_graph=False) for m in models]).mean(0)
+
+        s = self.simulation
+        data = self.dataset(r)
+        rng = np.random.default_rng(_seed(self.options.seed, r, "simulate"))
+        starts = rng.choice(len(data), size=s.n_replicas, replace=True, p=data.weights / data.weights.sum())
+        integrator = LangevinBAOAB(mean_force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
+        result = integrator.run(torch.as_tensor(data.cg_positions_nm[starts]), s.n_steps, s.save_every,
+                                seed=_seed(self.options.seed, r, "simulate"))
+        frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
+        save_npz_atomic(self.round_dir(r) / "simulation.npz", frames=frames, alive=alive)
+        return {"n_replicas": s.n_replicas, "n_stopped": int(len(result.stopped)),
+                "stop_reasons": sorted({reason for reason in result.stop_reason if reason})}
+
+    def simulated_frames(self, r: int) -> np.ndarray:
+        """(n, n_beads, 3) frames of round r's simulation from replicas still running."""
+        with np.load(self.round_dir(r) / "simulation.npz") as sim:
+            return sim["frames"][sim["alive"]]
+
+    def _evaluate(self, r: int) -> dict:
+        frames = self.simulated_frames(r)
+        metrics = {"round": r, "n_frames": len(frames)}
+        if self.reference is not None:
+            metrics.update(self.reference.evaluate(frames, self.backmapper, seed=self.options.seed))
+        data = self.dataset(r)
+        metrics.update(n_labels=len(data), n_queries=data.n_queries,
+                       oracle_evaluations=sum(self.journal.entry(q, "query")["n_energy_evaluations"] for q in range(r)),
+                       oracle_wall_s=sum(self.journal.entry(q, "query")["wall_s"] for q in range(r)))
+        save_json_atomic(metrics, self.round_dir(r) / "metrics.json")
+        return metrics
+
+    def _select(self, r: int) -> dict:
+        frames = self.simulated_frames(r)
+        rng = np.random.default_rng(_seed(self.options.seed, r, "select"))
+        if len(frames) > self.options.max_candidates:
+            frames = frames[np.sort(rng.choice(len(frames), self.options.max_candidates, replace=False))]
+        committee = None
+        if getattr(self.strategy, "name", "") == "committee":
+            committee = [lambda x, m=m: m.forces(x.to(torch.float64), create_graph=False) for m in self.committee(r)]
+        chosen = self.strategy.select(frames, self.dataset(r).cg_positions_nm, self.options.queries_per_round, rng, committee)
+        save_npz_atomic(self.round_dir(r) / "queries.npz", frames=frames[chosen])
+        return {"n_candidates": len(frames), "n_selected": len(chosen)}
+
+    def _query(self, r: int) -> dict:
+        with np.load(self.round_dir(r) / "queries.npz") as saved:
+            queries = saved["frames"]
+        if len(queries):
+            labels = self.oracle.label(queries, seed=_seed(self.options.seed, r, "query"))
+        else:
+            labels = Labels.empty(self.mapping.n_atoms, self.mapping.n_beads)
+        labels.save(self.round_dir(r) / "labels.npz")
+        return {"n_queries": len(queries), "n_labels": len(labels), "n_energy_evaluations": int(labels.n_energy_evaluations),
+                "wall_s": float(labels.wall_s)}
+
+    def _add(self, r: int) -> dict:
+        return {"n_labels": len(Labels.load(self.round_dir(r) / "labels.npz"))}
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> list[dict]:
+        """Run (or resume) every round; returns each round's metrics."""
+        actions = {"train": self._train, "simulate": self._simulate, "evaluate": self._evaluate, "select": self._select,
+                   "query": self._query, "add": self._add}
+        for r in range(self.options.rounds + 1):
+            self.round_dir(r).mkdir(parents=True, exist_ok=True)
+            for step in STEPS if r < self.options.rounds else STEPS[:3]:
+                if self.journal.done(r, step):
+                    continue
+                start = time.perf_counter()
+                info = actions[step](r)
+                self.journal.record(r, step, wall_s_step=time.perf_counter() - start, **{k: v for k, v in info.items() if k != "wall_s_step"})
+                log.info("round %d %s: %s", r, step, info)
+                if self.on_step is not None:
+                    self.on_step(r, step)
+        return [json.loads((self.round_dir(r) / "metrics.json").read_text()) for r in range(self.options.rounds + 1)]

@@ -1,0 +1,99 @@
+"""Fitting a CG potential to labelled frames: force matching, plus optional energy matching.
+
+Data: rows (X_k, F_k, w_k) of CG positions (nm), mapped forces (kJ/mol/nm) and weights
+(:class:`flowcg.active.labels.Labels`). Force matching (Noid et al. 2008) minimises
+
+    L_F(θ) = Σ_k w_k ‖F_θ(X_k) − F_k‖² / (3 n Σ_k w_k),   F_θ = −∇U_θ,
+
+whose minimiser over all potentials is the mean force −∇A(X). Minibatches are drawn with
+probability ∝ w_k (with replacement), which makes the plain batch mean an unbiased estimate.
+
+Energy matching (optional, weight λ; arXiv 2509.14600): a free-energy target per frame from
+1-D densities of the TICA components of the current data,
+
+    E_k = −kT Σ_i log p_i(TIC_i(X_k)) − U_prior(X_k)     (kJ/mol),
+
+matched by the network energy up to a constant: L_E = Var_batch(U_net(X) − E). The loss is
+L_F + λ L_E. The densities are weighted histograms (with one pseudo-count per bin, so a bin
+without data costs a large but finite free energy).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flowcg.analysis.w1 import project_tica
+from flowcg.cg.prior import kT
+from flowcg.cg.schnet import CGSchNet
+
+__all__ = ["FitOptions", "fit_force_matching", "tica_free_energy"]
+
+
+@dataclass
+class FitOptions:
+    """Optimiser settings of :func:`fit_force_matching`.
+
+    steps: optimiser steps (minibatches); batch_size: rows per step; lr: Adam learning rate;
+    energy_weight: λ of the energy-matching term (0 switches it off).
+    """
+
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    energy_weight: float = 0.0
+
+
+def tica_free_energy(cg_positions_nm: np.ndarray, weights: np.ndarray, tica, temperature_K: float,
+                     n_components: int = 2, bins: int = 50) -> np.ndarray:
+    """−kT Σ_i log p_i(TIC_i(X)) in kJ/mol, (K,), from weighted 1-D histograms of the frames themselves."""
+    projected = project_tica(cg_positions_nm, tica, n_components)
+    energy = np.zeros(len(projected))
+    for tic in projected.T:
+        counts, edges = np.histogram(tic, bins=bins, weights=weights * len(weights) / weights.sum())
+        density = (counts + 1.0) / ((counts.sum() + bins) * np.diff(edges))
+        energy -= np.log(density[np.clip(np.searchsorted(edges, tic, side="right") - 1, 0, bins - 1)])
+    return kT(temperature_K) * energy
+
+
+def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_nm: np.ndarray, weights: np.ndarray,
+                       options: FitOptions, seed: int = 0, energy_targets_kJ_mol: np.ndarray | None = None) -> dict[str, float]:
+    """Train ``model`` in place on the rows (module docstring); returns the final losses.
+
+    ``energy_targets_kJ_mol`` (K,) are the E_k of the energy-matching term; needed iff
+    ``options.energy_weight > 0``.
+    """
+    if options.energy_weight > 0 and energy_targets_kJ_mol is None:
+        raise ValueError("energy matching (energy_weight > 0) needs energy targets")
+    param = next(model.parameters())
+    as_model = dict(dtype=param.dtype, device=param.device)
+    x = torch.as_tensor(positions_nm, **as_model)
+    f = torch.as_tensor(forces_kJ_mol_nm, **as_model)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if x.shape != f.shape or x.ndim != 3 or len(w) != len(x):
+        raise ValueError(f"need positions and forces (K, n, 3) and weights (K,), got {tuple(x.shape)}, {tuple(f.shape)}, {tuple(w.shape)}")
+    if not bool(torch.isfinite(f).all() & torch.isfinite(x).all()) or not bool((w >= 0).all()) or float(w.sum()) <= 0:
+        raise ValueError("force-matching data must be finite with non-negative weights of positive sum")
+    e = None if energy_targets_kJ_mol is None else torch.as_tensor(energy_targets_kJ_mol, **as_model)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    model.train()
+    force_loss = energy_loss = math.nan
+    for _ in range(options.steps):
+        rows = torch.multinomial(w, options.batch_size, replacement=True, generator=generator)
+        energy, predicted = model.energy_and_forces(x[rows], create_graph=True)
+        loss = ((predicted - f[rows]) ** 2).mean()
+        force_loss = loss.item()
+        if options.energy_weight > 0:
+            residual = model.network_energy(x[rows]) - e[rows]
+            matched = residual.var()
+            energy_loss = float(matched)
+            loss = loss + options.energy_weight * matched
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return {"force_mse": force_loss, "energy_var": energy_loss}

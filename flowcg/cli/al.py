@@ -1,0 +1,154 @@
+"""``flowcg-al``: active learning of a CG potential with an all-atom oracle.
+
+    flowcg-al experiment=al_aldp hydra.run.dir=DIR            # rerun the same line to resume
+    flowcg-al experiment=al_aldp strategy=random seed=1
+    flowcg-al experiment=al_aldp loop.rounds=0 initial.n_frames=600   # static baseline: one MD
+
+Writes into DIR: ``initial_labels.npz`` (the initial MD), ``journal.json``, ``round_XXX/``
+(``models.pt``, ``simulation.npz``, ``metrics.json``, ``queries.npz``, ``labels.npz``),
+``metrics.json`` (all rounds), ``w1_per_round.png`` and ``free_energy_round_XXX.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from flowcg.active.backmap import TorsionBackmapper  # noqa: E402
+from flowcg.active.evaluate import load_cg_reference  # noqa: E402
+from flowcg.active.flow_oracle import FlowOracle  # noqa: E402
+from flowcg.active.loop import ActiveLearningLoop, LoopOptions, ModelOptions, SimulationOptions  # noqa: E402
+from flowcg.active.md_oracle import MDOracle  # noqa: E402
+from flowcg.active.selection import build_strategy  # noqa: E402
+from flowcg.analysis.w1 import fit_cg_tica  # noqa: E402
+from flowcg.builders import build_target, load_run  # noqa: E402
+from flowcg.cg.mapping import CGMapping  # noqa: E402
+from flowcg.cg.training import FitOptions  # noqa: E402
+from flowcg.cli.common import clean_errors, entry_point, write_json  # noqa: E402
+from flowcg.coordinates.internal import InternalCoordinateTransform  # noqa: E402
+from flowcg.pretrained import load_pretrained, pretrained_dir  # noqa: E402
+
+log = logging.getLogger("flowcg")
+
+ORACLES = ("flow", "md")
+
+
+def build_mapping(topology, spec: str) -> CGMapping:
+    if spec == "backbone":
+        return CGMapping.aldp_backbone(topology)
+    if spec == "heavy_atoms":
+        return CGMapping.heavy_atoms(topology)
+    return CGMapping(topology, spec)
+
+
+def build_oracle(cfg_oracle, target, mapping, backmapper):
+    """The oracle named in ``cfg_oracle`` (conf/oracle/*.yaml) and the flow model it uses, if any."""
+    options = OmegaConf.to_container(cfg_oracle, resolve=True)
+    name = options.pop("name")
+    if name == "md":
+        return MDOracle(target, mapping, backmapper, **options), None
+    if name != "flow":
+        raise ValueError(f"unknown oracle '{name}'; choose one of {', '.join(ORACLES)}")
+    if (options["run"] is None) == (options["pretrained"] is None):
+        raise ValueError("the flow oracle needs exactly one of oracle.run=RUN_DIR or oracle.pretrained=NAME")
+    run = load_run(options["run"]) if options["run"] is not None else load_pretrained(options["pretrained"])
+    if run.target.name != target.name:
+        raise ValueError(f"the flow oracle's model was trained on '{run.target.name}', the loop's target is '{target.name}'")
+    flow_backmapper = TorsionBackmapper(run.model.coordinates, target.positions, mapping)
+    return FlowOracle(run.model, run.target, mapping, flow_backmapper, options["samples_per_query"]), options["pretrained"]
+
+
+def _reference_path(cfg: DictConfig, pretrained: str | None) -> Path | None:
+    if cfg.reference:
+        return Path(cfg.reference)
+    if pretrained is not None and (pretrained_dir(pretrained) / "reference_cg.npz").is_file():
+        return pretrained_dir(pretrained) / "reference_cg.npz"
+    return None
+
+
+def plot_rounds(metrics: list[dict], folder: Path) -> None:
+    """W1 per round and a (φ, ψ) free-energy map of each round's CG simulation."""
+    rounds = [m["round"] for m in metrics]
+    if any("w1" in m for m in metrics):
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.plot(rounds, [m.get("w1", np.nan) for m in metrics], "o-")
+        ax.set(xlabel="round", ylabel="W1 (TIC 0-1)", title="CG ensemble vs reference")
+        fig.tight_layout()
+        fig.savefig(folder / "w1_per_round.png", dpi=120)
+        plt.close(fig)
+
+
+def plot_free_energy_maps(loop: ActiveLearningLoop, rounds: int, folder: Path, kT_kJ_mol: float) -> None:
+    for r in range(rounds + 1):
+        frames = loop.simulated_frames(r)
+        if not len(frames):
+            continue
+        phi, psi = loop.backmapper.torsions(frames).numpy().T
+        counts, xe, ye = np.histogram2d(phi, psi, bins=60, range=[[-np.pi, np.pi], [-np.pi, np.pi]])
+        with np.errstate(divide="ignore"):
+            free = -kT_kJ_mol * np.log(counts / counts.sum())
+        fig, ax = plt.subplots(figsize=(4, 3.4))
+        mesh = ax.pcolormesh(xe, ye, (free - np.nanmin(free[np.isfinite(free)])).T, cmap="viridis", vmax=25)
+        fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
+        ax.set(xlabel="φ (rad)", ylabel="ψ (rad)", title=f"CG MD, round {r}")
+        fig.tight_layout()
+        fig.savefig(folder / f"free_energy_round_{r:03d}.png", dpi=110)
+        plt.close(fig)
+
+
+@clean_errors("flowcg-al")
+def active_learning(cfg: DictConfig) -> list[dict]:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    target = build_target(cfg.target)
+    mapping = build_mapping(target.topology, cfg.mapping)
+    backmapper = TorsionBackmapper(InternalCoordinateTransform.from_topology(target.topology), target.positions, mapping)
+    oracle, pretrained = build_oracle(cfg.oracle, target, mapping, backmapper)
+    strategy = build_strategy(**OmegaConf.to_container(cfg.strategy, resolve=True))
+
+    initial_path = run_dir / "initial_labels.npz"
+    if initial_path.is_file():
+        from flowcg.active.labels import Labels
+
+        initial = Labels.load(initial_path)
+    else:
+        md = MDOracle(target, mapping, backmapper, restraint_kJ_mol_rad2=0.0, n_frames=cfg.initial.n_frames,
+                      frame_interval_steps=cfg.initial.frame_interval_steps, equilibration_steps=cfg.initial.equilibration_steps,
+                      minimize_iterations=cfg.initial.minimize_iterations)
+        initial = md.label(mapping.map_positions(target.positions[None]), seed=cfg.seed)
+        log.info("initial MD: %d frames, %d evaluations, %.1f s", len(initial), initial.n_energy_evaluations, initial.wall_s)
+    fit = FitOptions(steps=cfg.fit.steps, batch_size=cfg.fit.batch_size, lr=cfg.fit.lr, energy_weight=cfg.fit.energy_weight)
+    initial_tica = fit_cg_tica(initial.cg_positions_nm, cfg.fit.tica_lag_frames) if fit.energy_weight > 0 else None
+    reference_path = _reference_path(cfg, pretrained)
+    reference = load_cg_reference(reference_path, mapping, backmapper, cfg.reference_lag_frames) if reference_path else None
+    if reference is None:
+        log.warning("no reference given: rounds are evaluated without W1 / Ramachandran KL")
+
+    loop = ActiveLearningLoop(
+        run_dir, mapping, backmapper, oracle, strategy, initial,
+        LoopOptions(rounds=cfg.loop.rounds, queries_per_round=cfg.loop.queries_per_round, committee_size=cfg.loop.committee_size,
+                    fit=fit, finetune_steps=cfg.loop.finetune_steps, max_candidates=cfg.loop.max_candidates,
+                    temperature_K=target.temperature, seed=cfg.seed),
+        ModelOptions(**OmegaConf.to_container(cfg.cg_model, resolve=True)),
+        SimulationOptions(**OmegaConf.to_container(cfg.simulation, resolve=True)),
+        reference=reference, initial_tica=initial_tica,
+    )
+    metrics = loop.run()
+    summary = {"rounds": metrics, "initial_frames": len(initial), "initial_evaluations": initial.n_energy_evaluations,
+               "initial_wall_s": initial.wall_s, "oracle": cfg.oracle.name, "strategy": cfg.strategy.name,
+               "reference": str(reference_path) if reference_path else None, "reference_lag_frames": cfg.reference_lag_frames}
+    write_json(summary, run_dir / "metrics.json")
+    plot_rounds(metrics, run_dir)
+    plot_free_energy_maps(loop, cfg.loop.rounds, run_dir, target.kT)
+    log.info("done: %s", {k: metrics[-1].get(k) for k in ("w1", "kl64", "n_labels")})
+    return metrics
+
+
+main = entry_point("al", active_learning)

@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from flowcg.active.selection import (
+    STRATEGIES,
+    Committee,
+    Diversity,
+    RandomSelection,
+    RMSDCoverage,
+    aligned_rmsd_to_set,
+    build_strategy,
+    committee_disagreement,
+    farthest_point_sampling,
+)
+
+N_BEADS = 5
+
+
+def rigidly_moved(frame_nm, seed):
+    """The frame rotated by a random rotation about the origin and shifted by a random vector (nm)."""
+    rotation = Rotation.random(random_state=seed).as_matrix()
+    shift = np.random.default_rng(seed).normal(size=3)
+    return frame_nm @ rotation.T + shift
+
+
+@pytest.fixture
+def toy_set():
+    """A training set of small perturbations of one chain, and candidates at growing distance from it.
+
+    Candidate k is the reference chain with bead 0 displaced by ``offsets_nm[k]`` along z, then
+    rigidly moved, so its aligned RMSD to the training set grows with the offset.
+    """
+    rng = np.random.default_rng(0)
+    reference = rng.normal(scale=0.3, size=(N_BEADS, 3))
+    training = reference + rng.normal(scale=0.005, size=(8, N_BEADS, 3))
+    offsets_nm = np.array([0.01, 0.4, 0.02, 0.8, 0.25, 0.0])
+    candidates = np.repeat(reference[None], len(offsets_nm), axis=0)
+    candidates[:, 0, 2] += offsets_nm
+    candidates = np.stack([rigidly_moved(frame, seed) for seed, frame in enumerate(candidates)])
+    return candidates, training, offsets_nm
+
+
+def test_aligned_rmsd_is_invariant_to_rigid_motion():
+    frame = np.random.default_rng(1).normal(scale=0.4, size=(N_BEADS, 3))
+    moved = np.stack([rigidly_moved(frame, seed) for seed in range(4)])
+    # float32 QCP: near zero the RMSD carries ~1e-4 nm of rounding (cancellation under the sqrt).
+    assert aligned_rmsd_to_set(moved, frame[None]) == pytest.approx(np.zeros(4), abs=1e-3)
+
+
+def test_aligned_rmsd_of_a_scaled_triangle_is_the_hand_computed_value():
+    # Centred, the triangle has squared radii 2/9, 5/9, 5/9; doubled, the best rotation is the
+    # identity and the RMSD is sqrt(mean |x_c|²) = sqrt(4/9) = 2/3 nm. The nearest reference wins.
+    triangle = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    reference = np.stack([triangle, 5.0 * triangle])
+    doubled = rigidly_moved(2.0 * triangle, seed=3)
+    assert aligned_rmsd_to_set(doubled[None], reference) == pytest.approx([2.0 / 3.0], rel=1e-5)
+    assert aligned_rmsd_to_set(doubled[None], np.empty((0, 3, 3))) == [np.inf]
+
+
+def test_aligned_rmsd_loops_over_either_set_alike(toy_set):
+    candidates, training, _ = toy_set
+    one_way = aligned_rmsd_to_set(candidates, training)
+    pairwise = np.stack([aligned_rmsd_to_set(training, frame[None]) for frame in candidates])
+    assert one_way == pytest.approx(pairwise.min(axis=1), abs=1e-6)
+    assert aligned_rmsd_to_set(candidates[:2], training) == pytest.approx(one_way[:2], abs=1e-6)
+
+
+def test_shapes_are_validated(toy_set):
+    candidates, training, _ = toy_set
+    with pytest.raises(ValueError, match="shape"):
+        aligned_rmsd_to_set(candidates[0], training)
+    with pytest.raises(ValueError, match="beads"):
+        Diversity().select(candidates[:, :3], training, 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="m must be >= 0"):
+        farthest_point_sampling(candidates, -1)
+
+
+def test_farthest_point_sampling_picks_distinct_frames_farthest_first(toy_set):
+    candidates, training, offsets_nm = toy_set
+    picks = farthest_point_sampling(candidates, 3, existing_nm=training)
+    assert picks.dtype == np.int64 and len(picks) == 3 and len(set(picks.tolist())) == 3
+    assert picks[0] == np.argmax(offsets_nm)
+    everything = farthest_point_sampling(candidates, 100, rng=np.random.default_rng(0))
+    assert sorted(everything.tolist()) == list(range(len(candidates)))
+    assert farthest_point_sampling(candidates, 2)[0] == 0
+    duplicates = np.repeat(candidates[:1], 4, axis=0)
+    assert sorted(farthest_point_sampling(duplicates, 4).tolist()) == [0, 1, 2, 3]
+
+
+def test_coverage_and_diversity_pick_the_frame_farthest_from_training(toy_set):
+    candidates, training, offsets_nm = toy_set
+    rng = np.random.default_rng(0)
+    coverage = RMSDCoverage(threshold_nm=0.05).select(candidates, training, 10, rng)
+    diversity = Diversity().select(candidates, training, 2, rng)
+    assert coverage[0] == diversity[0] == np.argmax(offsets_nm)
+    # Only the candidates displaced by 0.25, 0.4 and 0.8 nm lie beyond 0.05 nm of aligned RMSD.
+    assert sorted(coverage.tolist()) == [1, 3, 4]
+    assert RMSDCoverage(threshold_nm=0.05).select(candidates, training, 2, rng).tolist() == coverage[:2].tolist()
+    assert len(diversity) == 2
+
+
+def test_committee_picks_the_frames_where_members_disagree():
+    rng = np.random.default_rng(0)
+    frames = rng.normal(scale=0.3, size=(50, N_BEADS, 3))
+    contested = [7, 21, 42]
+    frames[contested, 0, 0] = [3.0, 2.0, 4.0]  # far out along x on bead 0
+
+    def harmonic(x):
+        return -x
+
+    def harmonic_plus_a_far_field(x):
+        # Differs from `harmonic` only where bead 0 is beyond 1 nm along x, by an amount growing with it.
+        extra = torch.zeros_like(x)
+        extra[:, 0, 0] = torch.relu(x[:, 0, 0] - 1.0)
+        return -x + extra
+
+    committee = [harmonic, harmonic_plus_a_far_field]
+    disagreement = committee_disagreement(frames, committee, chunk_size=16)
+    assert np.count_nonzero(disagreement) == 3
+    # Two members, a difference Δ on one component of one bead: std = |Δ|/sqrt(2), mean over beads.
+    assert disagreement[42] == pytest.approx(3.0 / np.sqrt(2) / N_BEADS, rel=1e-6)
+    picks = Committee().select(frames, frames[:5], 2, rng, committee=committee)
+    assert picks.tolist() == [42, 7]
+    with pytest.raises(ValueError, match="at least 2"):
+        Committee().select(frames, frames[:5], 2, rng, committee=[harmonic])
+    with pytest.raises(ValueError, match="at least 2"):
+        Committee().select(frames, frames[:5], 2, rng)
+
+
+def test_random_selection_is_distinct_and_reproducible(toy_set):
+    candidates, training, _ = toy_set
+    first = RandomSelection().select(candidates, training, 4, np.random.default_rng(7))
+    again = RandomSelection().select(candidates, training, 4, np.random.default_rng(7))
+    assert first.dtype == np.int64 and len(set(first.tolist())) == 4
+    assert first.tolist() == again.tolist()
+    assert sorted(RandomSelection().select(candidates, training, 99, np.random.default_rng(0)).tolist()) == list(range(6))
+
+
+def test_build_strategy_by_name():
+    assert set(STRATEGIES) == {"rmsd_coverage", "committee", "diversity", "random"}
+    strategy = build_strategy("rmsd_coverage", threshold_nm=0.1)
+    assert isinstance(strategy, RMSDCoverage) and strategy.threshold_nm == 0.1
+    with pytest.raises(ValueError, match="unknown query strategy 'nope'.*committee, diversity, random, rmsd_coverage"):
+        build_strategy("nope")
