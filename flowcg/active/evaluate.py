@@ -46,16 +46,31 @@ class CGReference:
         return metrics
 
 
-def load_cg_reference(folder: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, lag_frames: int = 20,
-                      stride: int = 1) -> CGReference:
-    """The reference MD of ``flowcg-reference`` (``trajectory.dcd`` + ``topology.pdb``) mapped to CG."""
+def save_cg_reference(folder: str | Path, mapping: CGMapping, path: str | Path, stride: int = 1) -> Path:
+    """Map the reference MD of ``flowcg-reference`` in ``folder`` to CG and save it compactly (npz,
+    float32 ``cg_frames_nm`` and the ``bead_atoms`` they belong to). Only the frames that
+    ``reference.npz`` has committed are kept, so a run still in progress can be snapshotted."""
     folder = Path(folder)
     trajectory, topology = folder / "trajectory.dcd", folder / "topology.pdb"
     if not trajectory.is_file() or not topology.is_file():
         raise FileNotFoundError(f"no reference MD in {folder} (needs trajectory.dcd and topology.pdb from flowcg-reference)")
-    traj = md.load_dcd(str(trajectory), top=str(topology), stride=stride, atom_indices=None)
+    with np.load(folder / "reference.npz") as committed:
+        n_frames = len(committed["phi"])
+    traj = md.load_dcd(str(trajectory), top=str(topology))[:n_frames:stride]
     if traj.n_atoms != mapping.n_atoms:
         raise ValueError(f"reference has {traj.n_atoms} atoms, the mapping expects {mapping.n_atoms}")
-    frames = mapping.map_positions(traj.xyz.astype(np.float64))
+    np.savez_compressed(path, cg_frames_nm=mapping.map_positions(traj.xyz).astype(np.float32), bead_atoms=mapping.bead_atoms)
+    return Path(path)
+
+
+def load_cg_reference(path: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, lag_frames: int = 20) -> CGReference:
+    """The CG reference saved by :func:`save_cg_reference`, with its TICA and (φ, ψ)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no CG reference at {path} (write one with flowcg.active.evaluate.save_cg_reference)")
+    with np.load(path) as saved:
+        frames, bead_atoms = saved["cg_frames_nm"].astype(np.float64), saved["bead_atoms"]
+    if not np.array_equal(bead_atoms, mapping.bead_atoms):
+        raise ValueError(f"the CG reference {path} maps atoms {bead_atoms.tolist()}, the loop's mapping {mapping.bead_atoms.tolist()}")
     phi, psi = backmapper.torsions(frames).numpy().T
     return CGReference(frames, fit_cg_tica(frames, lag_frames), phi, psi, lag_frames)

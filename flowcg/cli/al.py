@@ -152,3 +152,7 @@ def active_learning(cfg: DictConfig) -> list[dict]:
 
 
 main = entry_point("al", active_learning)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The active-learning loop: a tiny end-to-end run on aldp_vacuum, exact resume after a kill, labels."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flowcg.active.backmap import TorsionBackmapper
+from flowcg.active.flow_oracle import FlowOracle
+from flowcg.active.journal import Journal
+from flowcg.active.labels import Labels
+from flowcg.active.loop import ActiveLearningLoop, LoopOptions, ModelOptions, SimulationOptions
+from flowcg.active.selection import build_strategy
+from flowcg.cg.mapping import CGMapping
+from flowcg.cg.training import FitOptions
+from flowcg.pretrained import load_pretrained
+
+TINY_MODEL = ModelOptions(hidden=16, n_filters=16, n_rbf=8, n_interactions=1)
+TINY_SIMULATION = SimulationOptions(n_replicas=6, n_steps=200, save_every=10, burn_in_saves=2)
+TINY_LOOP = LoopOptions(rounds=2, queries_per_round=4, fit=FitOptions(steps=30, batch_size=32), finetune_steps=10, max_candidates=50)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def parts():
+    run = load_pretrained("aldp_vacuum")
+    mapping = CGMapping.aldp_backbone(run.target.topology)
+    backmapper = TorsionBackmapper(run.model.coordinates, run.target.positions, mapping)
+    oracle = FlowOracle(run.model, run.target, mapping, backmapper, samples_per_query=4)
+    draws = run.model.sample(12)
+    initial = oracle.label(mapping.map_positions(draws.x.double().numpy()), seed=11)
+    return mapping, backmapper, oracle, initial
+
+
+def make_loop(run_dir, parts, on_step=None, oracle=None):
+    mapping, backmapper, flow_oracle, initial = parts
+    return ActiveLearningLoop(run_dir, mapping, backmapper, oracle or flow_oracle, build_strategy("diversity"), initial,
+                              TINY_LOOP, TINY_MODEL, TINY_SIMULATION, on_step=on_step)
+
+
+def test_flow_oracle_labels_carry_the_query_torsions_and_weights(parts):
+    mapping, backmapper, oracle, initial = parts
+    assert initial.n_queries == 12 and len(initial) == 48
+    per_query = np.bincount(initial.query, weights=initial.weights)
+    assert np.all((per_query >= 1 - 1e-9) & (per_query <= 4 + 1e-9))  # Kish ESS of 4 draws
+    np.testing.assert_allclose(initial.cg_positions_nm, mapping.map_positions(initial.positions_nm))
+    again = oracle.label(initial.cg_positions_nm[::4], seed=11)
+    np.testing.assert_allclose(backmapper.torsions(again.cg_positions_nm), backmapper.torsions(initial.cg_positions_nm[::4])[again.query], atol=1e-3)
+
+
+def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, parts):
+    whole = make_loop(tmp_path / "whole", parts).run()
+
+    for kill_at in [(0, "query"), (1, "train")]:
+        def on_step(r, step, kill_at=kill_at):
+            if (r, step) == kill_at:
+                raise Killed
+
+        run_dir = tmp_path / f"killed_{kill_at[0]}_{kill_at[1]}"
+        with pytest.raises(Killed):
+            make_loop(run_dir, parts, on_step).run()
+        resumed = make_loop(run_dir, parts).run()
+        assert len(resumed) == len(whole)
+        for a, b in zip(whole, resumed):
+            assert a["n_labels"] == b["n_labels"] and a["oracle_evaluations"] == b["oracle_evaluations"]
+        final = make_loop(run_dir, parts).dataset(TINY_LOOP.rounds)
+        expected = make_loop(tmp_path / "whole", parts).dataset(TINY_LOOP.rounds)
+        np.testing.assert_array_equal(final.cg_forces_kJ_mol_nm, expected.cg_forces_kJ_mol_nm)
+        np.testing.assert_array_equal(np.load(run_dir / "round_002" / "simulation.npz")["frames"],
+                                      np.load(tmp_path / "whole" / "round_002" / "simulation.npz")["frames"])
+
+
+def test_a_kill_inside_the_oracle_loses_and_duplicates_nothing(tmp_path, parts):
+    mapping, backmapper, flow_oracle, initial = parts
+
+    class DiesOnce:
+        name = "flow"
+        calls = 0
+
+        def label(self, frames, seed):
+            DiesOnce.calls += 1
+            if DiesOnce.calls == 2:
+                raise Killed
+            return flow_oracle.label(frames, seed)
+
+    with pytest.raises(Killed):
+        make_loop(tmp_path, parts, oracle=DiesOnce()).run()
+    assert Journal(tmp_path / "journal.json").done(0, "add") and not Journal(tmp_path / "journal.json").done(1, "query")
+    make_loop(tmp_path, parts, oracle=DiesOnce()).run()
+    data = make_loop(tmp_path, parts).dataset(TINY_LOOP.rounds)
+    added = [Labels.load(tmp_path / f"round_{r:03d}" / "labels.npz") for r in range(TINY_LOOP.rounds)]
+    assert len(data) == len(initial) + sum(len(a) for a in added)
+    assert len(np.unique(data.positions_nm.reshape(len(data), -1), axis=0)) == len(data)
+
+
+def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    overrides = ["target=aldp_vacuum", "oracle.pretrained=aldp_vacuum", "oracle.samples_per_query=4", "initial.n_frames=30",
+                 "initial.frame_interval_steps=20", "initial.equilibration_steps=50", "initial.minimize_iterations=20",
+                 "loop.rounds=1", "loop.queries_per_round=3", "strategy=random", "fit.steps=20", "loop.finetune_steps=5",
+                 "simulation.n_replicas=4", "simulation.n_steps=100", "simulation.save_every=10", "simulation.burn_in_saves=2",
+                 "cg_model.hidden=16", "cg_model.n_filters=16", "cg_model.n_interactions=1", f"hydra.run.dir={tmp_path}"]
+    subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True)
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert [m["round"] for m in summary["rounds"]] == [0, 1]
+    assert summary["rounds"][1]["n_labels"] == 30 + 3 * 4 and summary["rounds"][1]["oracle_evaluations"] == 12
+    assert summary["initial_frames"] == 30 and summary["strategy"] == "random"
+    assert (tmp_path / "free_energy_round_001.png").is_file()
+    # a finished run resumes to the same result without doing any work
+    subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True)
+    assert json.loads((tmp_path / "metrics.json").read_text())["rounds"] == summary["rounds"]
+
+
+def test_bad_strategy_is_one_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "flowcg.cli.al", "target=aldp_vacuum", "oracle.pretrained=aldp_vacuum",
+                             "strategy.name=psychic", f"hydra.run.dir={tmp_path}"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown query strategy 'psychic'" in result.stderr
