@@ -56,11 +56,16 @@ class ModelOptions:
     cutoff: float = 1.2
     n_interactions: int = 3
     dihedral_prior: bool = False
+    dtype: str = "float32"
 
 
 @dataclass
 class SimulationOptions:
-    """CG Langevin runs per round: replicas, length, saving and the frames skipped as burn-in."""
+    """CG Langevin runs per round: replicas, length, saving and the frames skipped as burn-in.
+
+    Replicas start from frames of the initial data (``start_from="initial"``: every arm and
+    round starts alike, so the evaluation compares models, not starting sets) or of all labels
+    so far (``"data"``)."""
 
     n_replicas: int = 64
     n_steps: int = 5000
@@ -68,6 +73,11 @@ class SimulationOptions:
     burn_in_saves: int = 10
     timestep_ps: float = 0.002
     friction_per_ps: float = 1.0
+    start_from: str = "initial"
+
+    def __post_init__(self):
+        if self.start_from not in ("initial", "data"):
+            raise ValueError(f"simulation.start_from must be 'initial' (frames of the initial data) or 'data' (all labels so far), got '{self.start_from}'")
 
 
 @dataclass
@@ -138,7 +148,7 @@ class ActiveLearningLoop:
         o = self.model_options
         prior = fit_prior(self.prior_frames, self.mapping, self.options.temperature_K, dihedrals=o.dihedral_prior)
         return CGSchNet(self.mapping.bead_types, hidden=o.hidden, n_filters=o.n_filters, n_rbf=o.n_rbf, cutoff=o.cutoff,
-                        n_interactions=o.n_interactions, prior=prior).double()
+                        n_interactions=o.n_interactions, prior=prior).to(getattr(torch, o.dtype))
 
     def committee(self, round_index: int) -> list[CGSchNet]:
         states = load(self.round_dir(round_index) / "models.pt")["models"]
@@ -177,11 +187,12 @@ class ActiveLearningLoop:
             return torch.stack([m.forces(x, create_graph=False) for m in models]).mean(0)
 
         s = self.simulation
-        data = self.dataset(r)
+        data = self.initial if s.start_from == "initial" else self.dataset(r)
         rng = np.random.default_rng(_seed(self.options.seed, r, "simulate"))
         starts = rng.choice(len(data), size=s.n_replicas, replace=True, p=data.weights / data.weights.sum())
         integrator = LangevinBAOAB(mean_force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
-        result = integrator.run(torch.as_tensor(data.cg_positions_nm[starts]), s.n_steps, s.save_every,
+        dtype = next(models[0].parameters()).dtype
+        result = integrator.run(torch.as_tensor(data.cg_positions_nm[starts], dtype=dtype), s.n_steps, s.save_every,
                                 seed=_seed(self.options.seed, r, "simulate"))
         frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
         save_npz_atomic(self.round_dir(r) / "simulation.npz", frames=frames, alive=alive)
@@ -212,7 +223,9 @@ class ActiveLearningLoop:
             frames = frames[np.sort(rng.choice(len(frames), self.options.max_candidates, replace=False))]
         committee = None
         if getattr(self.strategy, "name", "") == "committee":
-            committee = [lambda x, m=m: m.forces(x.to(torch.float64), create_graph=False) for m in self.committee(r)]
+            models = self.committee(r)
+            dtype = next(models[0].parameters()).dtype
+            committee = [lambda x, m=m: m.forces(x.to(dtype), create_graph=False) for m in models]
         chosen = self.strategy.select(frames, self.dataset(r).cg_positions_nm, self.options.queries_per_round, rng, committee)
         save_npz_atomic(self.round_dir(r) / "queries.npz", frames=frames[chosen])
         return {"n_candidates": len(frames), "n_selected": len(chosen)}
