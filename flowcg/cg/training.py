@@ -90,7 +90,7 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
         if options.energy_weight > 0:
             residual = model.network_energy(x[rows]) - e[rows]
             matched = residual.var()
-            energy_loss = float(matched)
+            energy_loss = matched.item()
             loss = loss + options.energy_weight * matched
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,6 +1,7 @@
 """``flowcg-train``: train a structured-latent flow on a target, then sample and evaluate it.
 
     flowcg-train experiment=double_well hydra.run.dir=DIR [resume=true] [key=value ...]
+    flowcg-train experiment=aldp_implicit init_from=RUN train/schedule=constant ...   # continue a finished run
 
 Writes into the run folder: config.yaml, checkpoint.pt, model.pt, training.json, samples.npz,
 metrics.json and plots/*.png.
@@ -8,6 +9,7 @@ metrics.json and plots/*.png.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,12 +19,27 @@ from omegaconf import DictConfig, OmegaConf
 from flowcg.analysis.plots import plot_run
 from flowcg.analysis.evaluate import evaluate_samples
 from flowcg.analysis.molecular import load_reference
-from flowcg.builders import CONFIG_NAME, build_target_and_model, build_training, describe_device, save_model, seed_everything
+from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, build_training, describe_device, save_model, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
-from flowcg.training import Trainer
+from flowcg.training import Trainer, checkpoint
 from flowcg.training.trainer import CHECKPOINT_NAME
+
+
+def _warm_start(model, init_from, load_weights: bool) -> int:
+    """Load the weights of the finished run ``init_from`` (same model config) into ``model``
+    (unless resuming, when the checkpoint has them); returns that run's total energy evaluations
+    (0 without ``init_from``)."""
+    if not init_from:
+        return 0
+    folder = Path(init_from)
+    if load_weights:
+        model.load_state_dict(checkpoint.load(folder / MODEL_NAME)["model"])
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    inherited = int(metrics.get("energy_evaluations_total", metrics.get("energy_evaluations", 0)))
+    log.info("warm start from %s (%d energy evaluations inherited)", folder, inherited)
+    return inherited
 
 
 @clean_errors("flowcg-train")
@@ -37,6 +54,7 @@ def train(cfg: DictConfig) -> dict:
     has_checkpoint = (run_dir / CHECKPOINT_NAME).is_file()
     if has_checkpoint and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, or choose a new hydra.run.dir")
+    inherited_evaluations = _warm_start(model, cfg.init_from, load_weights=not has_checkpoint)
     OmegaConf.save(cfg, run_dir / CONFIG_NAME)
 
     logger = build_logger(cfg.logger.kind, run_dir, OmegaConf.to_container(cfg, resolve=True), **OmegaConf.to_container(cfg.logger.options, resolve=True))
@@ -56,6 +74,8 @@ def train(cfg: DictConfig) -> dict:
             **evaluate_samples(target, samples, reference),
             "energy_evaluations": training_evaluations,
             "energy_evaluations_sampling": target.n_energy_evaluations - training_evaluations,
+            # a warm-started run's cost includes the training of the run it started from
+            "energy_evaluations_total": training_evaluations + inherited_evaluations,
             "train_wall_time_s": state["wall_time_s"],
             "stages": len(state["stages"]),
             "steps": state["step"],
