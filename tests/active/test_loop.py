@@ -38,10 +38,10 @@ def parts():
     return mapping, backmapper, oracle, initial
 
 
-def make_loop(run_dir, parts, on_step=None, oracle=None):
+def make_loop(run_dir, parts, on_step=None, oracle=None, strategy="diversity", options=TINY_LOOP):
     mapping, backmapper, flow_oracle, initial = parts
-    return ActiveLearningLoop(run_dir, mapping, backmapper, oracle or flow_oracle, build_strategy("diversity"), initial,
-                              TINY_LOOP, TINY_MODEL, TINY_SIMULATION, on_step=on_step)
+    return ActiveLearningLoop(run_dir, mapping, backmapper, oracle or flow_oracle, build_strategy(strategy), initial,
+                              options, TINY_MODEL, TINY_SIMULATION, on_step=on_step)
 
 
 def test_flow_oracle_labels_carry_the_query_torsions_and_weights(parts):
@@ -97,6 +97,17 @@ def test_a_kill_inside_the_oracle_loses_and_duplicates_nothing(tmp_path, parts):
     added = [Labels.load(tmp_path / f"round_{r:03d}" / "labels.npz") for r in range(TINY_LOOP.rounds)]
     assert len(data) == len(initial) + sum(len(a) for a in added)
     assert len(np.unique(data.positions_nm.reshape(len(data), -1), axis=0)) == len(data)
+
+
+def test_committee_strategy_trains_and_queries_a_committee(tmp_path, parts):
+    options = LoopOptions(rounds=1, queries_per_round=3, committee_size=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
+    with pytest.raises(ValueError, match="committee_size"):
+        make_loop(tmp_path / "one", parts, strategy="committee")
+    loop = make_loop(tmp_path, parts, strategy="committee", options=options)
+    metrics = loop.run()
+    assert len(loop.committee(1)) == 2
+    assert Journal(tmp_path / "journal.json").entry(0, "select")["n_selected"] == 3
+    assert metrics[1]["n_queries"] == parts[3].n_queries + 3
 
 
 def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
