@@ -15,7 +15,8 @@ Equal oracle budget: every arm ends with the same number of labelled all-atom co
 pass its threshold, never more). Energy evaluations are reported beside it: the MD arms pay
 ``frame_interval_steps`` steps per frame, the flow oracle one evaluation per draw.
 
-Metric: W1 between each arm's final CG MD and the reference MD mapped to CG, on the reference's
+Metric: W1 between each arm's final CG MD (64 replicas × 30 ps from initial-MD frames) and the
+reference MD mapped to CG, on the reference's
 first two TICs (pairwise bead distances, lag ``reference_lag_frames`` = 20 ps), plus the
 Ramachandran KL64(ref‖CG MD). Relative improvement = 1 − W1_AL / W1_baseline, on seed means.
 Results: ``results/al_aldp.json`` and ``results/al_aldp.md``.
@@ -40,10 +41,12 @@ RUNS = HERE / "runs" / "al_aldp"
 
 INITIAL_FRAMES, ROUNDS, QUERIES, DRAWS = 500, 4, 25, 32
 BUDGET = INITIAL_FRAMES + ROUNDS * QUERIES * DRAWS
+#: the final CG MD, which only serves the evaluation, runs 30 ps per replica instead of 6 ps
+FINAL = ["simulation.final_n_steps=15000"]
 ARMS = {
-    "al": ["experiment=al_aldp"],
-    "random": ["experiment=al_aldp", "strategy=random"],
-    "static": ["experiment=al_aldp", "loop.rounds=0", f"initial.n_frames={BUDGET}"],
+    "al": ["experiment=al_aldp", *FINAL],
+    "random": ["experiment=al_aldp", "strategy=random", *FINAL],
+    "static": ["experiment=al_aldp", "loop.rounds=0", f"initial.n_frames={BUDGET}", *FINAL],
 }
 
 

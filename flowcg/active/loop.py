@@ -65,7 +65,8 @@ class SimulationOptions:
 
     Replicas start from frames of the initial data (``start_from="initial"``: every arm and
     round starts alike, so the evaluation compares models, not starting sets) or of all labels
-    so far (``"data"``)."""
+    so far (``"data"``). The last round's run, which only serves the evaluation, can be made
+    longer with ``final_n_steps``."""
 
     n_replicas: int = 64
     n_steps: int = 5000
@@ -74,6 +75,7 @@ class SimulationOptions:
     timestep_ps: float = 0.002
     friction_per_ps: float = 1.0
     start_from: str = "initial"
+    final_n_steps: int | None = None
 
     def __post_init__(self):
         if self.start_from not in ("initial", "data"):
@@ -192,7 +194,8 @@ class ActiveLearningLoop:
         starts = rng.choice(len(data), size=s.n_replicas, replace=True, p=data.weights / data.weights.sum())
         integrator = LangevinBAOAB(mean_force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
         dtype = next(models[0].parameters()).dtype
-        result = integrator.run(torch.as_tensor(data.cg_positions_nm[starts], dtype=dtype), s.n_steps, s.save_every,
+        n_steps = s.final_n_steps if r == self.options.rounds and s.final_n_steps else s.n_steps
+        result = integrator.run(torch.as_tensor(data.cg_positions_nm[starts], dtype=dtype), n_steps, s.save_every,
                                 seed=_seed(self.options.seed, r, "simulate"))
         frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
         save_npz_atomic(self.round_dir(r) / "simulation.npz", frames=frames, alive=alive)
