@@ -52,6 +52,8 @@ def publish(run_dir: str | Path, name: str, reference: tuple[np.ndarray, np.ndar
     folder.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.load(run_dir / CONFIG_NAME)
     cfg.reference = None  # the run's reference path is machine-specific; the shipped one sits beside the model
+    if "init_from" in cfg:
+        cfg.init_from = None  # likewise; the provenance names the run it was warm-started from
     cfg.logger = {"kind": "none", "options": {}}
     OmegaConf.save(cfg, folder / CONFIG_NAME)
     state = checkpoint.load(run_dir / MODEL_NAME)["model"]

@@ -33,6 +33,8 @@ def main() -> None:
         f"- Training: `{args.command or 'flowcg-train experiment=' + args.name}` (data-free: no MD frame used).",
         f"- Device: {trained['device']}; training wall time {trained['train_wall_time_s']:.0f} s; "
         f"{trained['energy_evaluations']:.3g} energy evaluations; {trained['steps']} steps in {trained['stages']} stages.",
+        *([f"- Warm-started from another run (`init_from`); with its training the total is "
+           f"{trained['energy_evaluations_total']:.3g} energy evaluations."] if trained.get("energy_evaluations_total", 0) > trained["energy_evaluations"] else []),
         f"- At publication: Kish ESS {trained['ess']:.4f} on {trained['n_samples']} one-shot samples.",
     ]
     reference = None
