@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.cg.prior import kT
 from flowcg.cg.schnet import CGSchNet
 from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
 
