@@ -18,6 +18,7 @@ randomness from (seed, round, step) alone, so a resumed run repeats an interrupt
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -122,7 +123,8 @@ class ActiveLearningLoop:
                  reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None):
         if options.fit.energy_weight > 0 and initial_tica is None:
             raise ValueError("energy matching needs the TICA model of the initial data")
-        if getattr(strategy, "name", "") == "committee" and options.committee_size < 2:
+        self.uses_committee = getattr(strategy, "name", "") == "committee"
+        if self.uses_committee and options.committee_size < 2:
             raise ValueError("the committee strategy needs committee_size ≥ 2")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,8 @@ class ActiveLearningLoop:
         initial_path = self.run_dir / "initial_labels.npz"
         if not initial_path.is_file():
             initial.save(initial_path)
-        self.prior_frames = initial.cg_positions_nm
+        # a deterministic function of the initial data: fitted once, copied into every model
+        self.prior = fit_prior(initial.cg_positions_nm, mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
 
     # ------------------------------------------------------------------ data
     def round_dir(self, round_index: int) -> Path:
@@ -148,9 +151,8 @@ class ActiveLearningLoop:
     # ------------------------------------------------------------------ models
     def new_model(self) -> CGSchNet:
         o = self.model_options
-        prior = fit_prior(self.prior_frames, self.mapping, self.options.temperature_K, dihedrals=o.dihedral_prior)
         return CGSchNet(self.mapping.bead_types, hidden=o.hidden, n_filters=o.n_filters, n_rbf=o.n_rbf, cutoff=o.cutoff,
-                        n_interactions=o.n_interactions, prior=prior).to(getattr(torch, o.dtype))
+                        n_interactions=o.n_interactions, prior=copy.deepcopy(self.prior)).to(getattr(torch, o.dtype))
 
     def committee(self, round_index: int) -> list[CGSchNet]:
         states = load(self.round_dir(round_index) / "models.pt")["models"]
@@ -166,9 +168,8 @@ class ActiveLearningLoop:
         data = self.dataset(r)
         energy_targets = None
         if self.options.fit.energy_weight > 0:
-            prior = self.new_model().prior
             with torch.no_grad():
-                prior_energy = prior(torch.as_tensor(data.cg_positions_nm)).numpy()
+                prior_energy = self.prior(torch.as_tensor(data.cg_positions_nm)).numpy()
             energy_targets = tica_free_energy(data.cg_positions_nm, data.weights, self.initial_tica, self.options.temperature_K) - prior_energy
         previous = self.committee(r - 1) if r > 0 else None
         fit = self.options.fit if r == 0 else FitOptions(**{**asdict(self.options.fit), "steps": self.options.finetune_steps})
@@ -225,7 +226,7 @@ class ActiveLearningLoop:
         if len(frames) > self.options.max_candidates:
             frames = frames[np.sort(rng.choice(len(frames), self.options.max_candidates, replace=False))]
         committee = None
-        if getattr(self.strategy, "name", "") == "committee":
+        if self.uses_committee:
             models = self.committee(r)
             dtype = next(models[0].parameters()).dtype
             committee = [lambda x, m=m: m.forces(x.to(dtype), create_graph=False) for m in models]
@@ -259,7 +260,7 @@ class ActiveLearningLoop:
                     continue
                 start = time.perf_counter()
                 info = actions[step](r)
-                self.journal.record(r, step, wall_s_step=time.perf_counter() - start, **{k: v for k, v in info.items() if k != "wall_s_step"})
+                self.journal.record(r, step, wall_s_step=time.perf_counter() - start, **info)
                 log.info("round %d %s: %s", r, step, info)
                 if self.on_step is not None:
                     self.on_step(r, step)

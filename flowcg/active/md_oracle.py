@@ -36,10 +36,10 @@ The same seed and batch give bitwise-identical labels on the CPU platform with `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
-import mdtraj as md
 import numpy as np
 import openmm
 from openmm import unit
@@ -48,6 +48,7 @@ from flowcg.active.backmap import TorsionBackmapper
 from flowcg.active.labels import Labels
 from flowcg.cg.mapping import CGMapping
 from flowcg.targets.openmm_bridge import available_platforms, default_platform
+from flowcg.targets.systems import langevin_simulation, openmm_seed
 
 __all__ = ["MDOracle"]
 
@@ -56,15 +57,11 @@ log = logging.getLogger(__name__)
 #: OpenMM's default minimiser tolerance, kJ/mol/nm (root-mean-square force).
 MINIMIZE_TOLERANCE = 10.0
 _K_NAME = "flowcg_torsion_restraint_k"
-_INT32_MAX = 2**31 - 1
 
 
-def _openmm_seed(*values: int) -> int:
-    """A nonzero positive int32 seed from integers (OpenMM reads 0 as "pick one at random")."""
-    if len(values) == 1:
-        return int(values[0]) % (_INT32_MAX - 1) + 1  # seed + 1 for the usual small seeds
-    state = np.random.SeedSequence([abs(int(v)) for v in values]).generate_state(1)[0]
-    return int(state) % (_INT32_MAX - 1) + 1
+def _velocity_seed(seed: int, query: int) -> int:
+    """OpenMM seed of query ``query``'s velocities, mixed from (seed, query)."""
+    return openmm_seed(int(np.random.SeedSequence([abs(int(seed)), int(query)]).generate_state(1)[0]))
 
 
 class MDOracle:
@@ -124,12 +121,8 @@ class MDOracle:
         self.restraint_group = free[0]
         self.record_groups = set(range(32)) - {self.restraint_group}
 
-        quads = []
-        for kind, found in (("φ", md.geometry.dihedral.indices_phi(target.topology)),
-                            ("ψ", md.geometry.dihedral.indices_psi(target.topology))):
-            if len(found) != 1:
-                raise ValueError(f"the MD oracle restrains one backbone {kind}; the topology has {len(found)}")
-            quads.append([int(a) for a in found[0]])
+        # the atoms of φ and ψ, as the backmapper found them among the beads
+        quads = self.mapping.bead_atoms[self.backmapper.torsion_beads.numpy()].tolist()
         self.restraint = openmm.CustomTorsionForce(
             f"0.5*{_K_NAME}*dtheta^2; dtheta = min(d, 2*pi - d); d = abs(theta - theta0); pi = {np.pi!r}"
         )
@@ -146,13 +139,8 @@ class MDOracle:
         return self.equilibration_steps + self.n_frames * self.frame_interval_steps
 
     def _context(self, seed: int) -> tuple[openmm.Context, openmm.LangevinMiddleIntegrator]:
-        integrator = openmm.LangevinMiddleIntegrator(
-            self.temperature * unit.kelvin, self.friction_per_ps / unit.picosecond, self.timestep_fs * unit.femtosecond
-        )
-        integrator.setRandomNumberSeed(_openmm_seed(seed))
-        properties = {"Threads": str(self.threads)} if self.platform == "CPU" and self.threads else {}
-        platform = openmm.Platform.getPlatformByName(self.platform)
-        return openmm.Context(self.system, integrator, platform, properties), integrator
+        restrained = dataclasses.replace(self.target.molecular_system, system=self.system)
+        return langevin_simulation(restrained, self.timestep_fs, self.friction_per_ps, seed, self.platform, self.threads)
 
     def label(self, cg_frames_nm: np.ndarray, seed: int) -> Labels:
         """Labels for CG frames (Q, n_beads, 3) nm: ≤ Q · n_frames configurations (module docstring)."""
@@ -207,7 +195,7 @@ class MDOracle:
             context.setPositions(structure)
             if self.minimize_iterations:
                 openmm.LocalEnergyMinimizer.minimize(context, MINIMIZE_TOLERANCE, self.minimize_iterations)
-            context.setVelocitiesToTemperature(self.temperature * unit.kelvin, _openmm_seed(seed, q))
+            context.setVelocitiesToTemperature(self.temperature * unit.kelvin, _velocity_seed(seed, q))
             integrator.step(self.equilibration_steps)
             x = np.empty((self.n_frames, structure.shape[0], 3))
             f = np.empty_like(x)

@@ -88,7 +88,8 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
         loss = ((predicted - f[rows]) ** 2).mean()
         force_loss = loss.item()
         if options.energy_weight > 0:
-            residual = model.network_energy(x[rows]) - e[rows]
+            network_energy = energy if model.prior is None else energy - model.prior(x[rows])
+            residual = network_energy - e[rows]
             matched = residual.var()
             energy_loss = matched.item()
             loss = loss + options.energy_weight * matched

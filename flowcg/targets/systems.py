@@ -183,8 +183,9 @@ PRESETS: dict[str, Callable[[float], MolecularSystem]] = {
 
 
 def openmm_seed(seed: int) -> int:
-    """The OpenMM random seed for config seed ``seed``: OpenMM reads 0 as "pick one at random"."""
-    return int(seed) + 1
+    """The OpenMM random seed for config seed ``seed``: OpenMM reads 0 as "pick one at random", and
+    seeds are int32, so seed + 1, folded into [1, 2³¹ − 1) (unchanged for every seed below 2³¹ − 2)."""
+    return int(seed) % (2**31 - 2) + 1
 
 
 def langevin_simulation(
