@@ -30,7 +30,7 @@ Strategies (all return at most m distinct int64 indices into the candidates):
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import mdtraj as md
 import numpy as np
@@ -127,29 +127,31 @@ def farthest_point_sampling(
     """
     frames = _check_frames(frames_nm, "frames_nm")
     _check_count(m)
-    if existing_nm is None or len(existing_nm) == 0 or len(frames) == 0:
-        return _farthest_points(frames, np.full(len(frames), np.inf), m, rng)
+    if len(frames) == 0:
+        return np.empty(0, dtype=np.int64)
+    trajectory = _centered_trajectory(frames)
+    if existing_nm is None or len(existing_nm) == 0:
+        return _farthest_points(trajectory, np.full(len(frames), np.inf), m, rng)
     existing = _check_frames(existing_nm, "existing_nm")
     _check_same_beads(frames, existing, ("frames_nm", "existing_nm"))
-    distance = _min_rmsd(_centered_trajectory(frames), _centered_trajectory(existing))
-    return _farthest_points(frames, distance, m, rng)
+    return _farthest_points(trajectory, _min_rmsd(trajectory, _centered_trajectory(existing)), m, rng)
 
 
-def _farthest_points(frames: np.ndarray, distance_nm: np.ndarray, m: int, rng: np.random.Generator | None) -> np.ndarray:
-    """The greedy loop of :func:`farthest_point_sampling`, from each frame's distance to the existing set.
+def _farthest_points(trajectory: md.Trajectory, distance_nm: np.ndarray, m: int, rng: np.random.Generator | None) -> np.ndarray:
+    """The greedy loop of :func:`farthest_point_sampling` over centred frames, from each frame's
+    distance to the existing set.
 
     ``distance_nm`` all +inf means there is no existing set: the first pick is then drawn with
     ``rng`` (index 0 without one) instead of being the farthest frame.
     """
-    n_picks = min(m, len(frames))
+    n_picks = min(m, trajectory.n_frames)
     if n_picks == 0:
         return np.empty(0, dtype=np.int64)
-    trajectory = _centered_trajectory(frames)
     distance = np.array(distance_nm, dtype=np.float64)
     if np.isfinite(distance).any():
         pick = int(np.argmax(distance))
     else:
-        pick = 0 if rng is None else int(rng.integers(len(frames)))
+        pick = 0 if rng is None else int(rng.integers(trajectory.n_frames))
     picks = np.empty(n_picks, dtype=np.int64)
     for k in range(n_picks):
         picks[k] = pick
@@ -183,8 +185,11 @@ def committee_disagreement(
     return disagreement
 
 
-class QueryStrategy(Protocol):
-    """Chooses at most m distinct candidates (int64 indices) to label next."""
+class QueryStrategy:
+    """Chooses at most m distinct candidates (int64 indices) to label next.
+
+    :meth:`select` checks the frames and m; a strategy implements :meth:`choose`.
+    """
 
     name: str
 
@@ -195,18 +200,19 @@ class QueryStrategy(Protocol):
         m: int,
         rng: np.random.Generator,
         committee: Sequence[ForceFunction] | None = None,
-    ) -> np.ndarray: ...
+    ) -> np.ndarray:
+        candidates = _check_frames(candidates_nm, "candidates_nm")
+        training = _check_frames(training_nm, "training_nm")
+        _check_same_beads(candidates, training, ("candidates_nm", "training_nm"))
+        _check_count(m)
+        return self.choose(candidates, training, m, rng, committee)
+
+    def choose(self, candidates: np.ndarray, training: np.ndarray, m: int, rng: np.random.Generator,
+               committee: Sequence[ForceFunction] | None) -> np.ndarray:
+        raise NotImplementedError
 
 
-def _check_query(candidates_nm: np.ndarray, training_nm: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    candidates = _check_frames(candidates_nm, "candidates_nm")
-    training = _check_frames(training_nm, "training_nm")
-    _check_same_beads(candidates, training, ("candidates_nm", "training_nm"))
-    _check_count(m)
-    return candidates, training
-
-
-class RMSDCoverage:
+class RMSDCoverage(QueryStrategy):
     """Candidates farther than ``threshold_nm`` (aligned RMSD) from every training frame, thinned by farthest-point sampling."""
 
     name = "rmsd_coverage"
@@ -216,22 +222,17 @@ class RMSDCoverage:
             raise ValueError(f"threshold_nm must be >= 0, got {threshold_nm}")
         self.threshold_nm = threshold_nm
 
-    def select(
-        self,
-        candidates_nm: np.ndarray,
-        training_nm: np.ndarray,
-        m: int,
-        rng: np.random.Generator,
-        committee: Sequence[ForceFunction] | None = None,
-    ) -> np.ndarray:
-        candidates, training = _check_query(candidates_nm, training_nm, m)
-        distance = aligned_rmsd_to_set(candidates, training)
+    def choose(self, candidates, training, m, rng, committee):
+        if len(candidates) == 0:
+            return np.empty(0, dtype=np.int64)
+        trajectory = _centered_trajectory(candidates)
+        distance = _min_rmsd(trajectory, _centered_trajectory(training)) if len(training) else np.full(len(candidates), np.inf)
         uncovered = np.flatnonzero(distance > self.threshold_nm)
-        thinned = _farthest_points(candidates[uncovered], distance[uncovered], m, rng)
+        thinned = _farthest_points(trajectory[uncovered], distance[uncovered], m, rng)
         return uncovered[thinned].astype(np.int64)
 
 
-class Committee:
+class Committee(QueryStrategy):
     """The m candidates on which the committee's forces disagree most (largest D, in decreasing order)."""
 
     name = "committee"
@@ -241,50 +242,26 @@ class Committee:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
 
-    def select(
-        self,
-        candidates_nm: np.ndarray,
-        training_nm: np.ndarray,
-        m: int,
-        rng: np.random.Generator,
-        committee: Sequence[ForceFunction] | None = None,
-    ) -> np.ndarray:
-        candidates, _ = _check_query(candidates_nm, training_nm, m)
+    def choose(self, candidates, training, m, rng, committee):
         disagreement = committee_disagreement(candidates, committee, self.chunk_size)
         return np.argsort(-disagreement, kind="stable")[:m].astype(np.int64)
 
 
-class Diversity:
+class Diversity(QueryStrategy):
     """Farthest-point sampling of the candidates, starting from the training set."""
 
     name = "diversity"
 
-    def select(
-        self,
-        candidates_nm: np.ndarray,
-        training_nm: np.ndarray,
-        m: int,
-        rng: np.random.Generator,
-        committee: Sequence[ForceFunction] | None = None,
-    ) -> np.ndarray:
-        candidates, training = _check_query(candidates_nm, training_nm, m)
+    def choose(self, candidates, training, m, rng, committee):
         return farthest_point_sampling(candidates, m, existing_nm=training, rng=rng)
 
 
-class RandomSelection:
+class RandomSelection(QueryStrategy):
     """min(m, N) candidates drawn uniformly without replacement."""
 
     name = "random"
 
-    def select(
-        self,
-        candidates_nm: np.ndarray,
-        training_nm: np.ndarray,
-        m: int,
-        rng: np.random.Generator,
-        committee: Sequence[ForceFunction] | None = None,
-    ) -> np.ndarray:
-        candidates, _ = _check_query(candidates_nm, training_nm, m)
+    def choose(self, candidates, training, m, rng, committee):
         return rng.choice(len(candidates), size=min(m, len(candidates)), replace=False).astype(np.int64)
 
 
