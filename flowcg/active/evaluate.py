@@ -17,11 +17,11 @@ import mdtraj as md
 import numpy as np
 
 from flowcg.active.backmap import TorsionBackmapper
-from flowcg.analysis.ramachandran import basin_populations, ramachandran_kl
+from flowcg.analysis.ramachandran import basin_populations, plot_ramachandran, ramachandran_kl
 from flowcg.analysis.w1 import fit_cg_tica, w1_tica
 from flowcg.cg.mapping import CGMapping
 
-__all__ = ["CGReference", "load_cg_reference"]
+__all__ = ["CGReference", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference"]
 
 
 @dataclass
@@ -74,3 +74,28 @@ def load_cg_reference(path: str | Path, mapping: CGMapping, backmapper: TorsionB
         raise ValueError(f"the CG reference {path} maps atoms {bead_atoms.tolist()}, the loop's mapping {mapping.bead_atoms.tolist()}")
     phi, psi = backmapper.torsions(frames).numpy().T
     return CGReference(frames, fit_cg_tica(frames, lag_frames), phi, psi, lag_frames)
+
+
+def plot_w1_per_round(metrics: list[dict], path: str | Path) -> Path | None:
+    """PNG of W1 (TIC 0–1) against the round, from the rounds' metrics; None without a reference."""
+    if not any("w1" in m for m in metrics):
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([m["round"] for m in metrics], [m.get("w1", np.nan) for m in metrics], "o-")
+    ax.set(xlabel="round", ylabel="W1 (TIC 0-1)", title="CG ensemble vs reference")
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def plot_round_ramachandran(cg_frames_nm: np.ndarray, backmapper: TorsionBackmapper, path: str | Path,
+                            reference: CGReference | None) -> Path | None:
+    """(φ, ψ) log-density (a free-energy map up to −kT) of a round's CG MD, beside the reference's."""
+    if len(cg_frames_nm) == 0:
+        return None
+    phi, psi = backmapper.torsions(cg_frames_nm).numpy().T
+    return plot_ramachandran(path, (phi, psi), None if reference is None else (reference.phi, reference.psi))

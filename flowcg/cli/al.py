@@ -14,27 +14,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from flowcg.active.backmap import TorsionBackmapper  # noqa: E402
-from flowcg.active.evaluate import load_cg_reference  # noqa: E402
-from flowcg.active.flow_oracle import FlowOracle  # noqa: E402
-from flowcg.active.loop import ActiveLearningLoop, LoopOptions, ModelOptions, SimulationOptions  # noqa: E402
-from flowcg.active.md_oracle import MDOracle  # noqa: E402
-from flowcg.active.selection import build_strategy  # noqa: E402
-from flowcg.analysis.w1 import fit_cg_tica  # noqa: E402
-from flowcg.builders import build_target, load_run  # noqa: E402
-from flowcg.cg.mapping import CGMapping  # noqa: E402
-from flowcg.cg.training import FitOptions  # noqa: E402
-from flowcg.cli.common import clean_errors, entry_point, write_json  # noqa: E402
-from flowcg.coordinates.internal import InternalCoordinateTransform  # noqa: E402
-from flowcg.pretrained import load_pretrained, pretrained_dir  # noqa: E402
+from flowcg.active.backmap import TorsionBackmapper
+from flowcg.active.evaluate import load_cg_reference, plot_round_ramachandran, plot_w1_per_round
+from flowcg.active.flow_oracle import FlowOracle
+from flowcg.active.labels import Labels
+from flowcg.active.loop import ActiveLearningLoop, LoopOptions, ModelOptions, SimulationOptions
+from flowcg.active.md_oracle import MDOracle
+from flowcg.active.selection import build_strategy
+from flowcg.analysis.w1 import fit_cg_tica
+from flowcg.builders import build_target, load_run
+from flowcg.cg.mapping import CGMapping
+from flowcg.cg.training import FitOptions
+from flowcg.cli.common import clean_errors, entry_point, write_json
+from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.pretrained import load_pretrained, pretrained_dir
 
 log = logging.getLogger("flowcg")
 
@@ -62,8 +58,7 @@ def build_oracle(cfg_oracle, target, mapping, backmapper):
     run = load_run(options["run"]) if options["run"] is not None else load_pretrained(options["pretrained"])
     if run.target.name != target.name:
         raise ValueError(f"the flow oracle's model was trained on '{run.target.name}', the loop's target is '{target.name}'")
-    flow_backmapper = TorsionBackmapper(run.model.coordinates, target.positions, mapping)
-    return FlowOracle(run.model, run.target, mapping, flow_backmapper, options["samples_per_query"]), options["pretrained"]
+    return FlowOracle(run.model, run.target, mapping, backmapper, options["samples_per_query"]), options["pretrained"]
 
 
 def _reference_path(cfg: DictConfig, pretrained: str | None) -> Path | None:
@@ -72,36 +67,6 @@ def _reference_path(cfg: DictConfig, pretrained: str | None) -> Path | None:
     if pretrained is not None and (pretrained_dir(pretrained) / "reference_cg.npz").is_file():
         return pretrained_dir(pretrained) / "reference_cg.npz"
     return None
-
-
-def plot_rounds(metrics: list[dict], folder: Path) -> None:
-    """W1 per round and a (φ, ψ) free-energy map of each round's CG simulation."""
-    rounds = [m["round"] for m in metrics]
-    if any("w1" in m for m in metrics):
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        ax.plot(rounds, [m.get("w1", np.nan) for m in metrics], "o-")
-        ax.set(xlabel="round", ylabel="W1 (TIC 0-1)", title="CG ensemble vs reference")
-        fig.tight_layout()
-        fig.savefig(folder / "w1_per_round.png", dpi=120)
-        plt.close(fig)
-
-
-def plot_free_energy_maps(loop: ActiveLearningLoop, rounds: int, folder: Path, kT_kJ_mol: float) -> None:
-    for r in range(rounds + 1):
-        frames = loop.simulated_frames(r)
-        if not len(frames):
-            continue
-        phi, psi = loop.backmapper.torsions(frames).numpy().T
-        counts, xe, ye = np.histogram2d(phi, psi, bins=60, range=[[-np.pi, np.pi], [-np.pi, np.pi]])
-        with np.errstate(divide="ignore"):
-            free = -kT_kJ_mol * np.log(counts / counts.sum())
-        fig, ax = plt.subplots(figsize=(4, 3.4))
-        mesh = ax.pcolormesh(xe, ye, (free - np.nanmin(free[np.isfinite(free)])).T, cmap="viridis", vmax=25)
-        fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
-        ax.set(xlabel="φ (rad)", ylabel="ψ (rad)", title=f"CG MD, round {r}")
-        fig.tight_layout()
-        fig.savefig(folder / f"free_energy_round_{r:03d}.png", dpi=110)
-        plt.close(fig)
 
 
 @clean_errors("flowcg-al")
@@ -115,8 +80,6 @@ def active_learning(cfg: DictConfig) -> list[dict]:
 
     initial_path = run_dir / "initial_labels.npz"
     if initial_path.is_file():
-        from flowcg.active.labels import Labels
-
         initial = Labels.load(initial_path)
     else:
         md = MDOracle(target, mapping, backmapper, restraint_kJ_mol_rad2=0.0, n_frames=cfg.initial.n_frames,
@@ -145,8 +108,9 @@ def active_learning(cfg: DictConfig) -> list[dict]:
                "initial_wall_s": initial.wall_s, "oracle": cfg.oracle.name, "strategy": cfg.strategy.name,
                "reference": str(reference_path) if reference_path else None, "reference_lag_frames": cfg.reference_lag_frames}
     write_json(summary, run_dir / "metrics.json")
-    plot_rounds(metrics, run_dir)
-    plot_free_energy_maps(loop, cfg.loop.rounds, run_dir, target.kT)
+    plot_w1_per_round(metrics, run_dir / "w1_per_round.png")
+    for r in range(cfg.loop.rounds + 1):
+        plot_round_ramachandran(loop.simulated_frames(r), backmapper, run_dir / f"free_energy_round_{r:03d}.png", reference)
     log.info("done: %s", {k: metrics[-1].get(k) for k in ("w1", "kl64", "n_labels")})
     return metrics
 

@@ -41,7 +41,7 @@ from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandra
 from flowcg.cli.common import clean_errors, entry_point
 from flowcg.targets.openmm_bridge import available_platforms, default_platform
 from flowcg.targets.systems import MolecularSystem, langevin_simulation, load_system, thermalize
-from flowcg.training.checkpoint import write_atomic
+from flowcg.training.checkpoint import save_json_atomic, save_npz_atomic, write_atomic
 
 def _dcd_frames(path: Path, topology_pdb: Path) -> np.ndarray:
     return md.load_dcd(str(path), top=str(topology_pdb)).xyz if path.exists() else np.zeros((0, 0, 3))
@@ -144,13 +144,13 @@ class ReferenceRun:
             started = time.perf_counter()
             self._commit()
         metrics = self.metrics(self.n_frames - start_frames)
-        write_atomic(self.paths["metrics.json"], lambda handle: handle.write(json.dumps(metrics, indent=2).encode()))
+        save_json_atomic(metrics, self.paths["metrics.json"])
         return metrics
 
     def _commit(self) -> None:
         checkpoint = self.context.createCheckpoint()
         write_atomic(self.paths["checkpoint.chk"], lambda handle: handle.write(checkpoint))
-        write_atomic(self.paths["reference.npz"], lambda handle: np.savez(handle, **self.records))
+        save_npz_atomic(self.paths["reference.npz"], **self.records)
 
     def metrics(self, new_frames: int) -> dict:
         """Run summary: length, cost, speed, basin populations and the half-vs-half KL64."""

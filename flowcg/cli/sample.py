@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 
 from flowcg.analysis.cv import cv_discovery, cv_markdown, plot_free_energy
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.analysis.molecular import keep_l_mask, load_reference, plot_molecular_sample, torsion_table
+from flowcg.analysis.molecular import keep_l_mask, load_reference, torsion_table
 from flowcg.analysis.plots import plot_marginals, plot_samples
-from flowcg.analysis.ramachandran import phi_psi
+from flowcg.analysis.ramachandran import phi_psi, plot_ramachandran
 from flowcg.builders import Run, describe_device, load_run, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, write_json
 from flowcg.pretrained import load_pretrained, pretrained_reference
@@ -50,8 +50,9 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: tuple | None, ou
     md.Trajectory(samples.x.astype("float32"), topology).save_dcd(str(out_dir / "samples.dcd"))
     md.Trajectory(run.target.positions[None].astype("float32"), topology).save_pdb(str(out_dir / "topology.pdb"))
     phi, psi = phi_psi(samples.x, topology)
-    samples.save(out_dir / "samples.npz", include_x=False, phi=phi, psi=psi, is_d=~keep_l_mask(topology, samples.x))
-    plot_molecular_sample(topology, samples, out_dir / "ramachandran.png", reference)
+    keep = keep_l_mask(topology, samples.x)
+    samples.save(out_dir / "samples.npz", include_x=False, phi=phi, psi=psi, is_d=~keep)
+    plot_ramachandran(out_dir / "ramachandran.png", (phi[keep], psi[keep]), reference, log_weights=samples.log_w[keep])
     names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
     report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi, psi, reference, lag_frames=lag_frames)
     (out_dir / "cv_report.md").write_text(cv_markdown(report))

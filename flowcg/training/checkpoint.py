@@ -5,12 +5,14 @@ A kill at any moment leaves either the previous checkpoint or the new one, never
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 
 
@@ -42,16 +44,12 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 
 def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
     """numpy.savez ``arrays`` to ``path`` atomically."""
-    import numpy as np
-
     write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def save_json_atomic(data, path: str | os.PathLike) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    import json
-
-    payload = json.dumps(data, indent=1).encode()
+    payload = json.dumps(data, indent=2).encode()
     write_atomic(path, lambda handle: handle.write(payload))
 
 
