@@ -86,8 +86,7 @@ def unfitted_reference(transform: InternalCoordinateTransform) -> HarmonicRefere
 
 
 def _stiff_and_periodic(transform: InternalCoordinateTransform) -> tuple[Tensor, Tensor]:
-    periodic = transform.periodic_mask.cpu()
-    return ~(periodic & ~transform.improper_mask.cpu()), periodic
+    return ~transform.rotor_mask.cpu(), transform.periodic_mask.cpu()
 
 
 class HarmonicStandardization(Transform):

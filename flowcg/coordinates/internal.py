@@ -265,6 +265,11 @@ class InternalCoordinateTransform(Transform):
         hits = [i for i, atoms in enumerate(self.atom_indices) if len(atoms) == 4 and atoms in wanted]
         return hits[0] if hits else None
 
+    @property
+    def rotor_mask(self) -> Tensor:
+        """bool (3N − 6,), True for the proper torsions: the free rotors (torsions that are not impropers)."""
+        return self.periodic_mask & ~self.improper_mask
+
     def split(self, ic: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Bonds (B, N−1), angles (B, N−2), torsions (B, N−3) of an internal-coordinate batch."""
         n = self.n_atoms

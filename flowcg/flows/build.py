@@ -127,7 +127,7 @@ def build_internal_flow(
     coordinates; the internal-coordinate map places the atoms.
     """
     dim = transform.dim
-    rotor_mask = (transform.periodic_mask & ~transform.improper_mask).cpu()
+    rotor_mask = transform.rotor_mask.cpu()
     slow = slow_coordinate_indices(transform, rotor_mask, slow_dim, slow_coordinates)
     if slow_prior not in SLOW_PRIORS:
         raise ValueError(f"unknown slow_prior '{slow_prior}'; choose one of {', '.join(SLOW_PRIORS)}")
