@@ -228,7 +228,8 @@ class RMSDCoverage(QueryStrategy):
         trajectory = _centered_trajectory(candidates)
         distance = _min_rmsd(trajectory, _centered_trajectory(training)) if len(training) else np.full(len(candidates), np.inf)
         uncovered = np.flatnonzero(distance > self.threshold_nm)
-        thinned = _farthest_points(trajectory[uncovered], distance[uncovered], m, rng)
+        # centred afresh: slicing a centred mdtraj Trajectory keeps its unsliced RMSD traces
+        thinned = _farthest_points(_centered_trajectory(candidates[uncovered]), distance[uncovered], m, rng)
         return uncovered[thinned].astype(np.int64)
 
 

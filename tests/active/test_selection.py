@@ -144,3 +144,15 @@ def test_build_strategy_by_name():
     assert isinstance(strategy, RMSDCoverage) and strategy.threshold_nm == 0.1
     with pytest.raises(ValueError, match="unknown query strategy 'nope'.*committee, diversity, random, rmsd_coverage"):
         build_strategy("nope")
+
+
+def test_coverage_thins_the_uncovered_frames_as_diversity_does():
+    # Regression: a centred mdtraj Trajectory keeps its unsliced RMSD traces when sliced, so the
+    # uncovered subset must be centred afresh; coverage then equals diversity over that subset.
+    rng = np.random.default_rng(7)
+    candidates, training = rng.normal(scale=0.1, size=(300, 5, 3)), rng.normal(scale=0.1, size=(40, 5, 3))
+    threshold = float(np.median(aligned_rmsd_to_set(candidates, training)))
+    uncovered = np.flatnonzero(aligned_rmsd_to_set(candidates, training) > threshold)
+    picks = build_strategy("rmsd_coverage", threshold_nm=threshold).select(candidates, training, 10, np.random.default_rng(0))
+    expected = farthest_point_sampling(candidates[uncovered], 10, existing_nm=training)
+    np.testing.assert_array_equal(picks, uncovered[expected])
