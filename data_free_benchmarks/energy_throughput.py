@@ -3,9 +3,11 @@
 Settings, for aldp_implicit (ff96 + OBC1) and aldp_vacuum, at batch sizes 1, 64 and 1024:
 
 * torch float32 / float64: one batched call of ``TorchForceField.energy_and_forces`` (one pass of
-  analytic derivatives), with 1 intra-op thread and with one per core (OpenMP; on a machine shared
-  with other busy processes OpenMP's spin-waiting can collapse the multi-threaded rate, hence both
-  rows and ``OMP_WAIT_POLICY=PASSIVE`` in the command);
+  analytic derivatives), eager and with ``torch.compile``d kernels (``compile=True``; the first
+  call, which compiles or loads the cached kernels, is timed apart as ``compile_seconds``), with 1
+  intra-op thread and with one per core (OpenMP; on a machine shared with other busy processes
+  OpenMP's spin-waiting can collapse the multi-threaded rate, hence both rows and
+  ``OMP_WAIT_POLICY=PASSIVE`` in the command);
 * OpenMM, frame by frame through :class:`~flowcg.targets.openmm_bridge.OpenMMEvaluator`: CPU
   platform in one process with ``Threads`` = 1 and = all cores, CPU platform over a pool of worker
   processes (one per core, one thread each), and the Reference platform (single process and pool).
@@ -51,15 +53,23 @@ def benchmark_preset(preset: str, n_cores: int, seconds: float) -> dict:
     ms = load_system(preset)
     rng = np.random.default_rng(0)
     frames = {b: ms.positions + 0.003 * rng.standard_normal((b, *ms.positions.shape)) for b in BATCH_SIZES}
-    rows = {}
+    rows, compile_seconds = {}, {}
     for threads in sorted({1, n_cores}):
         torch.set_num_threads(threads)
         for dtype in (torch.float32, torch.float64):
-            ff = TorchForceField(ms.system, ms.positions, dtype=dtype)
             tensors = {b: torch.as_tensor(f, dtype=dtype) for b, f in frames.items()}
-            rows[f"torch {str(dtype).split('.')[-1]}, {threads} thread(s)"] = {
-                b: throughput(lambda _, b=b: ff.energy_and_forces(tensors[b]), frames[b], seconds) for b in BATCH_SIZES
-            }
+            for compiled in (False, True):
+                ff = TorchForceField(ms.system, ms.positions, dtype=dtype, compile=compiled)
+                name = f"torch {str(dtype).split('.')[-1]}{' compiled' if compiled else ''}, {threads} thread(s)"
+                start = time.perf_counter()
+                ff.energy_and_forces(tensors[max(BATCH_SIZES)])
+                if compiled:
+                    if not ff.compiled:
+                        raise RuntimeError(f"{name}: torch.compile failed (see the log); no compiled figure to report")
+                    compile_seconds[name] = time.perf_counter() - start
+                rows[name] = {
+                    b: throughput(lambda _, b=b: ff.energy_and_forces(tensors[b]), frames[b], seconds) for b in BATCH_SIZES
+                }
     torch.set_num_threads(n_cores)
     openmm_settings = {
         "OpenMM CPU, 1 process, 1 thread": dict(platform="CPU", threads=1),
@@ -78,6 +88,7 @@ def benchmark_preset(preset: str, n_cores: int, seconds: float) -> dict:
     best_torch = max((name for name in rows if name.startswith("torch")), key=lambda n: rows[n][1024])
     return {
         "evaluations_per_second": rows,
+        "compile_seconds": compile_seconds,
         "best_openmm_at_1024": best_openmm,
         "best_torch_at_1024": best_torch,
         "speedup_at_1024": rows[best_torch][1024] / rows[best_openmm][1024],

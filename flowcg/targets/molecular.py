@@ -44,6 +44,9 @@ class MolecularTarget(Target):
         dtype: ``"float32"`` or ``"float64"``, the working precision of the ``torch`` backend
             (energies are returned in the dtype of the input).
         device: torch device of the ``torch`` backend.
+        compile: ``torch.compile`` the ``torch`` backend's kernels for full chunks of configurations
+            (about 3× the throughput on CPU at large batches; a first-call cost of seconds; see
+            :mod:`flowcg.targets.forcefield`).
 
     Attributes:
         topology: ``mdtraj.Topology``; system: ``openmm.System``; positions: reference positions
@@ -58,6 +61,7 @@ class MolecularTarget(Target):
         n_workers: int = 1,
         dtype: str = "float32",
         device: str | torch.device = "cpu",
+        compile: bool = False,
     ):
         super().__init__(event_shape=(molecular_system.n_atoms, 3))
         if backend not in BACKENDS:
@@ -75,7 +79,7 @@ class MolecularTarget(Target):
             (unit.MOLAR_GAS_CONSTANT_R * molecular_system.temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole)
         )
         if backend == "torch":
-            self.forcefield = TorchForceField(self.system, self.positions, dtype=DTYPES[dtype], device=device)
+            self.forcefield = TorchForceField(self.system, self.positions, dtype=DTYPES[dtype], device=device, compile=compile)
             self.evaluator = None
         else:
             self.forcefield = None
@@ -122,6 +126,7 @@ def preset_target(
     n_workers: int = 1,
     dtype: str = "float32",
     device: str = "cpu",
+    compile: bool = False,
 ) -> MolecularTarget:
     """The target of a :func:`~flowcg.targets.systems.load_system` preset (``aldp_implicit`` etc.)."""
     return MolecularTarget(
@@ -131,6 +136,7 @@ def preset_target(
         n_workers=n_workers,
         dtype=dtype,
         device=device,
+        compile=compile,
     )
 
 
@@ -152,6 +158,7 @@ def molecule_from_files(
     n_workers: int = 1,
     dtype: str = "float32",
     device: str = "cpu",
+    compile: bool = False,
 ) -> MolecularTarget:
     """A target from user files: an Amber prmtop + coordinates, or a PDB + force-field XMLs.
 
@@ -162,7 +169,7 @@ def molecule_from_files(
         path, coordinates=coordinates, forcefield=forcefield, implicit_solvent=implicit_solvent, temperature=temperature
     )
     return MolecularTarget(
-        molecular_system, backend=backend, platform=platform, n_workers=n_workers, dtype=dtype, device=device
+        molecular_system, backend=backend, platform=platform, n_workers=n_workers, dtype=dtype, device=device, compile=compile
     )
 
 

@@ -150,3 +150,54 @@ def test_autograd_and_chunks_match_energy_and_forces(monkeypatch, dtype):
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(chunked.detach(), energy, **tol)
     torch.testing.assert_close(x.grad, -2.0 * forces, **tol)
+
+
+def _perturbed_frames(ms, n: int, dtype) -> torch.Tensor:
+    rng = np.random.default_rng(5)
+    return torch.as_tensor(ms.positions[None] + 0.003 * rng.standard_normal((n, *ms.positions.shape)), dtype=dtype)
+
+
+def test_compiled_kernels_match_eager(monkeypatch):
+    """torch.compile'd full chunks give the eager energies and forces; the remainder runs eagerly.
+    The option reaches the force field through ``load_target``."""
+    from flowcg import load_target
+    from flowcg.targets import forcefield
+
+    monkeypatch.setattr(forcefield, "CHUNK", 4)  # one compiled chunk and an eager remainder of 2
+    ms = load_system("aldp_implicit")
+    eager = TorchForceField(ms.system, dtype=torch.float64)
+    compiled = load_target("aldp_implicit", dtype="float64", compile=True).forcefield
+    x = _perturbed_frames(ms, 6, torch.float64)
+    energy, forces = compiled.energy_and_forces(x)
+    assert compiled.compiled and compiled._compiled_checked
+    ref_energy, ref_forces = eager.energy_and_forces(x)
+    torch.testing.assert_close(energy, ref_energy, rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(forces, ref_forces, rtol=1e-10, atol=1e-8)
+
+
+def test_failed_or_wrong_compilation_falls_back_to_eager(monkeypatch, caplog):
+    """A compile error or a compiled kernel that disagrees with the eager one is logged, and the
+    force field stays eager (exact) from then on."""
+    from flowcg.targets import forcefield
+
+    monkeypatch.setattr(forcefield, "CHUNK", 4)
+    ms = load_system("aldp_vacuum")
+    x = _perturbed_frames(ms, 4, torch.float64)
+    reference = TorchForceField(ms.system, dtype=torch.float64).energy_and_forces(x)
+
+    def broken(y):
+        raise RuntimeError("C++ compiler not found\nlong traceback")
+
+    def wrong(y):
+        energy, grad = forcefield.TorchForceField._chunk_energy_and_gradient(ff, y)
+        return energy + 1.0, grad
+
+    for fake, message in ((broken, "failed (C++ compiler not found)"), (wrong, "disagrees with the eager one on 4 of 4")):
+        ff = TorchForceField(ms.system, dtype=torch.float64, compile=True)
+        ff._compiled_chunk = fake
+        with caplog.at_level("WARNING", logger="flowcg.targets.forcefield"):
+            result = ff.energy_and_forces(x)
+        assert message in caplog.text and not ff.compiled
+        for got, want in zip(result, reference):
+            torch.testing.assert_close(got, want)
+        caplog.clear()
