@@ -58,13 +58,12 @@ ATAN = ["experiment=aldp_implicit", "model.slow_prior=gaussian", "model.prior_in
 ARMS = {
     "flagship": ["experiment=aldp_implicit"],
     "atan_slow_prior": ATAN,
-    # the preset sets the geometric schedule's keys, which the constant schedule does not take
-    "no_tempering": [*ATAN, "train/schedule=constant", "~train.schedule.beta0", "~train.schedule.n_stages"],
+    "no_tempering": [*ATAN, "train/schedule=constant"],
     "single_gaussian": [*ATAN, "model.n_components=1"],
     # the flagship trained on at beta = 1 with a 2x larger batch and a lower learning rate;
     # its cost includes the flagship's (energy_evaluations_total)
     "flagship_continued": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship'}", "train/schedule=constant",
-                           "~train.schedule.beta0", "~train.schedule.n_stages", "train.final_steps=2500", "train.batch_size=1024",
+                           "train.final_steps=2500", "train.batch_size=1024",
                            "train.lr=2e-4", "train.final_lr_factor=0.05"],
 }
 

@@ -2,6 +2,7 @@
 
     flowcg-train experiment=double_well hydra.run.dir=DIR [resume=true] [key=value ...]
     flowcg-train experiment=aldp_implicit init_from=RUN train/schedule=constant ...   # continue a finished run
+    flowcg-train ... init_from=RUN train.final_steps=0 prior_refit.n_components=24    # refit its slow prior only
 
 Writes into the run folder: config.yaml, checkpoint.pt, model.pt, training.json, samples.npz,
 metrics.json and plots/*.png.
@@ -24,6 +25,7 @@ from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
 from flowcg.training import Trainer, checkpoint
+from flowcg.training.prior_refit import PriorRefitConfig, refit_slow_prior
 from flowcg.training.trainer import CHECKPOINT_NAME
 
 
@@ -49,6 +51,7 @@ def train(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     target, model, device = build_target_and_model(cfg)
     schedule, train_config = build_training(cfg.train)
+    refit_config = PriorRefitConfig(**OmegaConf.to_container(cfg.prior_refit)) if cfg.get("prior_refit") else PriorRefitConfig()
     if cfg.n_samples < 1:
         raise ValueError(f"n_samples must be ≥ 1, got {cfg.n_samples}")
     has_checkpoint = (run_dir / CHECKPOINT_NAME).is_file()
@@ -62,8 +65,11 @@ def train(cfg: DictConfig) -> dict:
     try:
         state = Trainer(model, target, schedule, train_config, run_dir, logger).fit(resume=bool(cfg.resume))
         trained_at = time.perf_counter()
+        # after the checkpoint's final state, so a resumed run repeats the refit with the same random draws
+        refit = refit_slow_prior(model, target, refit_config, seed=cfg.seed) if refit_config.enabled else []
+        refit_s = time.perf_counter() - trained_at
         save_model(model, run_dir)
-        write_json({"stages": state["stages"], "curve": state["curve"]}, run_dir / "training.json")
+        write_json({"stages": state["stages"], "curve": state["curve"], "prior_refit": refit}, run_dir / "training.json")
         training_evaluations = target.n_energy_evaluations
 
         samples = draw_samples(model, target, cfg.n_samples, cfg.sample_batch_size)
@@ -77,6 +83,7 @@ def train(cfg: DictConfig) -> dict:
             # a warm-started run's cost includes the training of the run it started from
             "energy_evaluations_total": training_evaluations + inherited_evaluations,
             "train_wall_time_s": state["wall_time_s"],
+            **({"prior_refit": refit, "prior_refit_wall_time_s": refit_s} if refit else {}),
             "stages": len(state["stages"]),
             "steps": state["step"],
             "final_beta": state["beta"],

@@ -58,6 +58,14 @@ class StructuredFlow(nn.Module):
     def slow_dim(self) -> int:
         return self.latent.slow_dim
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module.load_state_dict``, except that the slow mixture takes its number of
+        components from the weights: a prior refit (:mod:`flowcg.training.prior_refit`) changes it."""
+        saved_logits = state_dict.get("latent.slow.logits")
+        if saved_logits is not None and saved_logits.shape[0] != self.latent.slow.n_components:
+            self.latent.slow.resize_(saved_logits.shape[0])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _push_forward(self, z: Tensor, sample_weights: Tensor) -> FlowSample:
         y, logdet = self.bijection(z)
         x = y

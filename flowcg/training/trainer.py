@@ -73,9 +73,11 @@ class TrainConfig:
     show_progress: bool = True
 
     def __post_init__(self):
-        for name in ("batch_size", "steps_per_stage", "final_steps", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
+        for name in ("batch_size", "steps_per_stage", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.final_steps < 0:  # 0: a warm-started run that only evaluates (or refits its prior)
+            raise ValueError(f"train.final_steps must be ≥ 0, got {self.final_steps}")
 
 
 def _rng_state() -> dict:

@@ -95,3 +95,23 @@ def test_multirun_sweep_over_seeds(tmp_path):
     result = _run("flowcg-train", "-m", "experiment=double_well", "seed=0,1", f"hydra.sweep.dir={tmp_path}", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     assert all((tmp_path / str(i) / "metrics.json").is_file() for i in (0, 1))
+
+
+def test_warm_started_prior_refit_counts_its_draws_and_reloads(trained_run, tmp_path):
+    """init_from + train.final_steps=0 + prior_refit: no training step, a refit 3-component prior
+    (the config still says 2), its draws in the evaluation count, and flowcg-sample loads the result."""
+    run_dir = tmp_path / "refit"
+    constant = [o for o in TINY if not o.startswith("train.schedule.")] + ["train/schedule=constant"]
+    result = _run(
+        "flowcg-train", "experiment=double_well", f"hydra.run.dir={run_dir}", *constant, f"init_from={trained_run}",
+        "train.final_steps=0", "prior_refit.n_components=3", "prior_refit.n_samples=3000", "prior_refit.rounds=2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    parent = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and [r["round"] for r in metrics["prior_refit"]] == [0, 1]
+    eval_batch = 128  # the stage evaluation of the one (empty) stage
+    assert metrics["energy_evaluations"] == eval_batch + 2 * 3000
+    assert metrics["energy_evaluations_total"] == metrics["energy_evaluations"] + parent["energy_evaluations_total"]
+    sampled = _run("flowcg-sample", f"run={run_dir}", "n=1000", f"hydra.run.dir={tmp_path / 'samples'}")
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
