@@ -44,6 +44,29 @@ def normalized_weights(log_w) -> np.ndarray:
     return shifted / shifted.sum()
 
 
+def truncated_weights(log_w) -> np.ndarray:
+    """Truncated importance weights, normalised: w̃_i = min(w_i, c) with c = √N · mean(w̃).
+
+    Ionides' (2008) truncated importance sampling caps the weights at √N times their mean; here the
+    cap is the fixed point of that rule (√N times the mean of the *truncated* weights), so that
+    even one draw that holds nearly all the self-normalised mass ends with a share of 1/√N at most.
+    With k draws capped, c = (sum of the others) / (√N − k); the smallest consistent k is found on
+    the sorted weights. The bias vanishes as N grows. Zeros for non-finite log weights; weights
+    that are all below the cap are returned unchanged.
+    """
+    w = normalized_weights(log_w)
+    root_n = math.sqrt(int(np.isfinite(clean_log_weights(log_w)).sum()))
+    if root_n == 0:
+        return w
+    descending = np.sort(w)[::-1]
+    k = np.arange(math.ceil(root_n))  # fewer than √N draws can exceed √N times the mean
+    rest = np.cumsum(descending[::-1])[::-1][k]  # mass outside the top k, summed from the small end
+    cap = rest / (root_n - k)
+    consistent = (descending[k] <= cap) & ((k == 0) | (descending[np.maximum(k - 1, 0)] >= cap))
+    truncated = np.minimum(w, cap[np.argmax(consistent)])
+    return truncated / truncated.sum()
+
+
 def kish_ess(log_w, clip_fraction: float = 0.0) -> float:
     """Kish effective sample size as a fraction of N, (Σ w)² / (N Σ w²).
 

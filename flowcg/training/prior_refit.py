@@ -7,7 +7,10 @@ forward KL(p ‖ q) is p's own marginal over s,
     p(s) ∝ π(s) E_{q(x|s)}[w(x)],   w(x) = exp(−βu(x)) / q(x),
 
 which self-normalised importance weights estimate from the model's own iid draws (s_i, w_i): a
-weighted sample of p(s). :meth:`~flowcg.latent.mixture.DiagonalGaussianMixture.fit_weighted` fits a
+weighted sample of p(s). The weights are truncated at √N times their mean (Ionides 2008,
+:func:`~flowcg.sampling.importance.truncated_weights`): one draw deep in the tail of w can
+otherwise hold most of the mass (on the shipped alanine-dipeptide model one set of 100 000 draws
+had a Kish ESS of 0.045 against ≈ 0.3–0.4 for others) and the fit would spend a component on it. :meth:`~flowcg.latent.mixture.DiagonalGaussianMixture.fit_weighted` fits a
 new mixture, with as many components as asked (more than reverse-KL training can place well), to
 it by EM, and the new mixture replaces π. Further rounds draw from the refit model, whose weights
 are less spread, and fit again. Reverse KL at β = 1 can then polish everything together
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 from flowcg.flows.model import StructuredFlow
-from flowcg.sampling import draw_samples, kish_ess, normalized_weights
+from flowcg.sampling import draw_samples, kish_ess, truncated_weights
 from flowcg.targets.base import Target
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,7 @@ def refit_slow_prior(model: StructuredFlow, target: Target, config: PriorRefitCo
             raise RuntimeError("prior refit: no draw of the model has a finite importance weight")
         fit = model.latent.slow.resize_(config.n_components).fit_weighted(
             torch.as_tensor(draws.z_slow[finite]),
-            torch.as_tensor(normalized_weights(draws.log_w[finite])),
+            torch.as_tensor(truncated_weights(draws.log_w[finite])),
             n_iter=config.n_iter,
             min_std=config.min_std,
             seed=seed + round_index,

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from flowcg.sampling import kish_ess, kl_estimate, log_z_estimate, reweighted_mean
@@ -41,3 +42,17 @@ def test_nonfinite_weights_count_as_zero():
     log_w = np.array([0.0, 0.0, np.nan, np.inf, -np.inf])
     assert abs(kish_ess(log_w) - 2 / 5) < 1e-12
     assert abs(log_z_estimate(log_w) - math.log(2 / 5)) < 1e-12
+
+
+def test_truncated_weights_bound_one_draw_and_leave_even_weights_alone():
+    from flowcg.sampling import truncated_weights
+
+    n = 10_000
+    log_w = np.zeros(n)
+    np.testing.assert_allclose(truncated_weights(log_w), np.full(n, 1 / n))
+    log_w[0] = 50.0  # one draw with almost all the self-normalised mass
+    log_w[1] = np.nan
+    w = truncated_weights(log_w)
+    assert w[1] == 0.0 and np.isclose(w.sum(), 1.0)
+    assert w[0] == pytest.approx(1 / np.sqrt(n - 1), rel=1e-6)  # its share is capped at 1/sqrt(N)
+    assert np.allclose(w[2:], w[2])
