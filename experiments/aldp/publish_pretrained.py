@@ -18,6 +18,13 @@ from flowcg.analysis.molecular import load_reference
 from flowcg.pretrained import publish
 
 
+def _refit_line(trained: dict) -> str:
+    rounds = trained["prior_refit"]
+    ess = ", ".join(f"{r['ess_of_draws']:.3f}" for r in rounds)
+    return (f"- Slow prior refit after training (`prior_refit`): {len(rounds)} round(s) of {rounds[0]['n_samples']} "
+            f"importance-weighted draws (Kish ESS of the draws, per round: {ess}), {trained['prior_refit_wall_time_s']:.0f} s.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path)
@@ -35,6 +42,7 @@ def main() -> None:
         f"{trained['energy_evaluations']:.3g} energy evaluations; {trained['steps']} steps in {trained['stages']} stages.",
         *([f"- Warm-started from another run (`init_from`); with its training the total is "
            f"{trained['energy_evaluations_total']:.3g} energy evaluations."] if trained.get("energy_evaluations_total", 0) > trained["energy_evaluations"] else []),
+        *([_refit_line(trained)] if trained.get("prior_refit") else []),
         f"- At publication: Kish ESS {trained['ess']:.4f} on {trained['n_samples']} one-shot samples.",
     ]
     reference = None
