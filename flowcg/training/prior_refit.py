@@ -18,9 +18,9 @@ are less spread, and fit again. Reverse KL at β = 1 can then polish everything 
 
 Why it helps: reverse KL spreads its effort by q's own mass and a handful of mixture components
 cannot follow the curved basins of a Ramachandran map, so a trained model keeps a basin-level
-error in π that shows up as between-basin spread of log w. On the shipped alanine-dipeptide model,
-bins of 8 × 8 over (φ, ψ) carried 31% of the variance of log w; the refit removes most of it
-(``data_free_benchmarks/RESULTS.md``). It is data-free: only the model and the energy are used,
+error in π that shows up as between-basin spread of log w. On the continued alanine-dipeptide
+flagship, bins of 8 × 8 over (φ, ψ) carried 31% of the variance of log w; a 24-component refit in
+two rounds of 100 000 draws took its Kish ESS from 0.31 to 0.66 (``data_free_benchmarks/RESULTS.md``). It is data-free: only the model and the energy are used,
 and every draw counts in the target's energy evaluations.
 """
 
