@@ -69,6 +69,10 @@ ARMS = {
     # step): 24 wrapped-normal components, 2 rounds of 100 000 draws (flowcg.training.prior_refit)
     "flagship_refit": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_continued'}",
                        "train/schedule=constant", "train.final_steps=0", "prior_refit.n_components=24", "prior_refit.rounds=2"],
+    # reverse KL at beta = 1 with the refit 24-component prior, then one more refit round
+    "flagship_refit_polished": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_refit'}",
+                                "train/schedule=constant", "train.final_steps=800", "train.batch_size=1024", "train.lr=1e-4",
+                                "train.final_lr_factor=0.1", "prior_refit.n_components=24", "prior_refit.rounds=1"],
 }
 
 
