@@ -36,21 +36,6 @@ from flowcg.coordinates.geometry import wrap
 WRAPS = 4
 
 
-def _component_log_prob(z: Tensor, means: Tensor, log_stds: Tensor, logits: Tensor, periodic: bool) -> Tensor:
-    """log π_k + log N(z; μ_k, σ_k²) (wrapped if periodic), shape (B, K), for z (B, dim) and
-    means, log_stds (K, dim), logits (K,)."""
-    diff = z[:, None, :] - means  # (B, K, dim)
-    if periodic:
-        shifts = 2 * math.pi * torch.arange(-WRAPS, WRAPS + 1, device=z.device, dtype=z.dtype)
-        diff = diff[..., None] + shifts  # (B, K, dim, 2M + 1)
-        scaled = diff * torch.exp(-log_stds)[..., None]
-        per_dim = torch.logsumexp(-0.5 * scaled.pow(2), dim=-1)
-    else:
-        per_dim = -0.5 * (diff * torch.exp(-log_stds)).pow(2)
-    log_norm = per_dim.sum(-1) - log_stds.sum(-1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-    return log_norm + torch.log_softmax(logits, dim=0)
-
-
 class DiagonalGaussianMixture(nn.Module):
     """K-component diagonal Gaussian mixture over R^dim.
 
@@ -87,7 +72,16 @@ class DiagonalGaussianMixture(nn.Module):
 
     def component_log_prob(self, z: Tensor) -> Tensor:
         """log π_k + log N(z; μ_k, σ_k²) (wrapped if periodic) for every k, shape (B, K)."""
-        return _component_log_prob(z, self.means, self.log_stds, self.logits, self.periodic)
+        diff = z[:, None, :] - self.means  # (B, K, dim)
+        if self.periodic:
+            shifts = 2 * math.pi * torch.arange(-WRAPS, WRAPS + 1, device=z.device, dtype=z.dtype)
+            diff = diff[..., None] + shifts  # (B, K, dim, 2M + 1)
+            scaled = diff * torch.exp(-self.log_stds)[..., None]
+            per_dim = torch.logsumexp(-0.5 * scaled.pow(2), dim=-1)
+        else:
+            per_dim = -0.5 * (diff * torch.exp(-self.log_stds)).pow(2)
+        log_norm = per_dim.sum(-1) - self.log_stds.sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return log_norm + torch.log_softmax(self.logits, dim=0)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z), shape (B,)."""
