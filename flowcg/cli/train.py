@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     target, model, device = build_target_and_model(cfg)
     schedule, train_config = build_training(cfg.train)
-    refit_config = PriorRefitConfig(**OmegaConf.to_container(cfg.prior_refit)) if cfg.get("prior_refit") else PriorRefitConfig()
+    refit_config = PriorRefitConfig(**OmegaConf.to_container(cfg.prior_refit))
     if cfg.n_samples < 1:
         raise ValueError(f"n_samples must be ≥ 1, got {cfg.n_samples}")
     has_checkpoint = (run_dir / CHECKPOINT_NAME).is_file()
@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict:
         refit = refit_slow_prior(model, target, refit_config, seed=cfg.seed) if refit_config.enabled else []
         refit_s = time.perf_counter() - trained_at
         save_model(model, run_dir)
-        write_json({"stages": state["stages"], "curve": state["curve"], "prior_refit": refit}, run_dir / "training.json")
+        write_json({"stages": state["stages"], "curve": state["curve"]}, run_dir / "training.json")
         training_evaluations = target.n_energy_evaluations
 
         samples = draw_samples(model, target, cfg.n_samples, cfg.sample_batch_size)

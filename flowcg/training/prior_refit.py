@@ -10,9 +10,10 @@ which self-normalised importance weights estimate from the model's own iid draws
 weighted sample of p(s). The weights are truncated at √N times their mean (Ionides 2008,
 :func:`~flowcg.sampling.importance.truncated_weights`): one draw deep in the tail of w can
 otherwise hold most of the mass (on the shipped alanine-dipeptide model one set of 100 000 draws
-had a Kish ESS of 0.045 against ≈ 0.3–0.4 for others) and the fit would spend a component on it. :meth:`~flowcg.latent.mixture.DiagonalGaussianMixture.fit_weighted` fits a
-new mixture, with as many components as asked (more than reverse-KL training can place well), to
-it by EM, and the new mixture replaces π. Further rounds draw from the refit model, whose weights
+had a Kish ESS of 0.045 against ≈ 0.3–0.4 for others) and the fit would spend a component on it.
+:meth:`~flowcg.latent.mixture.DiagonalGaussianMixture.fit_weighted` fits a new mixture, with as
+many components as asked (more than reverse-KL training can place well), to it by EM, and the new
+mixture replaces π. Further rounds draw from the refit model, whose weights
 are less spread, and fit again. Reverse KL at β = 1 can then polish everything together
 (``flowcg-train init_from=...``).
 
@@ -20,8 +21,9 @@ Why it helps: reverse KL spreads its effort by q's own mass and a handful of mix
 cannot follow the curved basins of a Ramachandran map, so a trained model keeps a basin-level
 error in π that shows up as between-basin spread of log w. On the continued alanine-dipeptide
 flagship, bins of 8 × 8 over (φ, ψ) carried 31% of the variance of log w; a 24-component refit in
-two rounds of 100 000 draws took its Kish ESS from 0.31 to 0.66 (``data_free_benchmarks/RESULTS.md``). It is data-free: only the model and the energy are used,
-and every draw counts in the target's energy evaluations.
+two rounds of 100 000 draws took its Kish ESS from 0.31 to 0.66 (``data_free_benchmarks/RESULTS.md``).
+It is data-free: only the model and the energy are used, and every draw counts in the target's
+energy evaluations.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from flowcg.flows.model import StructuredFlow
@@ -66,19 +67,19 @@ class PriorRefitConfig:
 
 def refit_slow_prior(model: StructuredFlow, target: Target, config: PriorRefitConfig, seed: int = 0) -> list[dict]:
     """Refit ``model.latent.slow`` in place as a ``config.n_components``-mixture fitted to importance-
-    weighted draws of the model at β = 1, ``config.rounds`` times; returns one record per round (the ESS of the
-    draws it fitted, the EM's iterations and weighted log-likelihood)."""
+    weighted draws of the model at β = 1, ``config.rounds`` times; returns one record per round (the
+    ESS of the draws it fitted, the EM's iterations and weighted log-likelihood)."""
     if not config.enabled:
         raise ValueError("prior_refit.n_components is 0: nothing to refit")
     records = []
     for round_index in range(config.rounds):
         draws = draw_samples(model, target, config.n_samples, config.batch_size)
-        finite = np.isfinite(draws.log_w)
-        if not finite.any():
+        weights = truncated_weights(draws.log_w)  # zero for draws with a non-finite weight
+        if not weights.any():
             raise RuntimeError("prior refit: no draw of the model has a finite importance weight")
         fit = model.latent.slow.resize_(config.n_components).fit_weighted(
-            torch.as_tensor(draws.z_slow[finite]),
-            torch.as_tensor(truncated_weights(draws.log_w[finite])),
+            torch.as_tensor(draws.z_slow),
+            torch.as_tensor(weights),
             n_iter=config.n_iter,
             min_std=config.min_std,
             seed=seed + round_index,
