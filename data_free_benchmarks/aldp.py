@@ -1,7 +1,7 @@
 """Alanine dipeptide flagship: the data-free runs against long reference MD.
 
     .venv/bin/python data_free_benchmarks/aldp.py --reference outputs/reference/aldp_implicit_long \
-        [--only NAME ...] [--n 100000] [--train]
+        [--walkers outputs/reference/aldp_implicit_walkers] [--only NAME ...] [--n 100000] [--train]
 
 Arms (each a real ``flowcg-train`` run in ``data_free_benchmarks/runs/aldp/<name>``, git-ignored):
 
@@ -23,9 +23,14 @@ evaluations and wall time, and the MD-equivalent speed-up:
 
 (when the first half never gets there, its length gives a lower bound, ``md_speedup_lower_bound``).
 
-For the speed-up the reference is split in halves: the running KL of the first half (one MD step =
-one energy evaluation) is measured against the second half, and so is the model's KL, so neither
-side is compared with itself. Results: ``results/aldp_implicit.json`` and ``results/aldp_implicit.md``.
+Two references. ``--reference`` is plain MD (``flowcg-reference method=md``), a time series.
+``--walkers`` is the far larger biased multiple-walker reference (``flowcg-reference
+method=walkers``, weighted frames; :mod:`flowcg.sampling.biased_md`). With ``--walkers`` every
+accuracy metric is taken against the walkers, and the speed-up compares the running KL of the
+whole plain-MD series (one MD step = one energy evaluation) with the model's KL, both against the
+walkers. Without it, the plain MD is split in halves: the running KL of the first half and the
+model's KL are both measured against the second half, so neither side is compared with itself.
+Results: ``results/aldp_implicit.json`` and ``results/aldp_implicit.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from flowcg.analysis.evaluate import evaluate_samples  # noqa: E402
 from flowcg.analysis.md_cost import md_cost_curve, md_steps_to_reach  # noqa: E402
-from flowcg.analysis.molecular import keep_l_mask, load_reference  # noqa: E402
+from flowcg.analysis.molecular import Reference, keep_l_mask, load_reference  # noqa: E402
 from flowcg.analysis.ramachandran import BASINS, basin_populations, phi_psi, ramachandran_kl  # noqa: E402
 from flowcg.builders import load_run  # noqa: E402
 from flowcg.sampling import draw_samples, normalized_weights  # noqa: E402
@@ -100,7 +105,8 @@ def _inherited_wall_time(run_dir: Path) -> float:
     return _own_wall_time(json.loads((parent / "metrics.json").read_text())) + _inherited_wall_time(parent)
 
 
-def evaluate(run_dir: Path, reference: tuple, n: int, seed: int = 0) -> dict:
+def evaluate(run_dir: Path, md: Reference, steps_per_frame: int, walkers: Reference | None, n: int, seed: int = 0) -> dict:
+    """Metrics of ``n`` fresh samples of a run against the walkers (else the plain MD) and its MD speed-up."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     run = load_run(run_dir, device="cpu")
@@ -108,22 +114,26 @@ def evaluate(run_dir: Path, reference: tuple, n: int, seed: int = 0) -> dict:
     evaluations = trained.get("energy_evaluations_total", trained["energy_evaluations"])
     wall = _own_wall_time(trained) + _inherited_wall_time(run_dir)
     samples = draw_samples(run.model, run.target, n, batch_size=10_000)
-    metrics = evaluate_samples(run.target, samples, reference[:2])
+    metrics = evaluate_samples(run.target, samples, walkers or md)
     for basin in BASINS:
         ref = metrics[f"ref_basin_{basin}"]
         metrics[f"basin_{basin}_rw_relative_error"] = abs(metrics[f"basin_{basin}_rw"] - ref) / ref if ref > 0 else None
 
-    half = len(reference[0]) // 2
-    first, second = (reference[0][:half], reference[1][:half]), (reference[0][half:], reference[1][half:])
-    keep = keep_l_mask(run.target.topology, samples.x)
-    phi, psi = phi_psi(samples.x[keep], run.target.topology)
-    model_kl = ramachandran_kl(*second, phi, psi, weights=normalized_weights(samples.log_w[keep]))
-    curve = md_cost_curve(*first, steps_per_frame=reference[2], reference=second)
+    if walkers is not None:
+        series, yardstick, model_kl = md, walkers, metrics["kl_64_rw"]
+    else:
+        half = len(md.phi) // 2
+        series, yardstick = Reference(md.phi[:half], md.psi[:half]), Reference(md.phi[half:], md.psi[half:])
+        keep = keep_l_mask(run.target.topology, samples.x)
+        phi, psi = phi_psi(samples.x[keep], run.target.topology)
+        model_kl = ramachandran_kl(yardstick.phi, yardstick.psi, phi, psi, weights=normalized_weights(samples.log_w[keep]))
+    curve = md_cost_curve(series.phi, series.psi, steps_per_frame=steps_per_frame, reference=yardstick)
     md_steps = md_steps_to_reach(model_kl, curve)
     return {
         **metrics,
-        "kl_64_rw_vs_second_half": model_kl,
-        "reference_half_vs_half_kl_64": float(curve.kl[-1]),
+        "speedup_yardstick": "walkers" if walkers is not None else "second half of the plain MD",
+        "kl_64_rw_vs_yardstick": model_kl,
+        "md_series_final_kl_64": float(curve.kl[-1]),
         "md_steps_to_model_kl": md_steps,
         # if the first half never reaches the model's KL, all its steps bound the speed-up from below
         "md_speedup": md_steps / evaluations if np.isfinite(md_steps) else None,
@@ -147,21 +157,31 @@ def table(results: dict) -> str:
         cells = [f"{m[k]:.4g}" if isinstance(m.get(k), float) else str(m.get(k)) for k in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ref = results["reference"]
-    lines.append(f"| reference MD ({ref['ns']:.2f} ns), half vs half | – | – | {ref['half_vs_half_kl_64']:.4g} | – | – | – | "
+    lines.append(f"| plain MD ({ref['ns']:.2f} ns), half vs half | – | – | {ref['half_vs_half_kl_64']:.4g} | – | – | – | "
                  f"{ref['basins']['beta']:.4g} | {ref['basins']['alpha_R']:.4g} | {ref['basins']['alpha_L']:.4g} | – | – | – | – | – |")
+    walkers = results.get("walkers")
+    if walkers:
+        lines.append(f"| walkers ({walkers['production_ns_aggregate']:.0f} ns aggregate), walker halves | {walkers['weight_ess']:.3g} | – | "
+                     f"{walkers['kl_64_walker_halves']:.4g} | – | – | – | {walkers['basins']['beta']:.4g} | {walkers['basins']['alpha_R']:.4g} | "
+                     f"{walkers['basins']['alpha_L']:.4g} | – | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="flowcg-reference run folder")
+    parser.add_argument("--reference", required=True, help="flowcg-reference method=md run folder (plain MD)")
+    parser.add_argument("--walkers", help="flowcg-reference method=walkers run folder (the accuracy yardstick)")
     parser.add_argument("--only", nargs="*", default=list(ARMS))
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--train", action="store_true", help="train missing runs first")
     args = parser.parse_args()
 
     reference_dir = Path(args.reference)
-    phi, psi = load_reference(reference_dir)
+    md = load_reference(reference_dir)
+    if not md.is_time_series:
+        raise SystemExit(f"--reference {reference_dir} holds weighted frames; pass plain MD there and the walkers to --walkers")
+    phi, psi = md.phi, md.psi
+    walkers = load_reference(args.walkers) if args.walkers else None
     with np.load(reference_dir / "reference.npz") as data:
         steps_per_frame = int(data["save_interval_steps"])
     reference_metrics = json.loads((reference_dir / "metrics.json").read_text())
@@ -176,6 +196,14 @@ def main() -> None:
         },
         "arms": {},
     }
+    if walkers is not None:
+        walker_metrics = json.loads((Path(args.walkers) / "metrics.json").read_text())
+        results["walkers"] = {
+            "path": str(args.walkers), "frames": int(len(walkers.phi)), "basins": basin_populations(*walkers),
+            **{k: walker_metrics[k] for k in ("production_ns_aggregate", "ns_aggregate", "weight_ess", "kl_64_walker_halves",
+                                              "wall_time_s", "settings", "backend")},
+            "plain_md_kl_64_vs_walkers": ramachandran_kl(*walkers[:2], phi, psi, ref_weights=walkers.weights),
+        }
     out = HERE / "results" / "aldp_implicit.json"
     if out.is_file():
         results["arms"] = json.loads(out.read_text()).get("arms", {})
@@ -186,7 +214,7 @@ def main() -> None:
         if not (run_dir / "metrics.json").is_file():
             print(f"skipping {name}: no finished run in {run_dir}")
             continue
-        metrics = evaluate(run_dir, (phi, psi, steps_per_frame), args.n)
+        metrics = evaluate(run_dir, md, steps_per_frame, walkers, args.n)
         metrics["command"] = " ".join(["flowcg-train", *ARMS[name]])
         results["arms"][name] = metrics
         print(name, {k: metrics[k] for k in ("ess", "kl_64_rw", "tv_64_rw", "md_speedup")}, flush=True)

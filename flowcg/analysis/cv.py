@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from deeptime.decomposition import TICA
 
+from flowcg.analysis.molecular import Reference
 from flowcg.sampling.importance import normalized_weights
 
 
@@ -66,7 +67,8 @@ def cv_discovery(z_slow: np.ndarray, torsions: np.ndarray, torsion_names: list[s
         torsions: (N, T) torsion angles (rad) of the same samples; ``torsion_names`` labels them.
         log_w: (N,) log importance weights; non-finite ones get zero weight.
         phi, psi: (N,) backbone torsions of the samples (rad).
-        reference: reference MD (φ, ψ) time series for TICA, or None.
+        reference: reference MD (φ, ψ) time series for TICA, or None; TICA is skipped (and the
+            report says why) for a weighted reference, whose frames are not a time series.
     """
     w = normalized_weights(log_w)
     report: dict = {"latents": []}
@@ -74,9 +76,12 @@ def cv_discovery(z_slow: np.ndarray, torsions: np.ndarray, torsion_names: list[s
         r = {name: linear_circular_correlation(z_slow[:, j], torsions[:, k], w) for k, name in enumerate(torsion_names)}
         best = sorted(r, key=r.get, reverse=True)[:top]
         report["latents"].append({"latent": j, "circular_correlation": r, "best_torsions": [[name, r[name]] for name in best]})
-    if reference is not None:
-        tica = fit_tica(*reference, lag_frames=lag_frames)
-        tics_ref = tica.transform(torsion_features(*reference))
+    reference = None if reference is None else Reference(*reference)
+    if reference is not None and not reference.is_time_series:
+        report["tica"] = {"skipped": "the reference frames are weighted (biased walkers), not an MD time series"}
+    elif reference is not None:
+        tica = fit_tica(reference.phi, reference.psi, lag_frames=lag_frames)
+        tics_ref = tica.transform(torsion_features(reference.phi, reference.psi))
         tics_model = tica.transform(torsion_features(phi, psi))
         report["tica"] = {
             "lag_frames": lag_frames,
@@ -85,8 +90,8 @@ def cv_discovery(z_slow: np.ndarray, torsions: np.ndarray, torsion_names: list[s
             "tics": [
                 {
                     "tic": i,
-                    "corr_phi_psi_reference": {"phi": linear_circular_correlation(tics_ref[:, i], reference[0]),
-                                               "psi": linear_circular_correlation(tics_ref[:, i], reference[1])},
+                    "corr_phi_psi_reference": {"phi": linear_circular_correlation(tics_ref[:, i], reference.phi),
+                                               "psi": linear_circular_correlation(tics_ref[:, i], reference.psi)},
                     "corr_slow_latents": [_weighted_corr(tics_model[:, i], z_slow[:, j], w) for j in range(z_slow.shape[1])],
                 }
                 for i in range(tics_ref.shape[1])
@@ -101,7 +106,9 @@ def cv_markdown(report: dict) -> str:
     for entry in report["latents"]:
         best = ", ".join(f"{name} ({r:.2f})" for name, r in entry["best_torsions"])
         lines.append(f"- z_slow[{entry['latent']}]: best explains {best}")
-    if "tica" in report:
+    if "skipped" in report.get("tica", {}):
+        lines += ["", f"TICA skipped: {report['tica']['skipped']}."]
+    elif "tica" in report:
         tica = report["tica"]
         lines += ["", f"TICA on the reference MD ((cos, sin) of φ, ψ; lag {tica['lag_frames']} frames):", "",
                   "| TIC | timescale (frames) | R(φ) ref | R(ψ) ref | corr with z_slow |", "|---|---|---|---|---|"]

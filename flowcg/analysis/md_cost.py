@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flowcg.analysis.molecular import Reference
 from flowcg.analysis.ramachandran import kl_of_histograms, ramachandran_histogram
 from flowcg.sampling.importance import as_numpy
 
@@ -45,12 +46,14 @@ def md_cost_curve(
     Args:
         phi, psi: the MD series (T,) in rad, in time order.
         steps_per_frame: integration steps between saved frames.
-        reference: (φ_ref, ψ_ref) defining the reference histogram; default the whole series.
+        reference: (φ_ref, ψ_ref[, frame weights]) defining the reference histogram, e.g. a
+            :class:`~flowcg.analysis.molecular.Reference` of biased walkers; default the whole series.
         bins: bins per axis (64 = FAB).
         n_points: number of checkpoints, from ``min_frames`` to T.
     """
     phi, psi = as_numpy(phi), as_numpy(psi)
-    ref = ramachandran_histogram(*(reference if reference is not None else (phi, psi)), bins)
+    ref = Reference(*(reference if reference is not None else (phi, psi)))
+    ref_counts = ramachandran_histogram(ref.phi, ref.psi, bins, ref.weights)
     frames = np.unique(np.geomspace(min(min_frames, len(phi)), len(phi), n_points).astype(int))
     # The running histogram grows by the counts of each new segment: O(T) overall, not O(T · n_points).
     counts = np.zeros((bins, bins))
@@ -58,7 +61,7 @@ def md_cost_curve(
     for stop in frames:
         counts += ramachandran_histogram(phi[start:stop], psi[start:stop], bins)
         start = stop
-        kl.append(kl_of_histograms(ref, counts))
+        kl.append(kl_of_histograms(ref_counts, counts))
     return MDCostCurve(frames=frames, steps=frames * int(steps_per_frame), kl=np.asarray(kl))
 
 

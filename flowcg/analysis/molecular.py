@@ -1,6 +1,8 @@
 """Metrics and plots of a one-shot sample of a molecule, optionally against reference MD.
 
-The reference is the ``reference.npz`` that ``flowcg-reference`` writes (φ, ψ per frame, rad).
+The reference is the ``reference.npz`` that ``flowcg-reference`` writes (φ, ψ per frame, rad): an
+MD time series (``method=md``) or biased walkers' frames with ``log_weight`` (``method=walkers``),
+whose histograms are then weighted.
 Metrics (keys of ``metrics.json``):
 
 * ``fraction_d``: share of samples with a D-configured CA centre; with ``reject_d`` those samples
@@ -13,6 +15,7 @@ Metrics (keys of ``metrics.json``):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,15 +26,31 @@ from flowcg.sampling.importance import normalized_weights
 from flowcg.sampling.sampler import SampleSet
 
 
-def load_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(φ, ψ) in rad of a ``flowcg-reference`` run: its ``reference.npz`` or the folder holding it."""
+class Reference(NamedTuple):
+    """Reference (φ, ψ) frames in rad, with normalised frame weights for a biased reference.
+
+    ``weights`` is None for plain MD, whose frames are a time series of equal weight (what TICA
+    and the MD-cost curve need)."""
+
+    phi: np.ndarray
+    psi: np.ndarray
+    weights: np.ndarray | None = None
+
+    @property
+    def is_time_series(self) -> bool:
+        return self.weights is None
+
+
+def load_reference(path: str | Path) -> Reference:
+    """The reference of a ``flowcg-reference`` run: its ``reference.npz`` or the folder holding it."""
     path = Path(path)
     if path.is_dir():
         path = path / "reference.npz"
     if not path.is_file():
         raise FileNotFoundError(f"reference MD not found: {path} (run flowcg-reference first)")
     with np.load(path) as data:
-        return data["phi"], data["psi"]
+        weights = normalized_weights(data["log_weight"]) if "log_weight" in data.files else None
+        return Reference(data["phi"], data["psi"], weights)
 
 
 def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
@@ -43,15 +62,16 @@ def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
     return ~chirality.is_d(x).numpy()
 
 
-def molecular_metrics(topology, samples: SampleSet, reference: tuple | None = None, reject_d: bool = True) -> dict:
-    """Chirality, basin populations and (with a reference (φ, ψ)) Ramachandran metrics."""
+def molecular_metrics(topology, samples: SampleSet, reference: Reference | None = None, reject_d: bool = True) -> dict:
+    """Chirality, basin populations and (with a reference) Ramachandran metrics."""
     keep = keep_l_mask(topology, samples.x)
     metrics: dict = {"fraction_d": float(1.0 - keep.mean())}
     chosen = keep if reject_d else np.ones_like(keep)
     phi, psi = phi_psi(samples.x[chosen], topology)
     log_w = samples.log_w[chosen]
     if reference is not None:
-        rama = ramachandran_metrics(*reference, phi, psi, log_weights=log_w)
+        reference = Reference(*reference)
+        rama = ramachandran_metrics(reference.phi, reference.psi, phi, psi, log_weights=log_w, ref_weights=reference.weights)
         rama.pop("ess"), rama.pop("ess_clipped")  # the sample summary reports ESS over all samples
         metrics.update(rama)
     else:
@@ -60,7 +80,7 @@ def molecular_metrics(topology, samples: SampleSet, reference: tuple | None = No
     return metrics
 
 
-def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference: tuple | None = None) -> Path:
+def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference: Reference | None = None) -> Path:
     """Ramachandran PNG: model, reweighted model and (if given) the reference; L samples only."""
     keep = keep_l_mask(topology, samples.x)
     return plot_ramachandran(path, phi_psi(samples.x[keep], topology), reference, log_weights=samples.log_w[keep])

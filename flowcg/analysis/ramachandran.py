@@ -81,15 +81,18 @@ def kl_of_histograms(ref_counts: np.ndarray, model_counts: np.ndarray) -> float:
     return kl_divergence(ref_counts, model_counts, eps=FAB_EPS * bin_area(ref_counts.shape[0]))
 
 
-def ramachandran_kl(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None) -> float:
-    """KL(ref‖model) of the Ramachandran histograms (FAB's estimator, ε = 1e-10 on densities)."""
-    return kl_of_histograms(ramachandran_histogram(ref_phi, ref_psi, bins), ramachandran_histogram(phi, psi, bins, weights))
+def ramachandran_kl(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None, ref_weights=None) -> float:
+    """KL(ref‖model) of the Ramachandran histograms (FAB's estimator, ε = 1e-10 on densities);
+    ``weights`` / ``ref_weights`` weigh the model / reference frames (e.g. a biased reference's)."""
+    return kl_of_histograms(
+        ramachandran_histogram(ref_phi, ref_psi, bins, ref_weights), ramachandran_histogram(phi, psi, bins, weights)
+    )
 
 
-def ramachandran_tv(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None) -> float:
+def ramachandran_tv(ref_phi, ref_psi, phi, psi, bins: int = 64, weights=None, ref_weights=None) -> float:
     """Total-variation distance between the Ramachandran bin masses, in [0, 1]."""
     return total_variation(
-        ramachandran_histogram(ref_phi, ref_psi, bins), ramachandran_histogram(phi, psi, bins, weights)
+        ramachandran_histogram(ref_phi, ref_psi, bins, ref_weights), ramachandran_histogram(phi, psi, bins, weights)
     )
 
 
@@ -109,8 +112,10 @@ def basin_populations(phi, psi, weights=None) -> dict[str, float]:
     return {name: float(m) for name, m in zip(BASINS, mass)}
 
 
-def ramachandran_metrics(ref_phi, ref_psi, phi, psi, log_weights=None) -> dict[str, float]:
+def ramachandran_metrics(ref_phi, ref_psi, phi, psi, log_weights=None, ref_weights=None) -> dict[str, float]:
     """All (φ, ψ) metrics of a model sample against a reference, flat for ``metrics.json``.
+
+    ``ref_weights`` weigh the reference frames (a biased reference); None means equal weights.
 
     Keys: ``kl_64``, ``kl_100``, ``tv_64``, ``tv_100``, ``basin_<name>`` and
     ``ref_basin_<name>``; with ``log_weights`` (log w = −βU − log q per sample) also the
@@ -119,7 +124,7 @@ def ramachandran_metrics(ref_phi, ref_psi, phi, psi, log_weights=None) -> dict[s
     metrics: dict[str, float] = {}
     variants = {"": None} if log_weights is None else {"": None, "_rw": normalized_weights(log_weights)}
     for bins in (64, 100):
-        ref = ramachandran_histogram(ref_phi, ref_psi, bins)  # once per grid, shared by all variants
+        ref = ramachandran_histogram(ref_phi, ref_psi, bins, ref_weights)  # once per grid, shared by all variants
         for suffix, weights in variants.items():
             model = ramachandran_histogram(phi, psi, bins, weights)
             metrics[f"kl_{bins}{suffix}"] = kl_of_histograms(ref, model)
@@ -127,7 +132,7 @@ def ramachandran_metrics(ref_phi, ref_psi, phi, psi, log_weights=None) -> dict[s
     for suffix, weights in variants.items():
         for name, p in basin_populations(phi, psi, weights).items():
             metrics[f"basin_{name}{suffix}"] = p
-    for name, p in basin_populations(ref_phi, ref_psi).items():
+    for name, p in basin_populations(ref_phi, ref_psi, ref_weights).items():
         metrics[f"ref_basin_{name}"] = p
     if log_weights is not None:
         metrics["ess"] = kish_ess(log_weights)
@@ -139,8 +144,9 @@ def plot_ramachandran(path, model: tuple, reference: tuple | None = None, log_we
     """Write a PNG of log-density Ramachandran histograms side by side.
 
     Panels: the model samples, the model reweighted by ``log_weights`` (if given), and the
-    reference (if given), all on one logarithmic colour scale. ``model`` and ``reference`` are
-    (φ, ψ) pairs in rad. Uses the Agg canvas directly, so no global matplotlib backend is set.
+    reference (if given), all on one logarithmic colour scale. ``model`` is a (φ, ψ) pair in rad,
+    ``reference`` a (φ, ψ) pair or a (φ, ψ, frame weights) triple such as a
+    :class:`~flowcg.analysis.molecular.Reference`. Uses the Agg canvas directly, so no global matplotlib backend is set.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm

@@ -1,6 +1,8 @@
-"""``flowcg-reference``: resumable reference Langevin MD of a molecular target (OpenMM).
+"""``flowcg-reference``: resumable reference sampling of a molecular target.
 
-Writes into the run directory (``hydra.run.dir``):
+``method=walkers`` runs many biased walkers at once and writes reweightable frames; see
+:mod:`flowcg.sampling.biased_md`. The default ``method=md`` is one OpenMM Langevin trajectory and
+writes into the run directory (``hydra.run.dir``):
 
 * ``topology.pdb`` — the starting structure (topology for reading the trajectory).
 * ``trajectory.dcd`` — one frame every ``save_interval_fs`` of production (Å in the file, as DCD).
@@ -38,7 +40,10 @@ from omegaconf import DictConfig
 from openmm import app, unit
 
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandran_kl
+from flowcg.builders import build_target
 from flowcg.cli.common import clean_errors, entry_point
+from flowcg.sampling.biased_md import BiasedWalkers, WalkerSettings
+from flowcg.targets.molecular import MolecularTarget
 from flowcg.targets.openmm_bridge import available_platforms, default_platform
 from flowcg.targets.systems import MolecularSystem, langevin_simulation, load_system, thermalize
 from flowcg.training.checkpoint import save_json_atomic, save_npz_atomic, write_atomic
@@ -180,8 +185,25 @@ class ReferenceRun:
         return metrics
 
 
+def walkers(cfg: DictConfig) -> dict:
+    """``method=walkers``: biased multiple-walker MD (flowcg.sampling.biased_md)."""
+    options = {key: value for key, value in cfg.walkers.items() if key not in ("production_ps", "compile")}
+    settings = WalkerSettings(seed=cfg.seed, timestep_fs=cfg.timestep_fs, friction_per_ps=cfg.friction_per_ps, **options)
+    if cfg.walkers.production_ps <= 0:
+        raise ValueError(f"walkers.production_ps must be positive, got {cfg.walkers.production_ps}")
+    target = build_target({"name": cfg.target.name, "options": {**cfg.target.options, "compile": cfg.walkers.compile}})
+    if not isinstance(target, MolecularTarget):
+        raise ValueError(f"method=walkers needs a molecular target; '{cfg.target.name}' is not one")
+    return BiasedWalkers(target, Path(HydraConfig.get().runtime.output_dir), settings).run(cfg.walkers.production_ps)
+
+
 @clean_errors("flowcg-reference")
 def reference(cfg: DictConfig) -> None:
+    if cfg.method not in ("md", "walkers"):
+        raise ValueError(f"unknown method '{cfg.method}'; choose md or walkers")
+    if cfg.method == "walkers":
+        print(json.dumps(walkers(cfg), indent=2))
+        return
     if cfg.ns <= 0:
         raise ValueError(f"ns must be positive, got {cfg.ns}")
     system = load_system(cfg.target.name, temperature=cfg.target.options.temperature)
