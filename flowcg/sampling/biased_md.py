@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import openmm
 import torch
 from openmm import unit
 from torch import Tensor
