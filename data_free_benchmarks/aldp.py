@@ -78,6 +78,13 @@ ARMS = {
     "flagship_refit_polished": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_refit'}",
                                 "train/schedule=constant", "train.final_steps=800", "train.batch_size=1024", "train.lr=1e-4",
                                 "train.final_lr_factor=0.1", "prior_refit.n_components=24", "prior_refit.rounds=1"],
+    # the refit model trained on with a quarter of each batch conditional on a uniform (phi, psi)
+    # (train.slow_uniform_fraction: q(x | phi, psi) learns the rare basins too), then refit from a
+    # defensive proposal with 30 % of the draws at a uniform (phi, psi)
+    "flagship_conditional": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_refit'}",
+                             "train/schedule=constant", "train.final_steps=1000", "train.batch_size=1024", "train.lr=1e-4",
+                             "train.final_lr_factor=0.1", "train.slow_uniform_fraction=0.25", "prior_refit.n_components=24",
+                             "prior_refit.rounds=2", "prior_refit.uniform_fraction=0.3"],
 }
 
 

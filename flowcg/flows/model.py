@@ -86,6 +86,11 @@ class StructuredFlow(nn.Module):
         ref = next(self.parameters())
         return self._push_forward(z, torch.full((n,), 1.0 / n, device=ref.device, dtype=ref.dtype))
 
+    def rsample_given_slow(self, z_slow: Tensor) -> FlowSample:
+        """Reparameterised draws from q(x | z_slow), one per row, with the *joint* log q(x) (for training)."""
+        z = self.latent.rsample_given_slow(z_slow)
+        return self._push_forward(z, torch.full((len(z),), 1.0 / len(z), device=z.device, dtype=z.dtype))
+
     @torch.no_grad()
     def sample_given_slow(self, z_slow: Tensor) -> FlowSample:
         """One draw per row of z_slow (B, slow_dim) from q(x | z_slow), with the *joint* log q(x).
@@ -93,8 +98,7 @@ class StructuredFlow(nn.Module):
         log q(x | z_slow) = log q(x) − log p(z_slow), a constant within draws that share z_slow;
         importance weights normalised within such a group are therefore those of the conditional.
         """
-        z = self.latent.sample_given_slow(z_slow)
-        return self._push_forward(z, torch.full((len(z),), 1.0 / len(z), device=z.device, dtype=z.dtype))
+        return self.rsample_given_slow(z_slow)
 
     def _pull_back(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """z = T⁻¹(C⁻¹(x)) and the log|det| of that inverse map."""

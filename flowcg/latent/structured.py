@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -49,7 +51,19 @@ class StructuredLatent(nn.Module):
         z_slow = self.slow.sample(n)
         return torch.cat([z_slow, self.fast.rsample(z_slow)], dim=1)
 
-    @torch.no_grad()
-    def sample_given_slow(self, z_slow: Tensor) -> Tensor:
-        """z = (z_slow, z_fast) with z_fast ~ p(z_fast | z_slow), one draw per row of z_slow."""
+    def rsample_given_slow(self, z_slow: Tensor) -> Tensor:
+        """z = (z_slow, z_fast) with z_fast ~ p(z_fast | z_slow) reparameterised, one draw per row of z_slow."""
         return torch.cat([z_slow, self.fast.rsample(z_slow)], dim=1)
+
+    def uniform_slow(self, n: int) -> Tensor:
+        """n draws of z_slow uniform on the torus [−π, π)^ds: the defensive part of a slow proposal.
+
+        Only periodic (torsion) slow latents have a bounded domain to be uniform on."""
+        if not self.slow.periodic:
+            raise ValueError("a uniform slow proposal needs periodic slow latents (model.slow_prior=wrapped)")
+        ref = self.slow.means
+        return (torch.rand(n, self.slow_dim, device=ref.device, dtype=ref.dtype) * 2 - 1) * torch.pi
+
+    def uniform_slow_log_prob(self) -> float:
+        """log density of :meth:`uniform_slow`: −ds log 2π."""
+        return -self.slow_dim * math.log(2 * math.pi)

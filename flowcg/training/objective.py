@@ -8,6 +8,19 @@ before they enter the loss (they would otherwise dominate the gradient): above `
 cut on u would let the flow expand without bound for a merely logarithmic energy cost. Samples whose energy
 is NaN or +inf are dropped from the loss and counted; the importance weights elsewhere use the
 raw energies.
+
+Uniform slow proposal (``slow_uniform_fraction`` f > 0, periodic slow latents that the couplings
+do not move). Reverse KL places samples by q's own mass, so the conditional q(x | s) of a slow
+state s that q rarely visits (alanine dipeptide's αL, ≈ 0.2 %) is hardly trained, and its
+importance weights stay wild. A fraction f of each batch therefore draws s uniformly on the torus
+and x ~ q(x | s), and those draws enter the *conditional* reverse KL
+
+    E_{s ~ U} E_{q(x|s)} [log q(x | s) + β u(x)] = E_{s ~ U} [KL(q(·|s) ‖ p_β(·|s)) − log p_β(s)],  log q(x | s) = log q(x) − log π(s),
+
+whose minimiser over the conditional is p_β(x | s) for every s, whatever the proposal over s
+(the −log p_β(s) term does not depend on q). It trains no slow-prior parameter: π(s) is the
+business of the reverse-KL part (weight 1 − f) and of the prior refit. This is the conditional
+training of the coarse-graining-AL flows, here as a defensive share of an ordinary batch.
 """
 
 from __future__ import annotations
@@ -45,16 +58,32 @@ class ReverseKLEstimate:
     n_nonfinite: int
 
 
-def reverse_kl(model: StructuredFlow, target: Target, beta: float, batch_size: int, linear_until: float = 1e3, clamp_max: float = 1e9) -> ReverseKLEstimate:
-    """Minibatch estimate of E_q[log q + β u] from ``batch_size`` reparameterised draws."""
-    draw = model.rsample(batch_size)
-    u = target.energy(draw.x)
-    finite = torch.isfinite(u) & torch.isfinite(draw.log_q)
-    n_nonfinite = int((~finite).sum())  # Target.energy already gives these samples zero gradient
-    if n_nonfinite == batch_size:
-        loss = torch.full((), float("nan"), device=u.device, dtype=u.dtype)
-    else:
-        a = draw.sample_weights[finite]
-        per_sample = draw.log_q[finite] + lin_log_cut(beta * u[finite], linear_until, clamp_max)
-        loss = (a * per_sample).sum() / a.sum()
-    return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=draw.log_q.detach(), n_nonfinite=n_nonfinite)
+def _weighted_mean(a: Tensor, log_density: Tensor, u_kT: Tensor, beta: float, linear_until: float, clamp_max: float) -> tuple[Tensor, int]:
+    """Σ a (log density + cut(β u)) / Σ a over finite samples, and the count of non-finite ones (NaN loss if none is finite)."""
+    finite = torch.isfinite(u_kT) & torch.isfinite(log_density)
+    if not finite.any():
+        return torch.full((), float("nan"), device=u_kT.device, dtype=u_kT.dtype), int(finite.numel())
+    a = a[finite]
+    per_sample = log_density[finite] + lin_log_cut(beta * u_kT[finite], linear_until, clamp_max)
+    return (a * per_sample).sum() / a.sum(), int((~finite).sum())
+
+
+def reverse_kl(model: StructuredFlow, target: Target, beta: float, batch_size: int, linear_until: float = 1e3, clamp_max: float = 1e9,
+               slow_uniform_fraction: float = 0.0) -> ReverseKLEstimate:
+    """Minibatch estimate of E_q[log q + β u] from ``batch_size`` reparameterised draws, a share
+    ``slow_uniform_fraction`` of them conditional draws on a uniform slow state (module docstring)."""
+    n_uniform = round(slow_uniform_fraction * batch_size)
+    draw = model.rsample(batch_size - n_uniform)
+    if not n_uniform:
+        u = target.energy(draw.x)
+        loss, n_nonfinite = _weighted_mean(draw.sample_weights, draw.log_q, u, beta, linear_until, clamp_max)
+        return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=draw.log_q.detach(), n_nonfinite=n_nonfinite)
+    z_slow = model.latent.uniform_slow(n_uniform)
+    conditional = model.rsample_given_slow(z_slow)
+    u_all = target.energy(torch.cat([draw.x, conditional.x]))  # one batched energy call
+    u, u_conditional = u_all[: len(draw.x)], u_all[len(draw.x):]
+    joint, n_joint = _weighted_mean(draw.sample_weights, draw.log_q, u, beta, linear_until, clamp_max)
+    log_q_given_slow = conditional.log_q - model.latent.slow.log_prob(z_slow)
+    cond, n_cond = _weighted_mean(conditional.sample_weights, log_q_given_slow, u_conditional, beta, linear_until, clamp_max)
+    loss = (1.0 - slow_uniform_fraction) * joint + slow_uniform_fraction * cond
+    return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=draw.log_q.detach(), n_nonfinite=n_joint + n_cond)

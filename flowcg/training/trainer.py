@@ -71,11 +71,14 @@ class TrainConfig:
     clamp_max: float = 1e9
     log_every: int = 10
     show_progress: bool = True
+    slow_uniform_fraction: float = 0.0  # share of each batch trained conditionally on a uniform slow state (objective.py)
 
     def __post_init__(self):
         for name in ("batch_size", "steps_per_stage", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0.0 <= self.slow_uniform_fraction < 1.0:
+            raise ValueError(f"train.slow_uniform_fraction must be in [0, 1), got {self.slow_uniform_fraction}")
         if self.final_steps < 0:  # 0: a warm-started run that only evaluates (or refits its prior)
             raise ValueError(f"train.final_steps must be ≥ 0, got {self.final_steps}")
 
@@ -166,7 +169,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
-        estimate = reverse_kl(self.model, self.target, s["beta"], cfg.batch_size, cfg.linear_until, cfg.clamp_max)
+        estimate = reverse_kl(self.model, self.target, s["beta"], cfg.batch_size, cfg.linear_until, cfg.clamp_max, cfg.slow_uniform_fraction)
         s["nonfinite_energies"] += estimate.n_nonfinite  # reported once per stage, not per step
         loss = float(estimate.loss.detach())
         if not math.isfinite(loss):

@@ -75,3 +75,64 @@ def test_refit_config_rejects_bad_values():
         PriorRefitConfig(n_components=-1)
     with pytest.raises(ValueError, match="nothing to refit"):
         refit_slow_prior(_model(1, 0), None, PriorRefitConfig())
+
+
+def _torus_model(n_components: int, seed: int) -> StructuredFlow:
+    """An angle s with a wrapped-normal mixture prior and x_fast | s from a small conditional Gaussian."""
+    from nflows.transforms import IdentityTransform
+
+    from flowcg.latent.conditional import ConditionalDiagonalGaussian
+    from flowcg.latent.mixture import DiagonalGaussianMixture
+    from flowcg.latent.structured import StructuredLatent
+
+    torch.manual_seed(seed)
+    slow = DiagonalGaussianMixture(1, n_components, init_spread=0.5, init_std=0.4, seed=seed, periodic=True)
+    latent = StructuredLatent(slow, ConditionalDiagonalGaussian(1, 2, hidden=8, periodic_slow=True))
+    return StructuredFlow(latent, IdentityTransform()).double()
+
+
+def test_defensive_refit_finds_a_basin_the_model_never_visits():
+    """The target puts 2 % of its mass at s = 2.5 rad, where the model's prior has ~no mass: draws from
+    π alone cannot see it, the uniform share of the defensive proposal does."""
+    model = _torus_model(1, seed=1)
+    truth = copy.deepcopy(model)
+    with torch.no_grad():
+        model.latent.slow.means.fill_(-1.0)
+        model.latent.slow.log_stds.fill_(-1.5)
+        truth.latent.slow.resize_(2)
+        truth.latent.slow.means.copy_(torch.tensor([[-1.0], [2.5]]))
+        truth.latent.slow.log_stds.fill_(-1.5)
+        truth.latent.slow.logits.copy_(torch.log(torch.tensor([0.98, 0.02])))
+    target = _ModelAsTarget(truth)
+    plain, defensive = copy.deepcopy(model), model
+    refit_slow_prior(plain, target, PriorRefitConfig(n_components=2, n_samples=20_000), seed=0)
+    records = refit_slow_prior(defensive, target, PriorRefitConfig(n_components=2, n_samples=20_000, uniform_fraction=0.3), seed=0)
+    assert records[0]["uniform_fraction"] == 0.3
+
+    def rare_mass(flow):
+        s = flow.sample(50_000).z[:, 0]
+        return float(((s > 1.5) & (s < 3.1)).double().mean())
+
+    assert rare_mass(plain) < 0.002
+    assert rare_mass(defensive) == pytest.approx(0.02, abs=0.004)
+
+
+def test_conditional_share_of_the_objective_trains_no_slow_prior_parameter():
+    from flowcg.training.objective import reverse_kl
+
+    model = _torus_model(2, seed=0)
+    target = _ModelAsTarget(_torus_model(2, seed=3))
+    torch.manual_seed(0)
+    estimate = reverse_kl(model, target, beta=1.0, batch_size=64, slow_uniform_fraction=0.5)
+    assert torch.isfinite(estimate.loss) and estimate.energies_kT.shape == (32,)
+    assert target.n_energy_evaluations == 64  # the prior and the conditional draws in one energy call
+    # the conditional share alone: no gradient reaches the prior, while the conditional Gaussian learns
+    model.zero_grad()
+    s = model.latent.uniform_slow(16)
+    draw = model.rsample_given_slow(s)
+    (draw.log_q - model.latent.slow.log_prob(s) + target.energy(draw.x)).mean().backward()
+    slow_grads = [p.grad for p in model.latent.slow.parameters()]
+    assert all(g is None or float(g.abs().max()) < 1e-12 for g in slow_grads)
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.latent.fast.parameters())
+    with pytest.raises(ValueError, match="periodic slow latents"):
+        reverse_kl(_model(1, 0), target, beta=1.0, batch_size=8, slow_uniform_fraction=0.5)
