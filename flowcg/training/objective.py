@@ -74,16 +74,12 @@ def reverse_kl(model: StructuredFlow, target: Target, beta: float, batch_size: i
     ``slow_uniform_fraction`` of them conditional draws on a uniform slow state (module docstring)."""
     n_uniform = round(slow_uniform_fraction * batch_size)
     draw = model.rsample(batch_size - n_uniform)
-    if not n_uniform:
-        u = target.energy(draw.x)
-        loss, n_nonfinite = _weighted_mean(draw.sample_weights, draw.log_q, u, beta, linear_until, clamp_max)
-        return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=draw.log_q.detach(), n_nonfinite=n_nonfinite)
-    z_slow = model.latent.uniform_slow(n_uniform)
-    conditional = model.rsample_given_slow(z_slow)
-    u_all = target.energy(torch.cat([draw.x, conditional.x]))  # one batched energy call
-    u, u_conditional = u_all[: len(draw.x)], u_all[len(draw.x):]
-    joint, n_joint = _weighted_mean(draw.sample_weights, draw.log_q, u, beta, linear_until, clamp_max)
-    log_q_given_slow = conditional.log_q - model.latent.slow.log_prob(z_slow)
-    cond, n_cond = _weighted_mean(conditional.sample_weights, log_q_given_slow, u_conditional, beta, linear_until, clamp_max)
-    loss = (1.0 - slow_uniform_fraction) * joint + slow_uniform_fraction * cond
-    return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=draw.log_q.detach(), n_nonfinite=n_joint + n_cond)
+    conditional = model.rsample_given_slow(model.latent.uniform_slow(n_uniform)) if n_uniform else None
+    u_all = target.energy(draw.x if conditional is None else torch.cat([draw.x, conditional.x]))  # one batched energy call
+    u = u_all[: len(draw.x)]
+    loss, n_nonfinite = _weighted_mean(draw.sample_weights, draw.log_q, u, beta, linear_until, clamp_max)
+    if conditional is not None:
+        log_q_given_slow = conditional.log_q - model.latent.slow.log_prob(conditional.z[:, : model.slow_dim])
+        cond, n_cond = _weighted_mean(conditional.sample_weights, log_q_given_slow, u_all[len(draw.x):], beta, linear_until, clamp_max)
+        loss, n_nonfinite = (1.0 - slow_uniform_fraction) * loss + slow_uniform_fraction * cond, n_nonfinite + n_cond
+    return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=draw.log_q.detach(), n_nonfinite=n_nonfinite)
