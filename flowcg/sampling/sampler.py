@@ -6,6 +6,7 @@ Kish ESS, the log Z estimate and self-normalised observables (:mod:`importance`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,14 +57,19 @@ class SampleSet:
 
 
 @torch.no_grad()
-def draw_samples(model: StructuredFlow, target: Target, n: int, batch_size: int = 10_000, beta: float = 1.0) -> SampleSet:
-    """Draw n iid samples in batches and score them under the target."""
+def draw_samples(model: StructuredFlow, target: Target, n: int, batch_size: int = 10_000, beta: float = 1.0,
+                 slow: Callable[[int], torch.Tensor] | None = None) -> SampleSet:
+    """Draw n iid samples in batches and score them under the target.
+
+    ``slow``: draw each batch of m as x ~ q(x | s) at s = slow(m) (e.g. ``model.latent.uniform_slow``)
+    instead of x ~ q; log q and log w stay those of the joint q."""
     if n < 1:
         raise ValueError(f"number of samples must be ≥ 1, got {n}")
     model.eval()
     parts: dict[str, list[np.ndarray]] = {"x": [], "log_q": [], "u": [], "z_slow": []}
     for start in range(0, n, batch_size):
-        draw = model.sample(min(batch_size, n - start))
+        m = min(batch_size, n - start)
+        draw = model.sample(m) if slow is None else model.sample_given_slow(slow(m))
         parts["x"].append(draw.x.cpu().double().numpy())
         parts["log_q"].append(draw.log_q.cpu().double().numpy())
         parts["u"].append(target.energy(draw.x).cpu().double().numpy())

@@ -35,15 +35,13 @@ log q_r(x) = log q(x) − log π(s) + log r(s): a weighted sample of p(s) that c
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from flowcg.flows.model import StructuredFlow
-import math
-
-import numpy as np
-
 from flowcg.sampling import draw_samples, kish_ess, truncated_weights
 from flowcg.targets.base import Target
 
@@ -104,23 +102,16 @@ def refit_slow_prior(model: StructuredFlow, target: Target, config: PriorRefitCo
     return records
 
 
-@torch.no_grad()
 def _defensive_draws(model: StructuredFlow, target: Target, config: PriorRefitConfig) -> tuple[np.ndarray, np.ndarray]:
     """(z_slow (N, ds), log w (N,)) of N draws from q_r = ((1 − f) π + f U) q(x | s), weights against q_r."""
     n_uniform = round(config.uniform_fraction * config.n_samples)
-    draws = draw_samples(model, target, config.n_samples - n_uniform, config.batch_size)
-    z_slow, log_w = [draws.z_slow], [draws.log_w]
-    model.eval()
-    for start in range(0, n_uniform, config.batch_size):
-        s = model.latent.uniform_slow(min(config.batch_size, n_uniform - start))
-        draw = model.sample_given_slow(s)
-        z_slow.append(s.cpu().double().numpy())
-        log_w.append((-target.energy(draw.x) - draw.log_q).cpu().double().numpy())
-    z_slow, log_w = np.concatenate(z_slow), np.concatenate(log_w)
+    sizes = {None: config.n_samples - n_uniform, model.latent.uniform_slow: n_uniform}
+    parts = [draw_samples(model, target, n, config.batch_size, slow=slow) for slow, n in sizes.items() if n]
+    z_slow, log_w = np.concatenate([p.z_slow for p in parts]), np.concatenate([p.log_w for p in parts])
     if n_uniform:
-        log_prior = model.latent.slow.log_prob(torch.as_tensor(z_slow).to(model.latent.slow.means)).cpu().double().numpy()
+        with torch.no_grad():
+            log_prior = model.latent.slow.log_prob(torch.as_tensor(z_slow).to(model.latent.slow.means)).cpu().double().numpy()
         log_r = np.logaddexp(math.log1p(-config.uniform_fraction) + log_prior,
                              math.log(config.uniform_fraction) + model.latent.uniform_slow_log_prob())
         log_w = log_w + log_prior - log_r
-    log_w[~np.isfinite(log_w)] = -np.inf
     return z_slow, log_w
