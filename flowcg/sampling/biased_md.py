@@ -21,8 +21,9 @@ OpenMM's LangevinMiddleIntegrator) at the target's temperature:
 Files in the run folder: ``bias.npy`` (the Fourier coefficients; frozen after the build),
 ``state.pt`` (positions, velocities, RNG state, phase, steps done), ``reference.npz`` (per frame
 ``phi``, ``psi`` in rad, ``bias_kj_mol``, ``log_weight`` = V/kT, ``walker``, ``time_ps``) and
-``metrics.json``. After each chunk, ``reference.npz`` then ``state.pt`` are replaced atomically;
-the state is the commit record, so a kill between the two only repeats a chunk, with the same
+``metrics.json``. Frames are buffered in memory between commits. After each chunk
+``reference.npz``, then ``bias.npy`` (only while the bias grows), then ``state.pt`` (which holds the
+bias too) are replaced atomically; the state is the commit record, so a kill between the two only repeats a chunk, with the same
 random numbers, and a rerun with a larger ``production_ps`` extends the run.
 """
 
@@ -121,6 +122,7 @@ class BiasedWalkers:
         self.wall_time_s = 0.0
         self.records = {"phi": np.zeros(0, np.float32), "psi": np.zeros(0, np.float32), "bias_kj_mol": np.zeros(0, np.float32),
                         "walker": np.zeros(0, np.int32), "time_ps": np.zeros(0, np.float32)}
+        self.pending: list[dict] = []
 
     def _restore(self) -> None:
         state = load(self.paths["state.pt"])
@@ -137,12 +139,22 @@ class BiasedWalkers:
             self.records = {key: data[key][:frames] for key in ("phi", "psi", "bias_kj_mol", "walker", "time_ps")}
         if len(self.records["phi"]) != frames:
             raise RuntimeError(f"{self.run_dir}: reference.npz holds {len(self.records['phi'])} frames, state.pt {frames}")
+        self.pending = []
         log.info("resumed %s: %s steps done, %d frames", self.run_dir, self.steps_done, frames)
 
-    def _commit(self) -> None:
-        weights = {"log_weight": self.records["bias_kj_mol"].astype(np.float64) / self.kT}
-        save_npz_atomic(self.paths["reference.npz"], **self.records, **weights, temperature_K=self.target.temperature)
-        self.bias.save(self.paths["bias.npy"])
+    def log_weights(self) -> np.ndarray:
+        """log w = V(φ, ψ) / kT of every recorded frame."""
+        return self.records["bias_kj_mol"].astype(np.float64) / self.kT
+
+    def _commit(self, phase: str) -> None:
+        """Frames recorded since the last commit join the records; reference.npz, then (while the bias
+        still changes) bias.npy, then state.pt are replaced atomically."""
+        if self.pending:
+            self.records = {k: np.concatenate([self.records[k], *(frame[k] for frame in self.pending)]) for k in self.records}
+            self.pending = []
+        save_npz_atomic(self.paths["reference.npz"], **self.records, log_weight=self.log_weights(), temperature_K=self.target.temperature)
+        if phase == "build" or not self.paths["bias.npy"].exists():
+            self.bias.save(self.paths["bias.npy"])
         save_atomic({
             "settings": asdict(self.settings), "x": self.x, "v": self.v, "alive": self.alive, "rng": self.generator.get_state(),
             "steps_done": self.steps_done, "wall_time_s": self.wall_time_s, "bias": self.bias.coefficients.numpy(),
@@ -189,7 +201,7 @@ class BiasedWalkers:
         new = {k: v.numpy().astype(np.float32) for k, v in values.items()}
         new["walker"] = walkers.numpy().astype(np.int32)
         new["time_ps"] = np.full(len(walkers), time_ps, np.float32)
-        self.records = {k: np.concatenate([self.records[k], new[k]]) for k in self.records}
+        self.pending.append(new)
 
     def run(self, production_ps: float) -> dict:
         """Run the phases until ``production_ps`` of production per walker are recorded; return the metrics."""
@@ -212,7 +224,7 @@ class BiasedWalkers:
                 if self.steps_done[phase] - last_commit >= chunk_steps or self.steps_done[phase] >= targets[phase]:
                     self.wall_time_s += time.perf_counter() - started
                     started, last_commit = time.perf_counter(), self.steps_done[phase]
-                    self._commit()
+                    self._commit(phase)
                     log.info("%s: %.1f of %.1f ps per walker (%d walkers live), %.0f s", phase,
                              self.steps_done[phase] * s.timestep_fs / 1000.0, targets[phase] * s.timestep_fs / 1000.0,
                              int(self.alive.sum()), self.wall_time_s)
@@ -225,7 +237,8 @@ class BiasedWalkers:
         s, r = self.settings, self.records
         steps = sum(self.steps_done.values())
         aggregate_ns = steps * s.timestep_fs * 1e-6 * s.n_walkers
-        weights = normalized_weights(r["bias_kj_mol"].astype(np.float64) / self.kT) if len(r["phi"]) else None
+        log_w = self.log_weights()
+        bias_grid = self.bias.grid(72)
         metrics = {
             "target": self.target.name, "temperature_K": self.target.temperature, "backend": self.target.backend,
             "settings": asdict(s), "frames": int(len(r["phi"])), "walkers_live": int(self.alive.sum()),
@@ -233,13 +246,15 @@ class BiasedWalkers:
             "production_ns_aggregate": self.steps_done["production"] * s.timestep_fs * 1e-6 * s.n_walkers,
             "ns_aggregate": aggregate_ns, "wall_time_s": self.wall_time_s,
             "ns_per_day_aggregate": aggregate_ns / self.wall_time_s * 86400 if self.wall_time_s > 0 else None,
-            "bias_max_kj_mol": float(self.bias.grid(72).max() - self.bias.grid(72).min()),
+            "bias_max_kj_mol": float(bias_grid.max() - bias_grid.min()),  # the bias's range, its minimum taken as 0
         }
-        if weights is not None:
-            metrics["weight_ess"] = kish_ess(r["bias_kj_mol"].astype(np.float64) / self.kT)
+        if len(log_w):
+            weights = normalized_weights(log_w)
+            metrics["weight_ess"] = kish_ess(log_w)
             metrics.update({f"basin_{k}": v for k, v in basin_populations(r["phi"], r["psi"], weights).items()})
             first = r["walker"] < s.n_walkers // 2  # independent halves: walkers, not time
             if first.any() and (~first).any():
-                halves = [(r["phi"][m], r["psi"][m], weights[m] / weights[m].sum()) for m in (first, ~first)]
-                metrics["kl_64_walker_halves"] = ramachandran_kl(*halves[1][:2], *halves[0][:2], weights=halves[0][2], ref_weights=halves[1][2])
+                # the histograms normalise each half's weights themselves
+                metrics["kl_64_walker_halves"] = ramachandran_kl(r["phi"][~first], r["psi"][~first], r["phi"][first], r["psi"][first],
+                                                                 weights=weights[first], ref_weights=weights[~first])
         return metrics
