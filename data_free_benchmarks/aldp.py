@@ -1,7 +1,8 @@
 """Alanine dipeptide flagship: the data-free runs against long reference MD.
 
     .venv/bin/python data_free_benchmarks/aldp.py --reference outputs/reference/aldp_implicit_long \
-        [--walkers outputs/reference/aldp_implicit_walkers] [--only NAME ...] [--n 100000] [--train]
+        [--walkers outputs/reference/aldp_implicit_walkers] [--md-walkers outputs/reference/aldp_implicit_unbiased_walkers] \
+        [--only NAME ...] [--n 100000] [--train]
 
 Arms (each a real ``flowcg-train`` run in ``data_free_benchmarks/runs/aldp/<name>``, git-ignored):
 
@@ -21,7 +22,7 @@ evaluations and wall time, and the MD-equivalent speed-up:
 
     speed-up = MD steps the reference needs to reach the model's KL / the model's training evaluations
 
-(when the first half never gets there, its length gives a lower bound, ``md_speedup_lower_bound``).
+(when the MD series never gets there, its length gives a lower bound, ``md_speedup_lower_bound``).
 
 Two references. ``--reference`` is plain MD (``flowcg-reference method=md``), a time series.
 ``--walkers`` is the far larger biased multiple-walker reference (``flowcg-reference
@@ -30,6 +31,13 @@ accuracy metric is taken against the walkers, and the speed-up compares the runn
 whole plain-MD series (one MD step = one energy evaluation) with the model's KL, both against the
 walkers. Without it, the plain MD is split in halves: the running KL of the first half and the
 model's KL are both measured against the second half, so neither side is compared with itself.
+
+``--md-walkers`` (with ``--walkers``) takes the speed-up's MD series from an *unbiased* multiple-walker
+run instead (``flowcg-reference method=walkers walkers.build_ps=0 walkers.hill_height_kj_mol=0
+walkers.equilibration_ps=0``): plain Langevin MD of many walkers at once, all started from the same
+minimised structure, its frames in time-major order, so that frame k closes k save intervals of
+MD, k · steps_per_frame aggregate MD steps. Batched on one core it reaches ~25x the aggregate
+length of one OpenMM trajectory in the same wall time, long enough for αL to be visited often.
 Results: ``results/aldp_implicit.json`` and ``results/aldp_implicit.md``.
 """
 
@@ -50,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from flowcg.analysis.evaluate import evaluate_samples  # noqa: E402
-from flowcg.analysis.md_cost import md_cost_curve, md_steps_to_reach  # noqa: E402
+from flowcg.analysis.md_cost import MDSeries, load_md_series, md_cost_curve, md_steps_to_reach  # noqa: E402
 from flowcg.analysis.molecular import Reference, keep_l_mask, load_reference  # noqa: E402
 from flowcg.analysis.ramachandran import BASINS, basin_populations, phi_psi, ramachandran_kl  # noqa: E402
 from flowcg.builders import load_run  # noqa: E402
@@ -90,6 +98,13 @@ ARMS = {
     "flagship_conditional_refit": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_conditional'}",
                                    "train/schedule=constant", "train.final_steps=0", "prior_refit.n_components=32",
                                    "prior_refit.rounds=1", "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"],
+    # flagship_conditional_refit trained on with half of each batch conditional on a uniform
+    # (phi, psi) (the conditional q(x | s) in alphaL still spreads its log weights 5x wider than in
+    # beta), then refit as above
+    "flagship_conditional_more": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_conditional_refit'}",
+                                  "train/schedule=constant", "train.final_steps=1500", "train.batch_size=1024", "train.lr=1e-4",
+                                  "train.final_lr_factor=0.1", "train.slow_uniform_fraction=0.5", "prior_refit.n_components=32",
+                                  "prior_refit.rounds=1", "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"],
 }
 
 
@@ -117,8 +132,9 @@ def _inherited_wall_time(run_dir: Path) -> float:
     return _own_wall_time(json.loads((parent / "metrics.json").read_text())) + _inherited_wall_time(parent)
 
 
-def evaluate(run_dir: Path, md: Reference, steps_per_frame: int, walkers: Reference | None, n: int, seed: int = 0) -> dict:
-    """Metrics of ``n`` fresh samples of a run against the walkers (else the plain MD) and its MD speed-up."""
+def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, seed: int = 0) -> dict:
+    """Metrics of ``n`` fresh samples of a run against the walkers (else the plain MD) and its MD speed-up
+    (the running KL of the series ``md``)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     run = load_run(run_dir, device="cpu")
@@ -126,7 +142,7 @@ def evaluate(run_dir: Path, md: Reference, steps_per_frame: int, walkers: Refere
     evaluations = trained.get("energy_evaluations_total", trained["energy_evaluations"])
     wall = _own_wall_time(trained) + _inherited_wall_time(run_dir)
     samples = draw_samples(run.model, run.target, n, batch_size=10_000)
-    metrics = evaluate_samples(run.target, samples, walkers or md)
+    metrics = evaluate_samples(run.target, samples, walkers or md.reference)
     # Kish ESS of heavy-tailed weights falls as N grows (one draw can hold most of the mass), so the
     # spread over disjoint sets of 100 000 is reported beside the ESS of all n
     blocks = [kish_ess(samples.log_w[i : i + ESS_BLOCK]) for i in range(0, n - ESS_BLOCK + 1, ESS_BLOCK)]
@@ -139,20 +155,22 @@ def evaluate(run_dir: Path, md: Reference, steps_per_frame: int, walkers: Refere
     if walkers is not None:
         series, yardstick, model_kl = md, walkers, metrics["kl_64_rw"]
     else:
-        half = len(md.phi) // 2
-        series, yardstick = Reference(md.phi[:half], md.psi[:half]), Reference(md.phi[half:], md.psi[half:])
+        phi, psi, half = md.reference.phi, md.reference.psi, len(md.reference.phi) // 2
+        series = MDSeries(Reference(phi[:half], psi[:half]), md.steps_per_frame, md.label + ", first half")
+        yardstick = Reference(phi[half:], psi[half:])
         keep = keep_l_mask(run.target.topology, samples.x)
         phi, psi = phi_psi(samples.x[keep], run.target.topology)
         model_kl = ramachandran_kl(yardstick.phi, yardstick.psi, phi, psi, weights=normalized_weights(samples.log_w[keep]))
-    curve = md_cost_curve(series.phi, series.psi, steps_per_frame=steps_per_frame, reference=yardstick)
+    curve = md_cost_curve(series.reference.phi, series.reference.psi, steps_per_frame=series.steps_per_frame, reference=yardstick)
     md_steps = md_steps_to_reach(model_kl, curve)
     return {
         **metrics,
         "speedup_yardstick": "walkers" if walkers is not None else "second half of the plain MD",
+        "speedup_md_series": series.label,
         "kl_64_rw_vs_yardstick": model_kl,
         "md_series_final_kl_64": float(curve.kl[-1]),
         "md_steps_to_model_kl": md_steps,
-        # if the first half never reaches the model's KL, all its steps bound the speed-up from below
+        # if the series never reaches the model's KL, all its steps bound the speed-up from below
         "md_speedup": md_steps / evaluations if np.isfinite(md_steps) else None,
         "md_speedup_lower_bound": float(curve.steps[-1]) / evaluations if not np.isfinite(md_steps) else None,
         "energy_evaluations": evaluations,
@@ -181,6 +199,11 @@ def table(results: dict) -> str:
         lines.append(f"| walkers ({walkers['production_ns_aggregate']:.0f} ns aggregate), walker halves | {walkers['weight_ess']:.3g} | – | – | "
                      f"{walkers['kl_64_walker_halves']:.4g} | – | – | – | {walkers['basins']['beta']:.4g} | {walkers['basins']['alpha_R']:.4g} | "
                      f"{walkers['basins']['alpha_L']:.4g} | – | – | – | – | – |")
+    unbiased = results.get("md_walkers")
+    if unbiased:
+        lines.append(f"| unbiased MD walkers ({unbiased['ns_aggregate']:.0f} ns aggregate), vs walkers | – | – | – | "
+                     f"{unbiased['kl_64_vs_walkers']:.4g} | – | – | – | {unbiased['basins']['beta']:.4g} | {unbiased['basins']['alpha_R']:.4g} | "
+                     f"{unbiased['basins']['alpha_L']:.4g} | – | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
 
@@ -188,19 +211,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", required=True, help="flowcg-reference method=md run folder (plain MD)")
     parser.add_argument("--walkers", help="flowcg-reference method=walkers run folder (the accuracy yardstick)")
+    parser.add_argument("--md-walkers", help="unbiased flowcg-reference method=walkers run folder: the speed-up's MD series (needs --walkers)")
     parser.add_argument("--only", nargs="*", default=list(ARMS))
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--train", action="store_true", help="train missing runs first")
     args = parser.parse_args()
 
+    if args.md_walkers and not args.walkers:
+        parser.error("--md-walkers needs --walkers (the yardstick its running KL is measured against)")
     reference_dir = Path(args.reference)
-    md = load_reference(reference_dir)
-    if not md.is_time_series:
-        raise SystemExit(f"--reference {reference_dir} holds weighted frames; pass plain MD there and the walkers to --walkers")
-    phi, psi = md.phi, md.psi
+    md = load_md_series(reference_dir)
+    phi, psi, steps_per_frame = md.reference.phi, md.reference.psi, md.steps_per_frame
     walkers = load_reference(args.walkers) if args.walkers else None
-    with np.load(reference_dir / "reference.npz") as data:
-        steps_per_frame = int(data["save_interval_steps"])
+    speedup_series = load_md_series(args.md_walkers) if args.md_walkers else md
     reference_metrics = json.loads((reference_dir / "metrics.json").read_text())
 
     half = len(phi) // 2
@@ -221,6 +244,15 @@ def main() -> None:
                                               "wall_time_s", "settings", "backend")},
             "plain_md_kl_64_vs_walkers": ramachandran_kl(*walkers[:2], phi, psi, ref_weights=walkers.weights),
         }
+    if args.md_walkers:
+        unbiased = json.loads((Path(args.md_walkers) / "metrics.json").read_text())
+        frames = speedup_series.reference
+        results["md_walkers"] = {
+            "path": str(args.md_walkers), "frames": int(len(frames.phi)), "steps_per_frame": speedup_series.steps_per_frame,
+            "basins": basin_populations(frames.phi, frames.psi),
+            **{k: unbiased[k] for k in ("ns_aggregate", "wall_time_s", "settings", "backend")},
+            "kl_64_vs_walkers": ramachandran_kl(*walkers[:2], frames.phi, frames.psi, ref_weights=walkers.weights),
+        }
     out = HERE / "results" / "aldp_implicit.json"
     if out.is_file():
         results["arms"] = json.loads(out.read_text()).get("arms", {})
@@ -231,7 +263,7 @@ def main() -> None:
         if not (run_dir / "metrics.json").is_file():
             print(f"skipping {name}: no finished run in {run_dir}")
             continue
-        metrics = evaluate(run_dir, md, steps_per_frame, walkers, args.n)
+        metrics = evaluate(run_dir, speedup_series, walkers, args.n)
         metrics["command"] = " ".join(["flowcg-train", *ARMS[name]])
         results["arms"][name] = metrics
         print(name, {k: metrics[k] for k in ("ess", "kl_64_rw", "tv_64_rw", "md_speedup")}, flush=True)

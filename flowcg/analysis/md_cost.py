@@ -10,15 +10,24 @@ the first checkpoint where the running KL ≤ κ. Each MD step costs one force e
 Taking the *first* crossing favours MD (its running KL fluctuates), so speed-ups are on the
 conservative side. The comparison reference should be independent of the series (another run):
 against its own full length the running KL reaches 0 at the end by construction.
+
+Two kinds of MD series come from ``flowcg-reference`` (:func:`load_md_series`): one plain trajectory
+(``method=md``), or an *unbiased* multiple-walker run (``method=walkers walkers.build_ps=0
+walkers.equilibration_ps=0``): plain Langevin MD of many walkers integrated as one batch, all
+started from the same minimised structure. Its frames in time-major order make one series in which
+frame k closes k save intervals of one walker, k · steps_per_frame aggregate MD steps; batching
+buys aggregate length, not a head start, since every walker must find the rare basins itself.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from flowcg.analysis.molecular import Reference
+from flowcg.analysis.molecular import Reference, load_reference
 from flowcg.analysis.ramachandran import kl_of_histograms, ramachandran_histogram
 from flowcg.sampling.importance import as_numpy
 
@@ -30,6 +39,38 @@ class MDCostCurve:
     frames: np.ndarray
     steps: np.ndarray
     kl: np.ndarray
+
+
+@dataclass
+class MDSeries:
+    """An unweighted MD series of (φ, ψ) in time order and the MD steps (energy evaluations) per frame."""
+
+    reference: Reference
+    steps_per_frame: int
+    label: str
+
+
+def load_md_series(run_dir: str | Path) -> MDSeries:
+    """The MD series of a ``flowcg-reference`` run folder: a plain trajectory, or unbiased walkers in
+    time-major order (module docstring); biased walkers are refused, their frames are no time series."""
+    run_dir = Path(run_dir)
+    reference = load_reference(run_dir)
+    if reference.is_time_series:
+        with np.load(run_dir / "reference.npz") as data:
+            return MDSeries(reference, int(data["save_interval_steps"]), "plain MD")
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.json, the walker run has not finished (rerun flowcg-reference to finish it)")
+    settings = json.loads(metrics_path.read_text())["settings"]
+    if settings["build_ps"] > 0 or settings["equilibration_ps"] > 0:
+        # a bias skews the frames, and steps that record no frame would be missing from the count
+        raise ValueError(f"{run_dir}: an MD series needs unbiased walkers with every step recorded "
+                         f"(walkers.build_ps=0 walkers.equilibration_ps=0), got build_ps={settings['build_ps']}, "
+                         f"equilibration_ps={settings['equilibration_ps']}")
+    with np.load(run_dir / "reference.npz") as data:
+        order = np.lexsort((data["walker"], data["time_ps"]))
+        frames = Reference(data["phi"][order], data["psi"][order])
+    return MDSeries(frames, round(settings["save_interval_fs"] / settings["timestep_fs"]), f"unbiased MD of {settings['n_walkers']} walkers")
 
 
 def md_cost_curve(

@@ -1,10 +1,11 @@
+import json
 import math
 
 import numpy as np
 import pytest
 
 from flowcg.analysis.marginals import marginal_kls
-from flowcg.analysis.md_cost import md_cost_curve, md_steps_to_reach
+from flowcg.analysis.md_cost import load_md_series, md_cost_curve, md_steps_to_reach
 from flowcg.analysis.ramachandran import (
     basin_labels,
     basin_populations,
@@ -120,6 +121,26 @@ def test_md_cost_on_synthetic_series():
     assert md_steps_to_reach(1e-6, curve) == 100_000
     assert md_steps_to_reach(early, curve) == curve.steps[0]
     assert md_steps_to_reach(-1.0, curve) == math.inf
+
+
+def _walker_run(path, build_ps=0.0):
+    """A walker run folder as flowcg-reference writes it: 3 walkers, 2 frames each, walker-major."""
+    path.mkdir()
+    walker, time_ps = np.array([0, 0, 1, 1, 2, 2]), np.array([0.25, 0.5] * 3)
+    np.savez(path / "reference.npz", phi=walker + time_ps, psi=-time_ps, bias_kj_mol=np.zeros(6), log_weight=np.zeros(6),
+             walker=walker, time_ps=time_ps)
+    settings = {"build_ps": build_ps, "equilibration_ps": 0.0, "save_interval_fs": 250.0, "timestep_fs": 1.0, "n_walkers": 3}
+    (path / "metrics.json").write_text(json.dumps({"settings": settings}))
+    return path
+
+
+def test_unbiased_walkers_load_as_a_time_major_series(tmp_path):
+    series = load_md_series(_walker_run(tmp_path / "unbiased"))
+    assert series.steps_per_frame == 250 and series.reference.is_time_series
+    # every walker's first frame (t = 0.25 ps), then every walker's second: frame k closes k · 250 steps
+    np.testing.assert_allclose(series.reference.phi, [0.25, 1.25, 2.25, 0.5, 1.5, 2.5])
+    with pytest.raises(ValueError, match="unbiased walkers"):
+        load_md_series(_walker_run(tmp_path / "biased", build_ps=20.0))
 
 
 def test_plot_writes_png(samples, tmp_path):
