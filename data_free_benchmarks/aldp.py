@@ -2,7 +2,7 @@
 
     .venv/bin/python data_free_benchmarks/aldp.py --reference outputs/reference/aldp_implicit_long \
         [--walkers outputs/reference/aldp_implicit_walkers] [--md-walkers outputs/reference/aldp_implicit_unbiased_walkers] \
-        [--only NAME ...] [--n 100000] [--train]
+        [--only NAME ...] [--n 100000] [--repeats 1] [--train]
 
 Arms (each a real ``flowcg-train`` run in ``data_free_benchmarks/runs/aldp/<name>``, git-ignored):
 
@@ -132,9 +132,24 @@ def _inherited_wall_time(run_dir: Path) -> float:
     return _own_wall_time(json.loads((parent / "metrics.json").read_text())) + _inherited_wall_time(parent)
 
 
-def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, seed: int = 0) -> dict:
+#: metrics whose spread over independent sample sets ``--repeats`` reports
+SPREAD_KEYS = ("ess", "kl_64_rw", "tv_64_rw", "basin_beta_rw", "basin_alpha_R_rw", "basin_alpha_L_rw")
+
+
+def spread(run, first: dict, reference: Reference, n: int, seeds: range) -> dict:
+    """Mean, standard deviation and values of SPREAD_KEYS over independent sets of n samples: the
+    metrics ``first`` of one set, then fresh sets drawn with ``seeds``."""
+    sets = [first]
+    for seed in seeds:
+        torch.manual_seed(seed)
+        sets.append(evaluate_samples(run.target, draw_samples(run.model, run.target, n, batch_size=10_000), reference))
+    return {key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "values": v}
+            for key in SPREAD_KEYS for v in [[float(m[key]) for m in sets]]}
+
+
+def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, seed: int = 0, repeats: int = 1) -> dict:
     """Metrics of ``n`` fresh samples of a run against the walkers (else the plain MD) and its MD speed-up
-    (the running KL of the series ``md``)."""
+    (the running KL of the series ``md``); with ``repeats`` > 1 also their spread over that many sets."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     run = load_run(run_dir, device="cpu")
@@ -148,6 +163,8 @@ def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, see
     blocks = [kish_ess(samples.log_w[i : i + ESS_BLOCK]) for i in range(0, n - ESS_BLOCK + 1, ESS_BLOCK)]
     metrics.update({"ess_100k_median": float(np.median(blocks)), "ess_100k_min": float(np.min(blocks)),
                     "ess_100k_max": float(np.max(blocks))} if len(blocks) > 1 else {})
+    if repeats > 1:
+        metrics["repeats"] = spread(run, metrics, walkers or md.reference, n, range(seed + 1, seed + repeats))
     for basin in BASINS:
         ref = metrics[f"ref_basin_{basin}"]
         metrics[f"basin_{basin}_rw_relative_error"] = abs(metrics[f"basin_{basin}_rw"] - ref) / ref if ref > 0 else None
@@ -214,6 +231,7 @@ def main() -> None:
     parser.add_argument("--md-walkers", help="unbiased flowcg-reference method=walkers run folder: the speed-up's MD series (needs --walkers)")
     parser.add_argument("--only", nargs="*", default=list(ARMS))
     parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=1, help="independent sets of --n samples per arm; > 1 reports their spread")
     parser.add_argument("--train", action="store_true", help="train missing runs first")
     args = parser.parse_args()
 
@@ -263,7 +281,7 @@ def main() -> None:
         if not (run_dir / "metrics.json").is_file():
             print(f"skipping {name}: no finished run in {run_dir}")
             continue
-        metrics = evaluate(run_dir, speedup_series, walkers, args.n)
+        metrics = evaluate(run_dir, speedup_series, walkers, args.n, repeats=args.repeats)
         metrics["command"] = " ".join(["flowcg-train", *ARMS[name]])
         results["arms"][name] = metrics
         print(name, {k: metrics[k] for k in ("ess", "kl_64_rw", "tv_64_rw", "md_speedup")}, flush=True)
