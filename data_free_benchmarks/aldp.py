@@ -105,6 +105,11 @@ ARMS = {
                                   "train/schedule=constant", "train.final_steps=1500", "train.batch_size=1024", "train.lr=1e-4",
                                   "train.final_lr_factor=0.1", "train.slow_uniform_fraction=0.5", "prior_refit.n_components=32",
                                   "prior_refit.rounds=1", "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"],
+    # a second round of the same
+    "flagship_conditional_more2": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_conditional_more'}",
+                                   "train/schedule=constant", "train.final_steps=1500", "train.batch_size=1024", "train.lr=1e-4",
+                                   "train.final_lr_factor=0.1", "train.slow_uniform_fraction=0.5", "prior_refit.n_components=32",
+                                   "prior_refit.rounds=1", "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"],
 }
 
 
