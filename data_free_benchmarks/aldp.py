@@ -69,6 +69,17 @@ ESS_BLOCK = 100_000
 #: the first flagship put the slow latents through 2 atan (a seam opposite the energy minimum);
 #: the ablations were run against it, with the same overrides
 ATAN = ["experiment=aldp_implicit", "model.slow_prior=gaussian", "model.prior_init_spread=3.0"]
+
+
+def conditional_round(parent: str) -> list[str]:
+    """Overrides of 1500 steps at beta = 1 from the arm ``parent``, half of each batch conditional on a
+    uniform (phi, psi), then a defensive prior refit (32 components, 200 000 draws, 30 % uniform)."""
+    return ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / parent}", "train/schedule=constant",
+            "train.final_steps=1500", "train.batch_size=1024", "train.lr=1e-4", "train.final_lr_factor=0.1",
+            "train.slow_uniform_fraction=0.5", "prior_refit.n_components=32", "prior_refit.rounds=1",
+            "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"]
+
+
 ARMS = {
     "flagship": ["experiment=aldp_implicit"],
     "atan_slow_prior": ATAN,
@@ -99,17 +110,10 @@ ARMS = {
                                    "train/schedule=constant", "train.final_steps=0", "prior_refit.n_components=32",
                                    "prior_refit.rounds=1", "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"],
     # flagship_conditional_refit trained on with half of each batch conditional on a uniform
-    # (phi, psi) (the conditional q(x | s) in alphaL still spreads its log weights 5x wider than in
-    # beta), then refit as above
-    "flagship_conditional_more": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_conditional_refit'}",
-                                  "train/schedule=constant", "train.final_steps=1500", "train.batch_size=1024", "train.lr=1e-4",
-                                  "train.final_lr_factor=0.1", "train.slow_uniform_fraction=0.5", "prior_refit.n_components=32",
-                                  "prior_refit.rounds=1", "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"],
-    # a second round of the same
-    "flagship_conditional_more2": ["experiment=aldp_implicit", f"init_from={HERE / 'runs' / 'aldp' / 'flagship_conditional_more'}",
-                                   "train/schedule=constant", "train.final_steps=1500", "train.batch_size=1024", "train.lr=1e-4",
-                                   "train.final_lr_factor=0.1", "train.slow_uniform_fraction=0.5", "prior_refit.n_components=32",
-                                   "prior_refit.rounds=1", "prior_refit.n_samples=200000", "prior_refit.uniform_fraction=0.3"],
+    # (phi, psi) (the conditional q(x | s) in alphaL still spread its log weights 5x wider than in
+    # beta), then refit; and a second round of the same
+    "flagship_conditional_more": conditional_round("flagship_conditional_refit"),
+    "flagship_conditional_more2": conditional_round("flagship_conditional_more"),
 }
 
 
