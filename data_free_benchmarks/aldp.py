@@ -38,6 +38,8 @@ walkers.equilibration_ps=0``): plain Langevin MD of many walkers at once, all st
 minimised structure, its frames in time-major order, so that frame k closes k save intervals of
 MD, k · steps_per_frame aggregate MD steps. Batched on one core it reaches ~25x the aggregate
 length of one OpenMM trajectory in the same wall time, long enough for αL to be visited often.
+``--speedup-only`` recomputes just the speed-ups of the arms already recorded, from their KL64
+against the walkers, drawing no samples.
 Results: ``results/aldp_implicit.json`` and ``results/aldp_implicit.md``.
 """
 
@@ -156,6 +158,21 @@ def spread(run, first: dict, reference: Reference, n: int, seeds: range) -> dict
             for key in SPREAD_KEYS for v in [[float(m[key]) for m in sets]]}
 
 
+def md_speedup(model_kl: float, evaluations: int, series: MDSeries, yardstick: Reference) -> dict:
+    """MD steps the running KL64(yardstick‖series[:k]) needs to reach ``model_kl``, per model evaluation."""
+    curve = md_cost_curve(series.reference.phi, series.reference.psi, steps_per_frame=series.steps_per_frame, reference=yardstick)
+    md_steps = md_steps_to_reach(model_kl, curve)
+    return {
+        "speedup_md_series": series.label,
+        "kl_64_rw_vs_yardstick": model_kl,
+        "md_series_final_kl_64": float(curve.kl[-1]),
+        "md_steps_to_model_kl": md_steps,
+        # if the series never reaches the model's KL, all its steps bound the speed-up from below
+        "md_speedup": md_steps / evaluations if np.isfinite(md_steps) else None,
+        "md_speedup_lower_bound": float(curve.steps[-1]) / evaluations if not np.isfinite(md_steps) else None,
+    }
+
+
 def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, seed: int = 0, repeats: int = 1) -> dict:
     """Metrics of ``n`` fresh samples of a run against the walkers (else the plain MD) and its MD speed-up
     (the running KL of the series ``md``); with ``repeats`` > 1 also their spread over that many sets."""
@@ -187,18 +204,10 @@ def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, see
         keep = keep_l_mask(run.target.topology, samples.x)
         phi, psi = phi_psi(samples.x[keep], run.target.topology)
         model_kl = ramachandran_kl(yardstick.phi, yardstick.psi, phi, psi, weights=normalized_weights(samples.log_w[keep]))
-    curve = md_cost_curve(series.reference.phi, series.reference.psi, steps_per_frame=series.steps_per_frame, reference=yardstick)
-    md_steps = md_steps_to_reach(model_kl, curve)
     return {
         **metrics,
+        **md_speedup(model_kl, evaluations, series, yardstick),
         "speedup_yardstick": "walkers" if walkers is not None else "second half of the plain MD",
-        "speedup_md_series": series.label,
-        "kl_64_rw_vs_yardstick": model_kl,
-        "md_series_final_kl_64": float(curve.kl[-1]),
-        "md_steps_to_model_kl": md_steps,
-        # if the series never reaches the model's KL, all its steps bound the speed-up from below
-        "md_speedup": md_steps / evaluations if np.isfinite(md_steps) else None,
-        "md_speedup_lower_bound": float(curve.steps[-1]) / evaluations if not np.isfinite(md_steps) else None,
         "energy_evaluations": evaluations,
         "train_wall_time_s": wall,
         "train_device": trained["device"],
@@ -242,10 +251,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=1, help="independent sets of --n samples per arm; > 1 reports their spread")
     parser.add_argument("--train", action="store_true", help="train missing runs first")
+    parser.add_argument("--speedup-only", action="store_true",
+                        help="recompute only the speed-ups of the recorded arms (their KL64 against the walkers), drawing no samples")
     args = parser.parse_args()
 
-    if args.md_walkers and not args.walkers:
-        parser.error("--md-walkers needs --walkers (the yardstick its running KL is measured against)")
+    if (args.md_walkers or args.speedup_only) and not args.walkers:
+        parser.error("--md-walkers and --speedup-only need --walkers (the yardstick the running KL is measured against)")
     reference_dir = Path(args.reference)
     md = load_md_series(reference_dir)
     phi, psi, steps_per_frame = md.reference.phi, md.reference.psi, md.steps_per_frame
@@ -284,6 +295,11 @@ def main() -> None:
     if out.is_file():
         results["arms"] = json.loads(out.read_text()).get("arms", {})
     for name in args.only:
+        if args.speedup_only:
+            if name in results["arms"]:
+                arm = results["arms"][name]
+                arm.update(md_speedup(arm["kl_64_rw"], arm["energy_evaluations"], speedup_series, walkers))
+            continue
         run_dir = HERE / "runs" / "aldp" / name
         if args.train and not (run_dir / "metrics.json").is_file():
             train(name, run_dir)
