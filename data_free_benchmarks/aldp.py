@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from flowcg.analysis.evaluate import evaluate_samples  # noqa: E402
-from flowcg.analysis.md_cost import MDSeries, load_md_series, md_cost_curve, md_steps_to_reach  # noqa: E402
+from flowcg.analysis.md_cost import MDCostCurve, MDSeries, load_md_series, md_cost_curve, md_steps_to_reach  # noqa: E402
 from flowcg.analysis.molecular import Reference, keep_l_mask, load_reference  # noqa: E402
 from flowcg.analysis.ramachandran import BASINS, basin_populations, phi_psi, ramachandran_kl  # noqa: E402
 from flowcg.builders import load_run  # noqa: E402
@@ -158,14 +158,17 @@ def spread(run, first: dict, reference: Reference, n: int, seeds: range) -> dict
             for key in SPREAD_KEYS for v in [[float(m[key]) for m in sets]]}
 
 
-def md_speedup(model_kl: float, evaluations: int, series: MDSeries, yardstick: Reference) -> dict:
-    """MD steps the running KL64(yardstick‖series[:k]) needs to reach ``model_kl``, per model evaluation."""
-    # 200 log-spaced checkpoints: the crossing is resolved to ~7 % of the series length there
-    curve = md_cost_curve(series.reference.phi, series.reference.psi, steps_per_frame=series.steps_per_frame, reference=yardstick,
-                          n_points=200)
+def running_kl(series: MDSeries, yardstick: Reference) -> MDCostCurve:
+    """Running KL64(yardstick‖series[:k]) at 200 log-spaced k (the crossing is resolved to ~7 % there)."""
+    return md_cost_curve(series.reference.phi, series.reference.psi, steps_per_frame=series.steps_per_frame, reference=yardstick,
+                         n_points=200)
+
+
+def md_speedup(model_kl: float, evaluations: int, curve: MDCostCurve, label: str) -> dict:
+    """MD steps the running KL ``curve`` of the MD series ``label`` needs to reach ``model_kl``, per model evaluation."""
     md_steps = md_steps_to_reach(model_kl, curve)
     return {
-        "speedup_md_series": series.label,
+        "speedup_md_series": label,
         "kl_64_rw_vs_yardstick": model_kl,
         "md_series_final_kl_64": float(curve.kl[-1]),
         "md_steps_to_model_kl": md_steps,
@@ -175,9 +178,11 @@ def md_speedup(model_kl: float, evaluations: int, series: MDSeries, yardstick: R
     }
 
 
-def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, seed: int = 0, repeats: int = 1) -> dict:
-    """Metrics of ``n`` fresh samples of a run against the walkers (else the plain MD) and its MD speed-up
-    (the running KL of the series ``md``); with ``repeats`` > 1 also their spread over that many sets."""
+def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, curve: MDCostCurve | None, n: int, seed: int = 0,
+             repeats: int = 1) -> dict:
+    """Metrics of ``n`` fresh samples of a run against the walkers (else the plain MD) and its MD speed-up:
+    with the walkers, from ``curve``, the running KL of the series ``md`` against them; without, from the
+    first half of ``md`` against the second. With ``repeats`` > 1 also their spread over that many sets."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     run = load_run(run_dir, device="cpu")
@@ -185,30 +190,31 @@ def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, n: int, see
     evaluations = trained.get("energy_evaluations_total", trained["energy_evaluations"])
     wall = _own_wall_time(trained) + _inherited_wall_time(run_dir)
     samples = draw_samples(run.model, run.target, n, batch_size=10_000)
-    metrics = evaluate_samples(run.target, samples, walkers or md.reference)
+    reference = walkers or md.reference
+    metrics = evaluate_samples(run.target, samples, reference)
     # Kish ESS of heavy-tailed weights falls as N grows (one draw can hold most of the mass), so the
     # spread over disjoint sets of 100 000 is reported beside the ESS of all n
     blocks = [kish_ess(samples.log_w[i : i + ESS_BLOCK]) for i in range(0, n - ESS_BLOCK + 1, ESS_BLOCK)]
     metrics.update({"ess_100k_median": float(np.median(blocks)), "ess_100k_min": float(np.min(blocks)),
                     "ess_100k_max": float(np.max(blocks))} if len(blocks) > 1 else {})
     if repeats > 1:
-        metrics["repeats"] = spread(run, metrics, walkers or md.reference, n, range(seed + 1, seed + repeats))
+        metrics["repeats"] = spread(run, metrics, reference, n, range(seed + 1, seed + repeats))
     for basin in BASINS:
         ref = metrics[f"ref_basin_{basin}"]
         metrics[f"basin_{basin}_rw_relative_error"] = abs(metrics[f"basin_{basin}_rw"] - ref) / ref if ref > 0 else None
 
     if walkers is not None:
-        series, yardstick, model_kl = md, walkers, metrics["kl_64_rw"]
+        model_kl, label = metrics["kl_64_rw"], md.label
     else:
         phi, psi, half = md.reference.phi, md.reference.psi, len(md.reference.phi) // 2
-        series = MDSeries(Reference(phi[:half], psi[:half]), md.steps_per_frame, md.label + ", first half")
-        yardstick = Reference(phi[half:], psi[half:])
+        label, yardstick = md.label + ", first half", Reference(phi[half:], psi[half:])
+        curve = running_kl(MDSeries(Reference(phi[:half], psi[:half]), md.steps_per_frame, label), yardstick)
         keep = keep_l_mask(run.target.topology, samples.x)
         phi, psi = phi_psi(samples.x[keep], run.target.topology)
         model_kl = ramachandran_kl(yardstick.phi, yardstick.psi, phi, psi, weights=normalized_weights(samples.log_w[keep]))
     return {
         **metrics,
-        **md_speedup(model_kl, evaluations, series, yardstick),
+        **md_speedup(model_kl, evaluations, curve, label),
         "speedup_yardstick": "walkers" if walkers is not None else "second half of the plain MD",
         "energy_evaluations": evaluations,
         "train_wall_time_s": wall,
@@ -264,6 +270,8 @@ def main() -> None:
     phi, psi, steps_per_frame = md.reference.phi, md.reference.psi, md.steps_per_frame
     walkers = load_reference(args.walkers) if args.walkers else None
     speedup_series = load_md_series(args.md_walkers) if args.md_walkers else md
+    # one running-KL curve against the walkers serves every arm
+    curve = running_kl(speedup_series, walkers) if walkers is not None else None
     reference_metrics = json.loads((reference_dir / "metrics.json").read_text())
 
     half = len(phi) // 2
@@ -291,7 +299,7 @@ def main() -> None:
             "path": str(args.md_walkers), "frames": int(len(frames.phi)), "steps_per_frame": speedup_series.steps_per_frame,
             "basins": basin_populations(frames.phi, frames.psi),
             **{k: unbiased[k] for k in ("ns_aggregate", "wall_time_s", "settings", "backend")},
-            "kl_64_vs_walkers": ramachandran_kl(*walkers[:2], frames.phi, frames.psi, ref_weights=walkers.weights),
+            "kl_64_vs_walkers": float(curve.kl[-1]),  # the running KL at the series' full length
         }
     out = HERE / "results" / "aldp_implicit.json"
     if out.is_file():
@@ -300,7 +308,7 @@ def main() -> None:
         if args.speedup_only:
             if name in results["arms"]:
                 arm = results["arms"][name]
-                arm.update(md_speedup(arm["kl_64_rw"], arm["energy_evaluations"], speedup_series, walkers))
+                arm.update(md_speedup(arm["kl_64_rw"], arm["energy_evaluations"], curve, speedup_series.label))
             continue
         run_dir = HERE / "runs" / "aldp" / name
         if args.train and not (run_dir / "metrics.json").is_file():
@@ -308,7 +316,7 @@ def main() -> None:
         if not (run_dir / "metrics.json").is_file():
             print(f"skipping {name}: no finished run in {run_dir}")
             continue
-        metrics = evaluate(run_dir, speedup_series, walkers, args.n, repeats=args.repeats)
+        metrics = evaluate(run_dir, speedup_series, walkers, curve, args.n, repeats=args.repeats)
         metrics["command"] = " ".join(["flowcg-train", *ARMS[name]])
         results["arms"][name] = metrics
         print(name, {k: metrics[k] for k in ("ess", "kl_64_rw", "tv_64_rw", "md_speedup")}, flush=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowcg.analysis.molecular import Reference, load_reference
+from flowcg.analysis.molecular import Reference
 from flowcg.analysis.ramachandran import kl_of_histograms, ramachandran_histogram
 from flowcg.sampling.importance import as_numpy
 
@@ -54,10 +54,20 @@ def load_md_series(run_dir: str | Path) -> MDSeries:
     """The MD series of a ``flowcg-reference`` run folder: a plain trajectory, or unbiased walkers in
     time-major order (module docstring); biased walkers are refused, their frames are no time series."""
     run_dir = Path(run_dir)
-    reference = load_reference(run_dir)
-    if reference.is_time_series:
-        with np.load(run_dir / "reference.npz") as data:
-            return MDSeries(reference, int(data["save_interval_steps"]), "plain MD")
+    path = run_dir / "reference.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"reference MD not found: {path} (run flowcg-reference first)")
+    with np.load(path) as data:
+        if "walker" not in data.files:  # method=md
+            return MDSeries(Reference(data["phi"], data["psi"]), int(data["save_interval_steps"]), "plain MD")
+        settings = _unbiased_walker_settings(run_dir)
+        order = np.lexsort((data["walker"], data["time_ps"]))
+        frames = Reference(data["phi"][order], data["psi"][order])
+    return MDSeries(frames, round(settings["save_interval_fs"] / settings["timestep_fs"]), f"unbiased MD of {settings['n_walkers']} walkers")
+
+
+def _unbiased_walker_settings(run_dir: Path) -> dict:
+    """The settings of a finished walker run, checked to be unbiased with every step recorded."""
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.json, the walker run has not finished (rerun flowcg-reference to finish it)")
@@ -67,10 +77,7 @@ def load_md_series(run_dir: str | Path) -> MDSeries:
         raise ValueError(f"{run_dir}: an MD series needs unbiased walkers with every step recorded "
                          f"(walkers.build_ps=0 walkers.equilibration_ps=0), got build_ps={settings['build_ps']}, "
                          f"equilibration_ps={settings['equilibration_ps']}")
-    with np.load(run_dir / "reference.npz") as data:
-        order = np.lexsort((data["walker"], data["time_ps"]))
-        frames = Reference(data["phi"][order], data["psi"][order])
-    return MDSeries(frames, round(settings["save_interval_fs"] / settings["timestep_fs"]), f"unbiased MD of {settings['n_walkers']} walkers")
+    return settings
 
 
 def md_cost_curve(
