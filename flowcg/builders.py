@@ -121,6 +121,19 @@ def build_target_and_model(cfg, device: str | None = None, fit_reference: bool =
     return target, model, torch_device
 
 
+COMPILE_SETTINGS = ("auto", True, False)
+
+
+def configure_compile(model: StructuredFlow, setting, model_kind: str) -> StructuredFlow:
+    """Compile the model's coupling splines (``StructuredFlow.use_compile``) per the ``compile``
+    setting: ``true``, ``false``, or ``auto`` = on for molecules (``model.kind: internal``, where
+    the splines are most of a step) and off for the small vector flows, which a compilation of
+    several seconds would only slow down."""
+    if setting not in COMPILE_SETTINGS:
+        raise ValueError(f"compile must be one of auto, true, false; got {setting!r}")
+    return model.use_compile(setting is True or (setting == "auto" and model_kind == "internal"))
+
+
 def build_training(cfg_train) -> tuple[Schedule, TrainConfig]:
     """Tempering schedule and optimisation settings from the ``train`` config."""
     options = _plain(cfg_train)

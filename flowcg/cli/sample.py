@@ -25,7 +25,7 @@ from flowcg.analysis.evaluate import evaluate_samples
 from flowcg.analysis.molecular import keep_l_mask, load_reference, torsion_table
 from flowcg.analysis.plots import plot_marginals, plot_samples
 from flowcg.analysis.ramachandran import phi_psi, plot_ramachandran
-from flowcg.builders import Run, describe_device, load_run, seed_everything
+from flowcg.builders import Run, configure_compile, describe_device, load_run, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, write_json
 from flowcg.pretrained import load_pretrained, pretrained_reference
 from flowcg.sampling import SampleSet, draw_samples, reweighted_mean
@@ -41,6 +41,7 @@ def _load(cfg: DictConfig) -> tuple[Run, tuple | None]:
         run, reference = load_run(cfg.run, device=cfg.device), None
     if cfg.reference:
         reference = load_reference(cfg.reference)
+    configure_compile(run.model, cfg.compile, run.config.model.get("kind", "structured"))
     return run, reference
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from flowcg.analysis.plots import plot_run
 from flowcg.analysis.evaluate import evaluate_samples
 from flowcg.analysis.molecular import load_reference
-from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, build_training, describe_device, save_model, seed_everything
+from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, configure_compile, build_training, describe_device, save_model, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     seed_everything(cfg.seed)
     target, model, device = build_target_and_model(cfg)
+    configure_compile(model, cfg.compile, cfg.model.kind)
     schedule, train_config = build_training(cfg.train)
     refit_config = PriorRefitConfig(**OmegaConf.to_container(cfg.prior_refit))
     if cfg.n_samples < 1:

@@ -1,7 +1,7 @@
 """Circular building blocks: a latent-to-circle embedding and circular rational-quadratic splines.
 
 nflows has rational-quadratic splines on an interval and on the line (linear tails) but none on
-the circle, so these are written here, on top of nflows' interval spline.
+the circle, so these are written here, on top of :func:`flowcg.flows.splines.rational_quadratic`.
 
 Circular spline (Rezende et al. 2020, "Normalizing flows on tori and spheres"). A monotone
 rational-quadratic spline s on [−π, π] with s(±π) = ±π whose end derivatives are equal is a C¹
@@ -30,10 +30,10 @@ import math
 
 import torch
 from nflows.transforms import Transform
-from nflows.transforms.splines.rational_quadratic import rational_quadratic_spline
 from torch import Tensor
 
 from flowcg.coordinates.geometry import wrap
+from flowcg.flows.splines import rational_quadratic
 
 #: τ/2 is clipped just inside ±π/2 so that tan stays finite at the seam (|z| ≤ 1e6).
 _HALF_PI_INSIDE = math.pi / 2 - 1e-6
@@ -62,10 +62,8 @@ def circular_spline(
     derivatives = torch.cat([end, unnormalized_inner_derivatives, end], dim=-1)
     if inverse:
         inputs = wrap(inputs - shift)
-    inputs = inputs.clamp(-math.pi, math.pi)
-    outputs, logabsdet = rational_quadratic_spline(
-        inputs, unnormalized_widths, unnormalized_heights, derivatives, inverse=inverse,
-        left=-math.pi, right=math.pi, bottom=-math.pi, top=math.pi,
+    outputs, logabsdet = rational_quadratic(
+        inputs, unnormalized_widths, unnormalized_heights, derivatives, bound=inputs.new_tensor(math.pi), tails=torch.tensor(False), inverse=inverse
     )
     if not inverse:
         outputs = wrap(outputs + shift)
@@ -79,19 +77,16 @@ class CircleEmbedding(Transform):
         super().__init__()
         self.register_buffer("periodic_mask", torch.as_tensor(periodic_mask, dtype=torch.bool))
 
-    @staticmethod
-    def _log_derivative(z: Tensor) -> Tensor:
-        return (math.log(2.0) - torch.log1p(z.square())).sum(-1)
-
     def forward(self, inputs: Tensor, context=None) -> tuple[Tensor, Tensor]:
-        z = inputs[:, self.periodic_mask]
-        outputs = inputs.clone()
-        outputs[:, self.periodic_mask] = 2.0 * torch.atan(z)
-        return outputs, self._log_derivative(z)
+        outputs = torch.where(self.periodic_mask, 2.0 * torch.atan(inputs), inputs)
+        return outputs, self._log_derivative(inputs)
 
     def inverse(self, inputs: Tensor, context=None) -> tuple[Tensor, Tensor]:
-        half = (0.5 * inputs[:, self.periodic_mask]).clamp(-_HALF_PI_INSIDE, _HALF_PI_INSIDE)
-        z = torch.tan(half)
-        outputs = inputs.clone()
-        outputs[:, self.periodic_mask] = z
-        return outputs, -self._log_derivative(z)
+        # torch.where over all features rather than masked indexing: fixed shapes, no host sync
+        half = (0.5 * inputs).clamp(-_HALF_PI_INSIDE, _HALF_PI_INSIDE)
+        outputs = torch.where(self.periodic_mask, torch.tan(half), inputs)
+        return outputs, -self._log_derivative(outputs)
+
+    def _log_derivative(self, z: Tensor) -> Tensor:
+        """log|dτ/dz| summed over the periodic features of latents z."""
+        return torch.where(self.periodic_mask, math.log(2.0) - torch.log1p(z.square()), torch.zeros_like(z)).sum(-1)

@@ -13,18 +13,17 @@ affine layer starts as a uniform contraction by nflows' sigmoid(2) ≈ 0.88.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 from nflows.nn.nets import ResidualNet
 from nflows.transforms import AffineCouplingTransform, PiecewiseRationalQuadraticCouplingTransform, Transform
-from nflows.transforms.splines.rational_quadratic import DEFAULT_MIN_DERIVATIVE, unconstrained_rational_quadratic_spline
 from torch import nn
 
-from flowcg.flows.circular import circular_spline
+from flowcg.coordinates.geometry import wrap
+from flowcg.flows.splines import UNIT_DERIVATIVE, pad_unit_end_derivatives, rational_quadratic
 
 COUPLINGS = ("spline", "affine")
-#: Unnormalised knot derivative that nflows maps to exactly 1 (min_derivative + softplus): identity splines.
-_UNIT_DERIVATIVE = float(np.log(np.expm1(1 - DEFAULT_MIN_DERIVATIVE)))
 
 
 def alternating_mask(features: int, parity: int) -> torch.Tensor:
@@ -44,6 +43,23 @@ def _conditioner_factory(hidden: int, n_blocks: int):
     return create
 
 
+class SplineCoupling(PiecewiseRationalQuadraticCouplingTransform):
+    """nflows' rational-quadratic coupling (linear tails) evaluated by :func:`~flowcg.flows.splines.rational_quadratic`:
+    the same parameters and values, without nflows' masked indexing (see :mod:`flowcg.flows.splines`)."""
+
+    spline_kernel = None  # a compiled rational_quadratic, set by StructuredFlow.use_compile
+
+    def _piecewise_cdf(self, inputs, transform_params, inverse=False):
+        k = self.num_bins
+        # nflows scales the bin logits by 1/sqrt(hidden width) of its ResidualNet; kept, so weights mean the same
+        scale = self.transform_net.hidden_features**-0.5
+        bound = inputs.new_tensor(self.tail_bound)
+        return (self.spline_kernel or rational_quadratic)(
+            inputs, transform_params[..., :k] * scale, transform_params[..., k : 2 * k] * scale,
+            pad_unit_end_derivatives(transform_params[..., 2 * k :]), bound, None, inverse,
+        )
+
+
 def coupling_layer(kind: str, features: int, parity: int, hidden: int = 64, n_blocks: int = 2, num_bins: int = 8, tail_bound: float = 5.0) -> Transform:
     """One identity-initialised coupling layer of the given ``kind`` (see :data:`COUPLINGS`)."""
     if features < 2:
@@ -53,10 +69,10 @@ def coupling_layer(kind: str, features: int, parity: int, hidden: int = 64, n_bl
     if kind == "affine":
         return AffineCouplingTransform(mask, create)
     if kind == "spline":
-        layer = PiecewiseRationalQuadraticCouplingTransform(mask, create, num_bins=num_bins, tails="linear", tail_bound=tail_bound)
+        layer = SplineCoupling(mask, create, num_bins=num_bins, tails="linear", tail_bound=tail_bound)
         # params per transformed feature: K widths, K heights, K−1 inner derivatives
         bias = layer.transform_net.final_layer.bias.detach().view(layer.num_transform_features, 3 * num_bins - 1)
-        bias[:, 2 * num_bins :] = _UNIT_DERIVATIVE
+        bias[:, 2 * num_bins :] = UNIT_DERIVATIVE
         return layer
     raise ValueError(f"unknown coupling '{kind}'; choose one of {', '.join(COUPLINGS)}")
 
@@ -85,43 +101,43 @@ class MixedSplineCoupling(Transform):
             "_line": transformed & ~periodic, "_circle": transformed & periodic,
         }.items():
             self.register_buffer(name, mask.nonzero().ravel())
+        self.register_buffer("_transformed", torch.cat([self._line, self._circle]), persistent=False)
+        self.register_buffer("_is_line", torch.arange(len(self._transformed)) < len(self._line), persistent=False)
         self.num_bins, self.tail_bound = num_bins, tail_bound
+        self.spline_kernel = None  # a compiled rational_quadratic, set by StructuredFlow.use_compile
         k = num_bins
         n_in = len(self._condition_line) + 2 * len(self._condition_circle)
         n_out = len(self._line) * (3 * k - 1) + len(self._circle) * (3 * k + 1)
         self.conditioner = _conditioner_factory(hidden, n_blocks)(n_in, n_out)
         bias = self.conditioner.final_layer.bias.detach()
         line_bias, circle_bias = bias[: len(self._line) * (3 * k - 1)], bias[len(self._line) * (3 * k - 1) :]
-        line_bias.view(len(self._line), 3 * k - 1)[:, 2 * k :] = _UNIT_DERIVATIVE
-        circle_bias.view(len(self._circle), 3 * k + 1)[:, 2 * k : 3 * k] = _UNIT_DERIVATIVE
+        line_bias.view(len(self._line), 3 * k - 1)[:, 2 * k :] = UNIT_DERIVATIVE
+        circle_bias.view(len(self._circle), 3 * k + 1)[:, 2 * k : 3 * k] = UNIT_DERIVATIVE
 
     def _transform(self, inputs: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.num_bins
+        k, batch = self.num_bins, inputs.shape[0]
         circle_condition = inputs[:, self._condition_circle]
         features = torch.cat([inputs[:, self._condition_line], torch.cos(circle_condition), torch.sin(circle_condition)], dim=-1)
         params = self.conditioner(features)
-        batch = inputs.shape[0]
         n_line = len(self._line) * (3 * k - 1)
-        line_params = params[:, :n_line].view(batch, len(self._line), 3 * k - 1)
-        circle_params = params[:, n_line:].view(batch, len(self._circle), 3 * k + 1)
-
-        outputs = inputs.clone()
-        logdet = inputs.new_zeros(batch)
-        if len(self._line):
-            y, ld = unconstrained_rational_quadratic_spline(
-                inputs[:, self._line], line_params[..., :k], line_params[..., k : 2 * k], line_params[..., 2 * k :],
-                inverse=inverse, tails="linear", tail_bound=self.tail_bound,
-            )
-            outputs[:, self._line] = y
-            logdet = logdet + ld.sum(-1)
-        if len(self._circle):
-            y, ld = circular_spline(
-                inputs[:, self._circle], circle_params[..., :k], circle_params[..., k : 2 * k],
-                circle_params[..., 2 * k : 3 * k - 1], circle_params[..., 3 * k - 1], circle_params[..., 3 * k], inverse=inverse,
-            )
-            outputs[:, self._circle] = y
-            logdet = logdet + ld.sum(-1)
-        return outputs, logdet
+        line = params[:, :n_line].view(batch, len(self._line), 3 * k - 1)
+        circle = params[:, n_line:].view(batch, len(self._circle), 3 * k + 1)
+        # one spline call over [line | circle] features: the circle's end derivative is shared
+        # by both ends (periodicity), a line's ends have slope 1 (linear tails)
+        circle_end = circle[..., 3 * k - 1 : 3 * k]
+        derivatives = torch.cat([pad_unit_end_derivatives(line[..., 2 * k :]), torch.cat([circle_end, circle[..., 2 * k : 3 * k - 1], circle_end], -1)], 1)
+        widths = torch.cat([line[..., :k], circle[..., :k]], 1)
+        heights = torch.cat([line[..., k : 2 * k], circle[..., k : 2 * k]], 1)
+        shift = torch.cat([inputs.new_zeros(batch, len(self._line)), circle[..., 3 * k]], 1)
+        x = inputs[:, self._transformed]
+        if inverse:
+            x = torch.where(self._is_line, x, wrap(x - shift))
+        # half-widths made in the inputs' dtype each call: a float32 π converted to float64 is not π
+        bound = torch.where(self._is_line, inputs.new_tensor(self.tail_bound), inputs.new_tensor(math.pi))
+        y, logdet = (self.spline_kernel or rational_quadratic)(x, widths, heights, derivatives, bound, self._is_line, inverse)
+        if not inverse:
+            y = torch.where(self._is_line, y, wrap(y + shift))
+        return inputs.index_copy(1, self._transformed, y), logdet.sum(-1)
 
     def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._transform(inputs, inverse=False)

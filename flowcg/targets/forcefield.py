@@ -54,7 +54,9 @@ import torch
 from openmm import unit
 from torch import Tensor, nn
 
+from flowcg.compiled import CheckedCompile
 from flowcg.targets.cpu_allocator import retain_freed_memory
+from flowcg.threads import FORCEFIELD_THREADS, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -631,9 +633,10 @@ class TorchForceField(nn.Module):
         self.dtype = dtype
         if torch.device(device).type == "cpu":
             retain_freed_memory()  # else every pass page-faults its temporaries anew (see there)
-        # torch.compile is deferred to the first full chunk; None once it is off (or never on).
-        self._compiled_chunk = torch.compile(self._chunk_energy_and_gradient, dynamic=False) if compile else None
-        self._compiled_checked = False
+        # full chunks only: one static shape, one compilation (see the module docstring)
+        self._compiled_chunk = CheckedCompile(
+            self._chunk_energy_and_gradient, "the force field", self._compiled_disagreement, accepts=lambda y: y.shape[-1] == CHUNK
+        ) if compile else None
         if positions is not None:
             check_against_openmm(self, system, positions)
 
@@ -648,43 +651,31 @@ class TorchForceField(nn.Module):
 
     @torch.no_grad()
     def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(U (B,) in kJ/mol, ∂U/∂x (B, N, 3) in kJ/(mol nm)) in one pass, chunk by chunk."""
+        """(U (B,) in kJ/mol, ∂U/∂x (B, N, 3) in kJ/(mol nm)) in one pass, chunk by chunk
+        (on :data:`~flowcg.threads.FORCEFIELD_THREADS` threads on the CPU)."""
         energy = x.new_empty(x.shape[0])
         grad = torch.empty_like(x)
-        for start in range(0, x.shape[0], CHUNK):
-            chunk = slice(start, start + CHUNK)
-            energy[chunk], g = self._chunk_pass(x[chunk].permute(1, 2, 0).contiguous())
-            grad[chunk] = g.permute(2, 0, 1)
+        with torch_threads(FORCEFIELD_THREADS if x.device.type == "cpu" else None):
+            for start in range(0, x.shape[0], CHUNK):
+                chunk = slice(start, start + CHUNK)
+                energy[chunk], g = self._chunk_pass(x[chunk].permute(1, 2, 0).contiguous())
+                grad[chunk] = g.permute(2, 0, 1)
         return energy, grad
 
     @property
     def compiled(self) -> bool:
         """Whether full chunks go through the compiled kernels."""
-        return self._compiled_chunk is not None
+        return self._compiled_chunk is not None and self._compiled_chunk.active
 
     def _chunk_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """The compiled kernels for a full chunk (checked against the eager pass on first use), else eager."""
-        if self._compiled_chunk is None or y.shape[-1] != CHUNK:
-            return self._chunk_energy_and_gradient(y)
-        try:
-            energy, grad = self._compiled_chunk(y)
-        except Exception as err:  # inductor raises many types (no compiler, codegen bugs); eager is exact
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            log.warning("torch.compile of the force field failed (%s); evaluating eagerly from now on", first_line)
-            self._compiled_chunk = None
-            return self._chunk_energy_and_gradient(y)
-        if not self._compiled_checked:
-            eager_energy, eager_grad = self._chunk_energy_and_gradient(y)
-            bad, de, dg = disagreement(energy, eager_energy, grad.permute(2, 0, 1), eager_grad.permute(2, 0, 1), self.dtype)
-            if bad.any():
-                log.warning(
-                    "compiled force field disagrees with the eager one on %d of %d configurations (max |ΔE| = %.3g kJ/mol, "
-                    "max |Δ∂U/∂x| = %.3g kJ/(mol nm)); evaluating eagerly from now on", bad.sum(), len(bad), de.max(), dg.max(),
-                )
-                self._compiled_chunk = None
-                return eager_energy, eager_grad
-            self._compiled_checked = True
-        return energy, grad
+        return self._chunk_energy_and_gradient(y) if self._compiled_chunk is None else self._compiled_chunk(y)
+
+    def _compiled_disagreement(self, compiled: tuple[Tensor, Tensor], eager: tuple[Tensor, Tensor]) -> str | None:
+        bad, de, dg = disagreement(compiled[0], eager[0], compiled[1].permute(2, 0, 1), eager[1].permute(2, 0, 1), self.dtype)
+        if not bad.any():
+            return None
+        return f"on {bad.sum()} of {len(bad)} configurations, max |ΔE| = {de.max():.3g} kJ/mol, max |Δ∂U/∂x| = {dg.max():.3g} kJ/(mol nm)"
 
     def _chunk_energy_and_gradient(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """U (b,) and ∂U/∂y (N, 3, b) of atom-major coordinates y (N, 3, b)."""

@@ -73,13 +73,17 @@ def reverse_kl(model: StructuredFlow, target: Target, beta: float, batch_size: i
     """Minibatch estimate of E_q[log q + β u] from ``batch_size`` reparameterised draws, a share
     ``slow_uniform_fraction`` of them conditional draws on a uniform slow state (module docstring)."""
     n_uniform = round(slow_uniform_fraction * batch_size)
-    draw = model.rsample(batch_size - n_uniform)
-    conditional = model.rsample_given_slow(model.latent.uniform_slow(n_uniform)) if n_uniform else None
-    u_all = target.energy(draw.x if conditional is None else torch.cat([draw.x, conditional.x]))  # one batched energy call
-    u = u_all[: len(draw.x)]
-    loss, n_nonfinite = _weighted_mean(draw.sample_weights, draw.log_q, u, beta, linear_until, clamp_max)
-    if conditional is not None:
-        log_q_given_slow = conditional.log_q - model.latent.slow.log_prob(conditional.z[:, : model.slow_dim])
-        cond, n_cond = _weighted_mean(conditional.sample_weights, log_q_given_slow, u_all[len(draw.x):], beta, linear_until, clamp_max)
+    n_joint = batch_size - n_uniform
+    z, sample_weights = model.latent.rsample_stratified(n_joint)
+    if n_uniform:
+        z = torch.cat([z, model.latent.rsample_given_slow(model.latent.uniform_slow(n_uniform))])
+    x, log_q_all = model.push(z)  # one push and one energy call for the whole batch: fixed shapes
+    u_all = target.energy(x)
+    u, log_q = u_all[:n_joint], log_q_all[:n_joint]
+    loss, n_nonfinite = _weighted_mean(sample_weights, log_q, u, beta, linear_until, clamp_max)
+    if n_uniform:
+        log_q_given_slow = log_q_all[n_joint:] - model.latent.slow.log_prob(z[n_joint:, : model.slow_dim])
+        uniform_weights = torch.full((n_uniform,), 1.0 / n_uniform, device=z.device, dtype=z.dtype)
+        cond, n_cond = _weighted_mean(uniform_weights, log_q_given_slow, u_all[n_joint:], beta, linear_until, clamp_max)
         loss, n_nonfinite = (1.0 - slow_uniform_fraction) * loss + slow_uniform_fraction * cond, n_nonfinite + n_cond
-    return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=draw.log_q.detach(), n_nonfinite=n_nonfinite)
+    return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=log_q.detach(), n_nonfinite=n_nonfinite)

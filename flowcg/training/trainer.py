@@ -113,7 +113,9 @@ class Trainer:
         self.model, self.target, self.schedule, self.config = model, target, schedule, config
         self.run_dir = Path(run_dir)
         self.logger = logger
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        # fused Adam: one kernel over all parameters instead of a dozen ops per tensor (~20 → 2 ms per step for the ALDP flow)
+        self._fused_adam = next(model.parameters()).device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=self._fused_adam)
         self.state = {
             "step": 0,
             "stage": 0,
@@ -145,6 +147,8 @@ class Trainer:
         saved = checkpoint.load(self.checkpoint_path, map_location=next(self.model.parameters()).device)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups carry the saving run's choice
+            group["fused"] = self._fused_adam
         self.state = saved["state"]
         self.target.n_energy_evaluations = self.state["energy_evaluations"]
         _set_rng_state(saved["rng"])

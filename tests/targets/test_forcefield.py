@@ -149,7 +149,10 @@ def test_autograd_and_chunks_match_energy_and_forces(monkeypatch, dtype):
     (2.0 * chunked).sum().backward()
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(chunked.detach(), energy, **tol)
-    torch.testing.assert_close(x.grad, -2.0 * forces, **tol)
+    # float32 forces are sums of terms up to ~1e4 kJ/(mol nm): another chunking reorders them,
+    # so the scale is max |F| (as in the OpenMM self-check), not each component
+    force_tol = dict(rtol=0, atol=1e-5 * float(forces.abs().max())) if dtype == torch.float32 else tol
+    torch.testing.assert_close(x.grad, -2.0 * forces, **force_tol)
 
 
 def _perturbed_frames(ms, n: int, dtype) -> torch.Tensor:
@@ -169,7 +172,7 @@ def test_compiled_kernels_match_eager(monkeypatch):
     compiled = load_target("aldp_implicit", dtype="float64", compile=True).forcefield
     x = _perturbed_frames(ms, 6, torch.float64)
     energy, forces = compiled.energy_and_forces(x)
-    assert compiled.compiled and compiled._compiled_checked
+    assert compiled.compiled and compiled._compiled_chunk._checked
     ref_energy, ref_forces = eager.energy_and_forces(x)
     torch.testing.assert_close(energy, ref_energy, rtol=1e-10, atol=1e-8)
     torch.testing.assert_close(forces, ref_forces, rtol=1e-10, atol=1e-8)
@@ -192,10 +195,10 @@ def test_failed_or_wrong_compilation_falls_back_to_eager(monkeypatch, caplog):
         energy, grad = forcefield.TorchForceField._chunk_energy_and_gradient(ff, y)
         return energy + 1.0, grad
 
-    for fake, message in ((broken, "failed (C++ compiler not found)"), (wrong, "disagrees with the eager one on 4 of 4")):
+    for fake, message in ((broken, "failed (C++ compiler not found)"), (wrong, "disagrees with the eager evaluation (on 4 of 4")):
         ff = TorchForceField(ms.system, dtype=torch.float64, compile=True)
-        ff._compiled_chunk = fake
-        with caplog.at_level("WARNING", logger="flowcg.targets.forcefield"):
+        ff._compiled_chunk._compiled = fake
+        with caplog.at_level("WARNING", logger="flowcg.compiled"):
             result = ff.energy_and_forces(x)
         assert message in caplog.text and not ff.compiled
         for got, want in zip(result, reference):

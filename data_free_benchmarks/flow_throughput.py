@@ -1,0 +1,165 @@
+"""Training steps and one-shot samples per second of the shipped ALDP flow, against commit 5af5968.
+
+One run measures, on the same machine and in fresh processes (one per setting, so thread counts
+and compiled kernels never leak between settings):
+
+* **implementation**: this checkout, and the flowcg of commit ``5af5968`` (the flow engine before
+  the fast path), unpacked with ``git archive`` into a temporary folder and imported from there;
+* **path**: ``eager`` (flow eager) and, for this checkout, ``fast`` (coupling splines through the
+  compiled kernel, ``StructuredFlow.use_compile``);
+* **threads**: 1 and 2 (``torch.set_num_threads``; this checkout runs the force field on one
+  thread inside either setting, :mod:`flowcg.threads`);
+* **batch**: 256, 1024 and 4096.
+
+The model is ``flowcg/pretrained/aldp_implicit`` of each implementation: the same weights, layers,
+widths and bins. The target is aldp_implicit on the torch force field with compiled kernels
+(``compile=True``), the same in every setting. A training step is ``Trainer.train_step`` at β = 1
+(draw, log q, energy, backward, clipping, Adam update) of that implementation's own trainer; a
+sampling call is ``model.sample(batch)`` without gradients (draw, push-forward, log q; no energy).
+Each is timed by wall clock over repeated calls for at least ``--seconds`` after warm-up calls
+(the first call, which compiles or loads cached kernels, is timed apart).
+
+    .venv/bin/python data_free_benchmarks/flow_throughput.py          # ≈ 15 min on 2 cores
+
+writes ``results/flow_throughput.json`` and ``results/flow_throughput.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+BASELINE_COMMIT = "5af5968"
+BATCH_SIZES = (256, 1024, 4096)
+THREADS = (1, 2)
+
+
+def _timed(call, seconds: float, min_calls: int = 3) -> tuple[float, int]:
+    """Mean wall seconds per call over ≥ ``min_calls`` calls and ≥ ``seconds``, and the count."""
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < seconds:
+        call()
+        calls += 1
+    return (time.perf_counter() - start) / calls, calls
+
+
+def worker(threads: int, batch: int, fast: bool, seconds: float) -> dict:
+    """One setting, measured in this process with the flowcg found on ``sys.path``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from flowcg import load_target
+    from flowcg.builders import load_run
+    from flowcg.training import Trainer, TrainConfig, build_schedule
+
+    run = load_run(Path("flowcg/pretrained/aldp_implicit").resolve())
+    model, target = run.model, load_target("aldp_implicit", compile=True)
+    if fast:
+        model.use_compile()
+    config = TrainConfig(batch_size=batch, lr=1e-6, final_steps=10**9, show_progress=False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(model, target, build_schedule("constant"), config, run_dir)
+        trainer.state["beta"] = 1.0
+        model.train()
+        start = time.perf_counter()
+        trainer.train_step()
+        first_step_s = time.perf_counter() - start
+        for _ in range(2):
+            trainer.train_step()
+        step_s, steps = _timed(trainer.train_step, seconds)
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model.sample(batch)
+        first_sample_s = time.perf_counter() - start
+        model.sample(batch)
+        sample_s, calls = _timed(lambda: model.sample(batch), seconds)
+    return {
+        "threads": threads, "batch": batch, "path": "fast" if fast else "eager",
+        "step_s": step_s, "steps_per_s": 1 / step_s, "samples_per_s_training": batch / step_s, "timed_steps": steps,
+        "sample_call_s": sample_s, "samples_per_s": batch / sample_s, "timed_sample_calls": calls,
+        "first_step_s": first_step_s, "first_sample_s": first_sample_s,
+        "flow_compiled": bool(getattr(model, "compiled", False)), "forcefield_compiled": target.forcefield.compiled,
+    }
+
+
+def _measure(root: Path, implementation: str, threads: int, batch: int, fast: bool, seconds: float, cache: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(root), "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(threads), str(batch), str(int(fast)), "--seconds", str(seconds)]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"{implementation} threads={threads} batch={batch} fast={fast} failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["implementation"] = implementation
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _table(rows: list[dict]) -> str:
+    baseline = {(r["threads"], r["batch"]): r for r in rows if r["implementation"] == BASELINE_COMMIT}
+    lines = [
+        "| implementation | path | threads | batch | step (ms) | steps/s | × 5af5968 | samples/s (sampling) | × 5af5968 | first step (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = baseline[(r["threads"], r["batch"])]
+        lines.append(
+            f"| {r['implementation']} | {r['path']} | {r['threads']} | {r['batch']} | {1e3 * r['step_s']:.0f} | {r['steps_per_s']:.2f} | "
+            f"{base['step_s'] / r['step_s']:.2f} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base['samples_per_s']:.2f} | {r['first_step_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=3, type=int, metavar=("THREADS", "BATCH", "FAST"), help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=8.0, help="minimum timed wall seconds per measurement")
+    parser.add_argument("--batch", type=int, nargs="*", default=list(BATCH_SIZES))
+    parser.add_argument("--threads", type=int, nargs="*", default=list(THREADS))
+    args = parser.parse_args()
+    if args.worker:
+        threads, batch, fast = args.worker
+        print(json.dumps(worker(threads, batch, bool(fast), args.seconds)))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from flowcg.builders import cpu_model
+
+    started = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        baseline_root = Path(scratch) / "baseline"
+        baseline_root.mkdir()
+        archive = subprocess.run(["git", "archive", BASELINE_COMMIT], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline_root)], input=archive, check=True)
+        cache = str(Path(scratch) / "inductor")  # one cold cache for all: compile times as a new user sees them
+        for threads in args.threads:
+            for batch in args.batch:
+                rows.append(_measure(baseline_root, BASELINE_COMMIT, threads, batch, False, args.seconds, cache))
+                for fast in (False, True):
+                    rows.append(_measure(ROOT, "this checkout", threads, batch, fast, args.seconds, cache))
+    result = {
+        "command": "python data_free_benchmarks/flow_throughput.py " + " ".join(sys.argv[1:]),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "baseline_commit": BASELINE_COMMIT,
+        "model": "flowcg/pretrained/aldp_implicit (8 mixed spline couplings, hidden 128, 2 blocks, 8 bins)",
+        "target": "aldp_implicit, torch force field, compile=True",
+        "wall_s": time.perf_counter() - started, "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    for path, text in ((RESULTS / "flow_throughput.json", json.dumps(result, indent=2)), (RESULTS / "flow_throughput.md", _table(rows) + "\n")):
+        partial = path.with_suffix(path.suffix + ".partial")
+        partial.write_text(text)
+        os.replace(partial, path)
+    print(_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""``torch.compile`` with the eager function as its reference and its fallback.
+
+Inductor fuses the hundreds of small elementwise ops of a force-field pass or a coupling flow
+into a few loops, several times faster on CPU; but it can fail (no C++ compiler, a codegen bug)
+or, rarely, compute something else. :class:`CheckedCompile` therefore
+
+* compiles for static shapes only (``dynamic=False``: the fastest kernels) and only for the
+  calls that ``accepts`` admits, at most ``max_variants`` distinct signatures (the tensors'
+  shape, dtype and device, the other arguments' values, the grad mode), each of which costs one
+  compilation; every other call runs eagerly;
+* evaluates the first call of every signature eagerly as well and compares the two with
+  ``disagreement``; a disagreement or any exception from the compiler logs one warning and
+  turns compilation off for good, the eager result being returned.
+
+So a caller can always ask for compilation: the worst case is eager speed and a logged line.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class CheckedCompile:
+    """``fn`` through ``torch.compile(dynamic=False)``, checked against ``fn`` itself.
+
+    Args:
+        fn: a function of tensors returning a tensor or a tuple of tensors.
+        what: what ``fn`` computes, for the log ("the force field", "the flow").
+        disagreement: ``(compiled_out, eager_out) -> None`` if they agree, else a short reason.
+        accepts: ``(*args) -> bool``: whether a call may take the compiled path (default: all).
+        max_variants: input signatures compiled at most; calls with further ones run eagerly.
+
+    Examples:
+        >>> square = CheckedCompile(lambda x: x * x, "a square", lambda a, b: None, accepts=lambda x: False)
+        >>> square(torch.tensor([3.0]))   # not accepted: the eager function
+        tensor([9.])
+    """
+
+    def __init__(self, fn: Callable, what: str, disagreement: Callable, accepts: Callable[..., bool] | None = None, max_variants: int = 4):
+        self.fn, self.what, self.disagreement = fn, what, disagreement
+        self.accepts = accepts or (lambda *args: True)
+        self.max_variants = max_variants
+        self._compiled: Callable | None = torch.compile(fn, dynamic=False)
+        self._checked: set[tuple] = set()
+
+    @property
+    def active(self) -> bool:
+        """False once compilation has been turned off (a failure or a disagreement)."""
+        return self._compiled is not None
+
+    def _signature(self, args) -> tuple:
+        return tuple((tuple(a.shape), a.dtype, a.device.type) if isinstance(a, Tensor) else a for a in args), torch.is_grad_enabled()
+
+    def _turn_off(self, reason: str) -> None:
+        log.warning("torch.compile of %s: %s; evaluating eagerly from now on", self.what, reason)
+        self._compiled = None
+
+    def __call__(self, *args):
+        if self._compiled is None or not self.accepts(*args):
+            return self.fn(*args)
+        signature = self._signature(args)
+        if signature not in self._checked and len(self._checked) >= self.max_variants:
+            return self.fn(*args)
+        try:
+            out = self._compiled(*args)
+        except Exception as err:  # inductor raises many types (no compiler, codegen bugs); eager is exact
+            self._turn_off(f"failed ({_first_line(err)})")
+            return self.fn(*args)
+        if signature not in self._checked:
+            with torch.no_grad():
+                reference = self.fn(*args)
+            reason = self.disagreement(out, reference)
+            if reason is not None:
+                self._turn_off(f"disagrees with the eager evaluation ({reason})")
+                return self.fn(*args)
+            self._checked.add(signature)
+        return out
+
+
+def relative_disagreement(tolerances: dict) -> Callable:
+    """A ``disagreement`` for :class:`CheckedCompile`: the outputs (a tensor or a tuple of them)
+    agree if max |a − b| / (1 + |b|) ≤ ``tolerances[dtype]`` everywhere (NaN only where both are)."""
+
+    def disagreement(compiled, eager) -> str | None:
+        pairs = zip(compiled, eager) if isinstance(eager, tuple) else [(compiled, eager)]
+        worst = 0.0
+        for a, b in pairs:
+            a, b = a.detach(), b.detach()
+            error = ((a - b).abs() / (1 + b.abs())).nan_to_num(nan=0.0, posinf=math.inf)
+            error = torch.where(a.isnan() != b.isnan(), math.inf, error)
+            worst = max(worst, float(error.max()) if error.numel() else 0.0)
+        tolerance = tolerances.get(eager[0].dtype if isinstance(eager, tuple) else eager.dtype, max(tolerances.values()))
+        return None if worst <= tolerance else f"max relative |Δ| = {worst:.3g}"
+
+    return disagreement

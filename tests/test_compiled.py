@@ -1,0 +1,40 @@
+"""CheckedCompile: compiled when it can be, checked against eager, eager whenever it must be."""
+
+import logging
+
+import torch
+
+from flowcg.compiled import CheckedCompile
+
+
+def _double(x):
+    return 2 * x
+
+
+def _agree(a, b):
+    return None if torch.allclose(a, b) else "values differ"
+
+
+def test_failure_or_disagreement_falls_back_to_eager_for_good(caplog):
+    x = torch.arange(4.0)
+
+    def broken(x):
+        raise RuntimeError("C++ compiler not found\nlong traceback")
+
+    for fake, message in ((broken, "failed (C++ compiler not found)"), (lambda x: 3 * x, "disagrees with the eager evaluation (values differ)")):
+        kernel = CheckedCompile(_double, "a doubling", _agree)
+        kernel._compiled = fake
+        with caplog.at_level(logging.WARNING, logger="flowcg.compiled"):
+            torch.testing.assert_close(kernel(x), 2 * x)
+        assert message in caplog.text and not kernel.active
+        torch.testing.assert_close(kernel(x), 2 * x)  # stays eager
+        caplog.clear()
+
+
+def test_only_accepted_calls_and_at_most_max_variants_are_compiled():
+    calls = []
+    kernel = CheckedCompile(_double, "a doubling", _agree, accepts=lambda x: len(x) >= 3, max_variants=1)
+    kernel._compiled = lambda x: calls.append(len(x)) or 2 * x
+    for n in (2, 3, 3, 4):
+        torch.testing.assert_close(kernel(torch.ones(n)), 2 * torch.ones(n))
+    assert calls == [3, 3] and kernel.active  # n=2 not accepted, n=4 a second signature beyond max_variants
