@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from flowcg.analysis.plots import plot_run
 from flowcg.analysis.evaluate import evaluate_samples
 from flowcg.analysis.molecular import load_reference
-from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, configure_compile, build_training, describe_device, save_model, seed_everything
+from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, configure_compile, describe_device, save_model, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
-from flowcg.training import Trainer, checkpoint
-from flowcg.training.prior_refit import PriorRefitConfig, refit_slow_prior
+from flowcg.training import checkpoint
+from flowcg.training.recipe import build_phases, run_recipe
 from flowcg.training.trainer import CHECKPOINT_NAME
 
 
@@ -51,8 +51,8 @@ def train(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     target, model, device = build_target_and_model(cfg)
     configure_compile(model, cfg.compile, cfg.model.kind)
-    schedule, train_config = build_training(cfg.train)
-    refit_config = PriorRefitConfig(**OmegaConf.to_container(cfg.prior_refit))
+    phases = build_phases(OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None,
+                          OmegaConf.to_container(cfg.train, resolve=True), OmegaConf.to_container(cfg.prior_refit, resolve=True))
     if cfg.n_samples < 1:
         raise ValueError(f"n_samples must be ≥ 1, got {cfg.n_samples}")
     has_checkpoint = (run_dir / CHECKPOINT_NAME).is_file()
@@ -64,13 +64,12 @@ def train(cfg: DictConfig) -> dict:
     logger = build_logger(cfg.logger.kind, run_dir, OmegaConf.to_container(cfg, resolve=True), **OmegaConf.to_container(cfg.logger.options, resolve=True))
     setup_s = time.perf_counter() - started
     try:
-        state = Trainer(model, target, schedule, train_config, run_dir, logger).fit(resume=bool(cfg.resume))
+        result = run_recipe(model, target, phases, run_dir, cfg.seed, logger, resume=bool(cfg.resume))
         trained_at = time.perf_counter()
-        # after the checkpoint's final state, so a resumed run repeats the refit with the same random draws
-        refit = refit_slow_prior(model, target, refit_config, seed=cfg.seed) if refit_config.enabled else []
-        refit_s = time.perf_counter() - trained_at
+        final = result.train_states[-1]
+        refit_s = sum(p["wall_time_s"] for p in result.phases if p["kind"] == "refit")
         save_model(model, run_dir)
-        write_json({"stages": state["stages"], "curve": state["curve"]}, run_dir / "training.json")
+        write_json(result.history(), run_dir / "training.json")
         training_evaluations = target.n_energy_evaluations
 
         samples = draw_samples(model, target, cfg.n_samples, cfg.sample_batch_size)
@@ -83,20 +82,21 @@ def train(cfg: DictConfig) -> dict:
             "energy_evaluations_sampling": target.n_energy_evaluations - training_evaluations,
             # a warm-started run's cost includes the training of the run it started from
             "energy_evaluations_total": training_evaluations + inherited_evaluations,
-            "train_wall_time_s": state["wall_time_s"],
-            **({"prior_refit": refit, "prior_refit_wall_time_s": refit_s} if refit else {}),
-            "stages": len(state["stages"]),
-            "steps": state["step"],
-            "final_beta": state["beta"],
-            "skipped_steps": state["skipped_steps"],
-            "nonfinite_energies_training": state["nonfinite_energies"],
+            "train_wall_time_s": result.wall_time_s - refit_s,
+            **({"prior_refit": result.refits, "prior_refit_wall_time_s": refit_s} if result.refits else {}),
+            "phases": [p["kind"] for p in result.phases],
+            "stages": len(result.history()["stages"]),
+            "steps": result.total("step"),
+            "final_beta": final["beta"],
+            "skipped_steps": result.total("skipped_steps"),
+            "nonfinite_energies_training": result.total("nonfinite_energies"),
             "seed": cfg.seed,
             "dtype": cfg.dtype,
             "device": describe_device(device),
         }
-        plot_run(target, state, samples, run_dir / "plots", reference)
+        plot_run(target, {**final, **result.history()}, samples, run_dir / "plots", reference)
         # training time accumulates across resumes; setup and evaluation are this process's
-        metrics["wall_time_s"] = setup_s + state["wall_time_s"] + (time.perf_counter() - trained_at)
+        metrics["wall_time_s"] = setup_s + result.wall_time_s + (time.perf_counter() - trained_at)
         write_json(metrics, run_dir / "metrics.json")
         logger.summary(metrics)
     finally:

@@ -83,14 +83,14 @@ class TrainConfig:
             raise ValueError(f"train.final_steps must be ≥ 0, got {self.final_steps}")
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -139,7 +139,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self.state["energy_evaluations"] = self.target.n_energy_evaluations
         checkpoint.save_atomic(
-            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state, "rng": _rng_state(), "config": asdict(self.config)},
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state, "rng": rng_state(), "config": asdict(self.config)},
             self.checkpoint_path,
         )
 
@@ -151,7 +151,7 @@ class Trainer:
             group["fused"] = self._fused_adam
         self.state = saved["state"]
         self.target.n_energy_evaluations = self.state["energy_evaluations"]
-        _set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"])
         log.info("resumed from %s at step %d (stage %d, beta=%.4g)", self.checkpoint_path, self.state["step"], self.state["stage"], self.state["beta"])
 
     # ------------------------------------------------------------------ one step
