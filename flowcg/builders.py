@@ -23,6 +23,7 @@ from flowcg.flows.build import build_internal_flow
 from flowcg.targets import Target, load_target
 from flowcg.training import TrainConfig, build_schedule
 from flowcg.training import checkpoint
+from flowcg.training.recipe import build_phases
 from flowcg.training.schedules import Schedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -141,6 +142,14 @@ def build_training(cfg_train) -> tuple[Schedule, TrainConfig]:
     return build_schedule(schedule_options.pop("kind"), **schedule_options), TrainConfig(**options)
 
 
+def final_slow_components(cfg: DictConfig) -> int:
+    """Components of the slow mixture at the end of a run: those of its last prior refit (see
+    :func:`~flowcg.training.recipe.build_phases`), else the model's own."""
+    phases = build_phases(_plain(cfg.get("recipe")).get("phases"), _plain(cfg.train), _plain(cfg.get("prior_refit")))
+    refits = [p for p in phases if p.kind == "refit"]
+    return int(refits[-1].settings["n_components"]) if refits else int(cfg.model.n_components)
+
+
 @dataclass
 class Run:
     """A trained run rebuilt from its folder."""
@@ -162,6 +171,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a flowcg run folder: no {CONFIG_NAME}")
     cfg = OmegaConf.load(config_path)
+    cfg.model.n_components = final_slow_components(cfg)  # the config's own answer; no resize to fit the weights
     # the saved weights hold the fitted standardisation: no need to minimise and evaluate energies again
     target, model, torch_device = build_target_and_model(cfg, device, fit_reference=False)
     saved = checkpoint.load(run_dir / MODEL_NAME, map_location=torch_device)

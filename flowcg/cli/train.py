@@ -37,7 +37,8 @@ def _warm_start(model, init_from, load_weights: bool) -> int:
         return 0
     folder = Path(init_from)
     if load_weights:
-        model.load_state_dict(checkpoint.load(folder / MODEL_NAME)["model"])
+        weights = checkpoint.load(folder / MODEL_NAME)["model"]
+        model.match_slow_prior(weights).load_state_dict(weights)
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     inherited = int(metrics.get("energy_evaluations_total", metrics.get("energy_evaluations", 0)))
     log.info("warm start from %s (%d energy evaluations inherited)", folder, inherited)
@@ -51,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     target, model, device = build_target_and_model(cfg)
     configure_compile(model, cfg.compile, cfg.model.kind)
-    phases = build_phases(OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None,
+    phases = build_phases(OmegaConf.to_container(cfg.recipe.phases, resolve=True),
                           OmegaConf.to_container(cfg.train, resolve=True), OmegaConf.to_container(cfg.prior_refit, resolve=True))
     if cfg.n_samples < 1:
         raise ValueError(f"n_samples must be ≥ 1, got {cfg.n_samples}")

@@ -87,13 +87,16 @@ class StructuredFlow(nn.Module):
     def slow_dim(self) -> int:
         return self.latent.slow_dim
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """As ``nn.Module.load_state_dict``, except that the slow mixture takes its number of
-        components from the weights: a prior refit (:mod:`flowcg.training.prior_refit`) changes it."""
+    def match_slow_prior(self, state_dict) -> "StructuredFlow":
+        """Give the slow mixture as many components as ``state_dict`` holds, in place, before loading it.
+
+        A prior refit (:mod:`flowcg.training.prior_refit`) changes the number; resuming a recipe or
+        warm-starting from a refit run calls this explicitly (``load_state_dict`` itself refuses a
+        mismatch). The parameters keep their identity, so an optimiser holding them stays valid."""
         saved_logits = state_dict.get("latent.slow.logits")
         if saved_logits is not None and saved_logits.shape[0] != self.latent.slow.n_components:
             self.latent.slow.resize_(saved_logits.shape[0])
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return self
 
     def push(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Latents z (B, dim) ↦ configurations x and their log q(x), differentiable."""

@@ -121,7 +121,7 @@ def run_recipe(model: StructuredFlow, target: Target, phases: list[Phase], run_d
     result, start = RecipeResult(), 0
     if resume and state_path.is_file():
         saved = checkpoint.load(state_path, map_location=next(model.parameters()).device)
-        model.load_state_dict(saved["model"])
+        model.match_slow_prior(saved["model"]).load_state_dict(saved["model"])
         target.n_energy_evaluations = saved["energy_evaluations"]
         set_rng_state(saved["rng"])
         result.phases, start = saved["phases"], len(saved["phases"])

@@ -145,7 +145,7 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         saved = checkpoint.load(self.checkpoint_path, map_location=next(self.model.parameters()).device)
-        self.model.load_state_dict(saved["model"])
+        self.model.match_slow_prior(saved["model"]).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         for group in self.optimizer.param_groups:  # the saved groups carry the saving run's choice
             group["fused"] = self._fused_adam

@@ -15,6 +15,9 @@ from test_train_sample import _run  # the tests folder has no __init__: pytest p
 TINY_MOLECULE = [
     "logger=none", "train.batch_size=32", "train.steps_per_stage=3", "train.final_steps=6", "train.max_stages=2",
     "train.eval_batch_size=64", "train.checkpoint_every=2", "n_samples=200", "model.hidden=16", "model.n_couplings=2",
+    # the experiment's recipe in miniature: train, refit the slow prior, train on at beta = 1 half conditionally
+    "recipe.phases=[{kind:train},{kind:refit,n_components:3,n_samples:200,batch_size:100},"
+    "{kind:train,schedule:{kind:constant},final_steps:2,slow_uniform_fraction:0.5}]",
 ]
 
 
@@ -28,12 +31,13 @@ def vacuum_run(tmp_path_factory):
 
 def test_vacuum_training_runs_end_to_end_and_resumes(vacuum_run):
     metrics = json.loads((vacuum_run / "metrics.json").read_text())
-    assert metrics["steps"] == 3 + 6 and np.isfinite(metrics["log_z"])
+    assert metrics["phases"] == ["train", "refit", "train"] and metrics["steps"] == 3 + 6 + 2 and np.isfinite(metrics["log_z"])
+    assert len(metrics["prior_refit"]) == 1
     assert {"fraction_d", "basin_beta_rw", "basin_alpha_L"} <= set(metrics)
     (vacuum_run / "model.pt").unlink()  # as if killed after the final checkpoint, before the model was written
     result = _run("flowcg-train", "experiment=aldp_vacuum", f"hydra.run.dir={vacuum_run}", "resume=true", *TINY_MOLECULE)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((vacuum_run / "metrics.json").read_text())["steps"] == 9
+    assert json.loads((vacuum_run / "metrics.json").read_text())["steps"] == 11
 
 
 def test_sampling_a_molecule_writes_trajectory_weights_and_cv_report(vacuum_run, tmp_path):
