@@ -121,7 +121,8 @@ ARMS = {
 
 def train(name: str, run_dir: Path) -> None:
     resume = ["resume=true"] if (run_dir / "checkpoint.pt").is_file() else []
-    command = [str(BIN / "flowcg-train"), *ARMS[name], "logger=none", "n_samples=10000", f"hydra.run.dir={run_dir}", *resume]
+    # each arm is one run of the lineage that conf/recipe/aldp.yaml now runs as a single recipe
+    command = [str(BIN / "flowcg-train"), *ARMS[name], "recipe=plain", "logger=none", "n_samples=10000", f"hydra.run.dir={run_dir}", *resume]
     if name == "no_tempering":  # same number of optimisation steps as the tempered run's stages + final stage
         tempered = json.loads((run_dir.parent / "atan_slow_prior" / "metrics.json").read_text())
         command.append(f"train.final_steps={tempered['steps']}")
