@@ -21,10 +21,8 @@ from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.flows import StructuredFlow, build_flow
 from flowcg.flows.build import build_internal_flow
 from flowcg.targets import Target, load_target
-from flowcg.training import TrainConfig, build_schedule
 from flowcg.training import checkpoint
 from flowcg.training.recipe import build_phases
-from flowcg.training.schedules import Schedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONFIG_NAME = "config.yaml"
@@ -133,13 +131,6 @@ def configure_compile(model: StructuredFlow, setting, model_kind: str) -> Struct
     if setting not in COMPILE_SETTINGS:
         raise ValueError(f"compile must be one of auto, true, false; got {setting!r}")
     return model.use_compile(setting is True or (setting == "auto" and model_kind == "internal"))
-
-
-def build_training(cfg_train) -> tuple[Schedule, TrainConfig]:
-    """Tempering schedule and optimisation settings from the ``train`` config."""
-    options = _plain(cfg_train)
-    schedule_options = options.pop("schedule")
-    return build_schedule(schedule_options.pop("kind"), **schedule_options), TrainConfig(**options)
 
 
 def final_slow_components(cfg: DictConfig) -> int:

@@ -66,8 +66,8 @@ class StructuredFlow(nn.Module):
         self._latent_log_prob: CheckedCompile | None = None
 
     def use_compile(self, enabled: bool = True, min_batch: int = 256) -> "StructuredFlow":
-        """Evaluate the coupling splines of batches of ≥ ``min_batch`` through a compiled kernel
-        (module docstring), or eagerly again (``enabled=False``); returns self."""
+        """Evaluate the latent density and the coupling splines of batches of ≥ ``min_batch`` through
+        compiled kernels (module docstring), or eagerly again (``enabled=False``); returns self."""
         kernel = compiled_spline(min_batch) if enabled else None
         for layer in self.bijection.modules():
             if hasattr(layer, "spline_kernel"):
@@ -79,9 +79,9 @@ class StructuredFlow(nn.Module):
 
     @property
     def compiled(self) -> bool:
-        """Whether some coupling layer evaluates its splines through an active compiled kernel."""
-        kernels = [layer.spline_kernel for layer in self.bijection.modules() if getattr(layer, "spline_kernel", None) is not None]
-        return any(kernel.active for kernel in kernels + [self._latent_log_prob] if kernel is not None)
+        """Whether some part of the push-forward goes through an active compiled kernel."""
+        kernels = [getattr(layer, "spline_kernel", None) for layer in self.bijection.modules()] + [self._latent_log_prob]
+        return any(kernel.active for kernel in kernels if kernel is not None)
 
     @property
     def slow_dim(self) -> int:

@@ -2,9 +2,9 @@
 
 A model that took several warm-started runs (train, continue at β = 1, refit the slow prior,
 train conditionally, refit again, …) is one ``flowcg-train`` command once its phases are written
-down as ``recipe`` (a list in ``conf/train.yaml`` or an experiment preset)::
+down as ``recipe.phases`` (the config group ``conf/recipe``: ``plain``, ``aldp``)::
 
-    recipe:
+    phases:
       - {kind: train}                                              # the run's train settings
       - {kind: train, schedule: {kind: constant}, final_steps: 2500, batch_size: 1024, lr: 2.0e-4}
       - {kind: refit, n_components: 24, rounds: 2}
@@ -35,7 +35,7 @@ from flowcg.flows.model import StructuredFlow
 from flowcg.targets.base import Target
 from flowcg.training import checkpoint
 from flowcg.training.prior_refit import PriorRefitConfig, refit_slow_prior
-from flowcg.training.schedules import build_schedule
+from flowcg.training.schedules import Schedule, build_schedule
 from flowcg.training.trainer import CHECKPOINT_NAME, MetricLogger, TrainConfig, Trainer, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,13 @@ class Phase:
     settings: dict
 
 
+def build_training(settings: dict) -> tuple[Schedule, TrainConfig]:
+    """Tempering schedule and optimisation settings from ``train`` settings (``schedule`` holds the schedule's)."""
+    options = dict(settings)
+    schedule = dict(options.pop("schedule"))
+    return build_schedule(schedule.pop("kind"), **schedule), TrainConfig(**options)
+
+
 def build_phases(recipe: list[dict] | None, train: dict, prior_refit: dict) -> list[Phase]:
     """The phases of a recipe, each validated now (a typo fails before any training)."""
     if not recipe:
@@ -62,12 +69,9 @@ def build_phases(recipe: list[dict] | None, train: dict, prior_refit: dict) -> l
         kind = entry.pop("kind", None)
         if kind not in PHASE_KINDS:
             raise ValueError(f"recipe phase {index}: kind must be one of {', '.join(PHASE_KINDS)}, got {kind!r}")
-        settings = {**(train if kind == "train" else prior_refit), **entry}
+        settings = {**(train if kind == "train" else prior_refit), **entry}  # a phase's schedule replaces the run's whole
         if kind == "train":
-            schedule = dict(settings.pop("schedule"))
-            build_schedule(schedule.pop("kind"), **schedule)
-            TrainConfig(**settings)
-            settings["schedule"] = {**entry.get("schedule", train["schedule"])}
+            build_training(settings)
         elif not PriorRefitConfig(**settings).enabled:
             raise ValueError(f"recipe phase {index}: a refit needs n_components > 0")
         phases.append(Phase(kind, settings))
@@ -94,8 +98,12 @@ class RecipeResult:
         return sum(state[key] for state in self.train_states)
 
     @property
-    def wall_time_s(self) -> float:
-        return sum(p["state"]["wall_time_s"] if p["kind"] == "train" else p["wall_time_s"] for p in self.phases)
+    def train_wall_time_s(self) -> float:
+        return self.total("wall_time_s")
+
+    @property
+    def refit_wall_time_s(self) -> float:
+        return sum(p["wall_time_s"] for p in self.phases if p["kind"] == "refit")
 
     def history(self) -> dict:
         """Stages and loss curve of all train phases, steps counted through the recipe."""
@@ -129,10 +137,8 @@ def run_recipe(model: StructuredFlow, target: Target, phases: list[Phase], run_d
     for index in range(start, len(phases)):
         phase = phases[index]
         if phase.kind == "train":
-            settings = dict(phase.settings)
-            schedule = dict(settings.pop("schedule"))
             phase_dir = _phase_dir(run_dir, index)
-            trainer = Trainer(model, target, build_schedule(schedule.pop("kind"), **schedule), TrainConfig(**settings), phase_dir, logger)
+            trainer = Trainer(model, target, *build_training(phase.settings), phase_dir, logger)
             # phase 0 must have a checkpoint to resume from (a clear error otherwise); a later
             # phase may not have started yet when the run was killed
             state = trainer.fit(resume=resume and (index == 0 or (phase_dir / CHECKPOINT_NAME).is_file()))
