@@ -1,9 +1,14 @@
 """Active learning of a CG potential for alanine dipeptide: AL against a static MD and random selection.
 
     .venv/bin/python data_free_benchmarks/al_aldp.py --reference outputs/reference/aldp_implicit_cg.npz [--jobs 2] [--seeds 0 1 2]
+        [--launcher joblib|submitit_local|submitit_slurm|basic] [-o hydra.launcher.partition=cpu ...]
 
 Arms (each a real ``flowcg-al`` run in ``data_free_benchmarks/runs/al_aldp/<arm>/seed<s>``, git-ignored;
-rerunning resumes unfinished runs from their journals and skips finished ones):
+rerunning resumes unfinished runs from their journals and skips finished ones). The runs are one
+Hydra multirun of ``flowcg-al`` over ``+al_arm=<arms> seed=<seeds>`` (the arms' overrides are the
+config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--launcher``
+(``conf/hydra/launcher/``; joblib: ``--jobs`` runs at a time, one thread each). Each run's log is
+``<run>/al.log``; the multirun's output is appended to ``runs/al_aldp/multirun.log``.
 
 * ``al``: ``experiment=al_aldp``, the RMSD-coverage strategy with the flow oracle;
 * ``al_threshold_0.01``: the same with a 0.01 nm coverage threshold (at 0.02 nm the simulated
@@ -32,41 +37,75 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 RUNS = HERE / "runs" / "al_aldp"
+ARM_CONFIGS = HERE / "conf" / "al_arm"
 
 INITIAL_FRAMES, ROUNDS, QUERIES, DRAWS = 500, 4, 25, 32
 BUDGET = INITIAL_FRAMES + ROUNDS * QUERIES * DRAWS
-#: the final CG MD, which only serves the evaluation, runs 30 ps per replica instead of 6 ps
-FINAL = ["simulation.final_n_steps=15000"]
-ARMS = {
-    "al": ["experiment=al_aldp", *FINAL],
-    # a lower coverage threshold, so that AL spends the whole label budget like the other arms
-    "al_threshold_0.01": ["experiment=al_aldp", "strategy.threshold_nm=0.01", *FINAL],
-    "random": ["experiment=al_aldp", "strategy=random", *FINAL],
-    "static": ["experiment=al_aldp", "loop.rounds=0", f"initial.n_frames={BUDGET}", *FINAL],
-}
+#: overrides of every arm; the final CG MD, which only serves the evaluation, runs 30 ps per replica instead of 6 ps
+COMMON = ["experiment=al_aldp", "simulation.final_n_steps=15000"]
+#: the arms, each a config of the group al_arm (data_free_benchmarks/conf/al_arm/<arm>.yaml):
+#: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
+#: other arms; random: strategy=random; static: loop.rounds=0 and initial.n_frames = BUDGET
+ARMS = ["al", "al_threshold_0.01", "random", "static"]
+LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 
-def run_arm(arm: str, seed: int, reference: Path) -> dict:
-    run_dir = RUNS / arm / f"seed{seed}"
-    summary = run_dir / "metrics.json"
-    if not summary.is_file():
-        started = time.perf_counter()
-        command = [str(BIN / "flowcg-al"), *ARMS[arm], f"seed={seed}", f"reference={reference}", f"hydra.run.dir={run_dir}"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        with open(RUNS / f"{arm}_seed{seed}.log", "a") as log:
-            subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
-        data = json.loads(summary.read_text())
-        data["benchmark_wall_s"] = time.perf_counter() - started
-        summary.write_text(json.dumps(data, indent=2))
-    data = json.loads(summary.read_text())
+class BenchmarkWallTime(Callback):
+    """Hydra callback of the multirun: adds each finished job's wall time to its metrics.json
+    (``benchmark_wall_s``). It runs inside the jobs, which import this file as the module ``al_aldp``
+    (the multirun's PYTHONPATH starts with this folder)."""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        self._started = time.perf_counter()
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        summary = Path(config.hydra.runtime.output_dir) / "metrics.json"
+        if job_return.status == JobStatus.COMPLETED and summary.is_file():
+            data = json.loads(summary.read_text())
+            data["benchmark_wall_s"] = time.perf_counter() - self._started
+            summary.write_text(json.dumps(data, indent=2))
+
+
+def sweeps(pending: list[tuple[str, int]]) -> list[tuple[list[str], list[int]]]:
+    """The unfinished (arm, seed) runs as few arms × seeds products (one multirun each): all of them
+    at first, a product per distinct set of unfinished seeds after a partial run."""
+    by_arm: dict[str, tuple[int, ...]] = {}
+    for arm, seed in pending:
+        by_arm[arm] = by_arm.get(arm, ()) + (seed,)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for arm, seeds in by_arm.items():
+        groups.setdefault(seeds, []).append(arm)
+    return [(arms, list(seeds)) for seeds, arms in groups.items()]
+
+
+def multirun_command(arms: list[str], seeds: list[int], reference: Path, launcher: str, jobs: int, overrides: list[str]) -> list[str]:
+    """``flowcg-al -m`` over arms × seeds, each run in RUNS/<arm>/seed<s>."""
+    per_launcher = {"joblib": [f"hydra.launcher.n_jobs={jobs}"],
+                    "submitit_local": ["hydra.launcher.cpus_per_task=1"],
+                    "submitit_slurm": [f"hydra.launcher.array_parallelism={jobs}", "hydra.launcher.cpus_per_task=1"]}
+    return [
+        str(BIN / "flowcg-al"), "-m", *COMMON, f"reference='{reference}'",
+        f"+al_arm={','.join(arms)}", f"seed={','.join(map(str, seeds))}",
+        f"hydra.searchpath=['file://{HERE / 'conf'}']",
+        f"hydra.sweep.dir='{RUNS}'", "hydra.sweep.subdir=${hydra:runtime.choices.al_arm}/seed${seed}",
+        "+hydra.callbacks.benchmark_wall_time._target_=al_aldp.BenchmarkWallTime",
+        *([] if launcher == "basic" else [f"hydra/launcher={launcher}", *per_launcher.get(launcher, [])]),
+        *overrides,
+    ]
+
+
+def read_arm(arm: str, seed: int) -> dict:
+    data = json.loads((RUNS / arm / f"seed{seed}" / "metrics.json").read_text())
     final = data["rounds"][-1]
     return {"arm": arm, "seed": seed, "w1": final["w1"], "w1_tic0": final["w1_tic0"], "w1_tic1": final["w1_tic1"],
             "kl64": final["kl64"], "basins": {k[6:]: final[k] for k in final if k.startswith("basin_")},
@@ -78,12 +117,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, required=True, help="CG reference npz (flowcg.active.evaluate.save_cg_reference)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each): joblib's n_jobs, "
+                        "Slurm's array parallelism; submitit_local starts all at once, basic one after another")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="joblib", help="Hydra launcher of the multirun (conf/hydra/launcher)")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Hydra override of the multirun, e.g. hydra.launcher.partition=cpu (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the multirun commands of the unfinished runs and stop")
     args = parser.parse_args()
-    RUNS.mkdir(parents=True, exist_ok=True)
+    if OmegaConf.load(ARM_CONFIGS / "static.yaml").initial.n_frames != BUDGET:
+        sys.exit(f"{ARM_CONFIGS / 'static.yaml'}: initial.n_frames must be the label budget {BUDGET}")
     jobs = [(arm, seed) for seed in args.seeds for arm in ARMS]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda job: run_arm(*job, args.reference.resolve()), jobs))
+    pending = [(arm, seed) for arm, seed in jobs if not (RUNS / arm / f"seed{seed}" / "metrics.json").is_file()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    for arms, seeds in sweeps(pending):
+        command = multirun_command(arms, seeds, args.reference.resolve(), args.launcher, args.jobs, args.override)
+        print(" ".join(command), flush=True)
+        if not args.dry_run:
+            RUNS.mkdir(parents=True, exist_ok=True)
+            with open(RUNS / "multirun.log", "a") as log:
+                subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if args.dry_run:
+        return
+    rows = [read_arm(arm, seed) for arm, seed in jobs]
     arms = {}
     for arm in ARMS:
         mine = [r for r in rows if r["arm"] == arm]

@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowcg.coordinates.harmonic import harmonic_reference, minimized_positions, unfitted_reference
 from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.errors import ConfigError, MissingFileError, build_from_options
 from flowcg.flows import StructuredFlow, build_flow
 from flowcg.flows.build import build_internal_flow
+from flowcg.io import load_torch, save_atomic
 from flowcg.targets import Target, load_target
-from flowcg.training import checkpoint
 from flowcg.training.recipe import build_phases
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -36,13 +37,13 @@ def _plain(section) -> dict:
 def resolve_device(name: str) -> torch.device:
     """torch device from a config string; a clear error if CUDA is asked for but absent."""
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available on this machine")
+        raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
     return torch.device(name)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
 
 
@@ -70,7 +71,12 @@ def describe_device(device: torch.device) -> str:
 
 
 def build_target(cfg_target) -> Target:
-    """Target from ``{name, options}``."""
+    """Target from ``{name, options}``; an option its config leaves required (``???``, e.g.
+    ``target.options.path`` of ``target=molecule``) is a one-line error naming the key to set."""
+    if isinstance(cfg_target, DictConfig) and (missing := sorted(OmegaConf.missing_keys(cfg_target))):
+        raise ConfigError(
+            f"target '{cfg_target.get('name')}' needs {', '.join(missing)}: set it on the command line ({missing[0]}=...)"
+        )
     return load_target(cfg_target["name"], **_plain(cfg_target.get("options")))
 
 
@@ -84,13 +90,13 @@ def build_internal_model(target: Target, fit_reference: bool = True, **options) 
     ``fit_reference=False`` skips the minimisation and the curvature evaluations, for a model
     whose weights (standardisation included) are loaded next."""
     if getattr(target, "topology", None) is None:
-        raise ValueError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
+        raise ConfigError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
     transform = InternalCoordinateTransform.from_topology(target.topology)
     if fit_reference:
         reference = harmonic_reference(target.energy, transform, minimized_positions(target.system, target.positions))
     else:
         reference = unfitted_reference(transform)
-    return build_internal_flow(transform, reference, **options)
+    return build_from_options(build_internal_flow, "model", options, transform, reference)
 
 
 def build_model(cfg_model, target: Target, fit_reference: bool = True) -> StructuredFlow:
@@ -100,15 +106,15 @@ def build_model(cfg_model, target: Target, fit_reference: bool = True) -> Struct
     options = _plain(cfg_model)
     kind = options.pop("kind", "structured")
     if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind '{kind}'; choose one of {', '.join(MODEL_KINDS)}")
+        raise ConfigError(f"unknown model kind '{kind}'; choose one of {', '.join(MODEL_KINDS)}")
     if kind == "internal":
         return build_internal_model(target, fit_reference, **options)
     if len(target.event_shape) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"target '{target.name}' has configurations of shape {target.event_shape}; "
             "use model=internal (a flow on internal coordinates) for molecules"
         )
-    return build_flow(dim=target.dim, **options)
+    return build_from_options(build_flow, "model", {"dim": target.dim, **options})
 
 
 def build_target_and_model(cfg, device: str | None = None, fit_reference: bool = True) -> tuple[Target, StructuredFlow, torch.device]:
@@ -129,7 +135,7 @@ def configure_compile(model: StructuredFlow, setting, model_kind: str) -> Struct
     the splines are most of a step) and off for the small vector flows, which a compilation of
     several seconds would only slow down."""
     if setting not in COMPILE_SETTINGS:
-        raise ValueError(f"compile must be one of auto, true, false; got {setting!r}")
+        raise ConfigError(f"compile must be one of auto, true, false; got {setting!r}")
     return model.use_compile(setting is True or (setting == "auto" and model_kind == "internal"))
 
 
@@ -152,7 +158,7 @@ class Run:
 
 
 def save_model(model: StructuredFlow, run_dir: Path) -> None:
-    checkpoint.save_atomic({"model": model.state_dict()}, run_dir / MODEL_NAME)
+    save_atomic({"model": model.state_dict()}, run_dir / MODEL_NAME)
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> Run:
@@ -160,12 +166,12 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a flowcg run folder: no {CONFIG_NAME}")
+        raise MissingFileError(f"{run_dir} is not a flowcg run folder: no {CONFIG_NAME}")
     cfg = OmegaConf.load(config_path)
     cfg.model.n_components = final_slow_components(cfg)  # the config's own answer; no resize to fit the weights
     # the saved weights hold the fitted standardisation: no need to minimise and evaluate energies again
     target, model, torch_device = build_target_and_model(cfg, device, fit_reference=False)
-    saved = checkpoint.load(run_dir / MODEL_NAME, map_location=torch_device)
+    saved = load_torch(run_dir / MODEL_NAME, map_location=torch_device, what="model file")
     model.load_state_dict(saved["model"])
     model.eval()
     return Run(config=cfg, target=target, model=model, device=torch_device)

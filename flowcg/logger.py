@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from flowcg.errors import ConfigError, build_from_options
+
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -32,7 +34,7 @@ class WandbLogger:
 
     def __init__(self, run_dir: Path, config: dict, project: str = "flowcg", mode: str = "offline", name: str | None = None, tags: list | None = None):
         if mode not in WANDB_MODES:
-            raise ValueError(f"unknown wandb mode '{mode}'; choose one of {', '.join(WANDB_MODES)}")
+            raise ConfigError(f"unknown wandb mode '{mode}'; choose one of {', '.join(WANDB_MODES)}")
         os.environ.setdefault("WANDB_SILENT", "true")
         if mode != "online":
             # no network, no login prompt: offline runs never contact the server
@@ -62,5 +64,5 @@ def build_logger(kind: str, run_dir: Path, config: dict, **options) -> NullLogge
     if kind == "none":
         return NullLogger()
     if kind == "wandb":
-        return WandbLogger(run_dir, config, **options)
-    raise ValueError(f"unknown logger '{kind}'; choose 'wandb' or 'none'")
+        return build_from_options(WandbLogger, "logger.options", options, run_dir, config)
+    raise ConfigError(f"unknown logger '{kind}'; choose 'wandb' or 'none'")

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from flowcg.analysis.molecular import load_reference
 from flowcg.builders import CONFIG_NAME, MODEL_NAME, Run, load_run
-from flowcg.training import checkpoint
+from flowcg.errors import MissingFileError
+from flowcg.io import load_torch, save_atomic
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 REFERENCE_NAME = "reference.npz"
@@ -31,7 +32,7 @@ def pretrained_dir(name: str) -> Path:
     """Folder of the shipped model ``name``; a clear error naming the available ones otherwise."""
     folder = PRETRAINED_DIR / name
     if not (folder / MODEL_NAME).is_file():
-        raise FileNotFoundError(f"no pretrained model '{name}'; available: {', '.join(available()) or 'none'}")
+        raise MissingFileError(f"no pretrained model '{name}'; available: {', '.join(available()) or 'none'}")
     return folder
 
 
@@ -56,8 +57,8 @@ def publish(run_dir: str | Path, name: str, reference: tuple[np.ndarray, np.ndar
         cfg.init_from = None  # likewise; the provenance names the run it was warm-started from
     cfg.logger = {"kind": "none", "options": {}}
     OmegaConf.save(cfg, folder / CONFIG_NAME)
-    state = checkpoint.load(run_dir / MODEL_NAME)["model"]
-    checkpoint.save_atomic({"model": {k: v.float() if v.is_floating_point() else v for k, v in state.items()}}, folder / MODEL_NAME)
+    state = load_torch(run_dir / MODEL_NAME, what="model file")["model"]
+    save_atomic({"model": {k: v.float() if v.is_floating_point() else v for k, v in state.items()}}, folder / MODEL_NAME)
     if reference is not None:
         np.savez_compressed(folder / REFERENCE_NAME, phi=reference[0].astype(np.float32), psi=reference[1].astype(np.float32))
     (folder / "PROVENANCE.md").write_text(provenance)

@@ -20,6 +20,7 @@ from mdtraj.geometry.dihedral import indices_phi, indices_psi
 from flowcg.cg.mapping import CGMapping
 from flowcg.coordinates.geometry import dihedral
 from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.errors import ConfigError
 
 __all__ = ["TorsionBackmapper"]
 
@@ -36,13 +37,13 @@ class TorsionBackmapper:
 
     def __init__(self, transform: InternalCoordinateTransform, template_nm: np.ndarray, mapping: CGMapping):
         if transform.phi_index is None or transform.psi_index is None:
-            raise ValueError("the internal-coordinate map has no single φ and ψ torsion to set")
+            raise ConfigError("the internal-coordinate map has no single φ and ψ torsion to set")
         bead_of_atom = {int(a): i for i, a in enumerate(mapping.bead_atoms)}
         quads = []
         for quad in (indices_phi(mapping.topology)[0], indices_psi(mapping.topology)[0]):
             missing = [int(a) for a in quad if int(a) not in bead_of_atom]
             if missing:
-                raise ValueError(f"the CG mapping lacks backbone atoms {missing}: its frames do not fix φ and ψ")
+                raise ConfigError(f"the CG mapping lacks backbone atoms {missing}: its frames do not fix φ and ψ")
             quads.append([bead_of_atom[int(a)] for a in quad])
         self.transform = transform
         self.torsion_beads = torch.as_tensor(quads, dtype=torch.long)  # (2, 4): φ, ψ

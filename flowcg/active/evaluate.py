@@ -20,6 +20,7 @@ from flowcg.active.backmap import TorsionBackmapper
 from flowcg.analysis.ramachandran import basin_populations, plot_ramachandran, ramachandran_kl
 from flowcg.analysis.w1 import fit_cg_tica, w1_tica
 from flowcg.cg.mapping import CGMapping
+from flowcg.errors import ConfigError, MissingFileError
 
 __all__ = ["CGReference", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference"]
 
@@ -53,12 +54,12 @@ def save_cg_reference(folder: str | Path, mapping: CGMapping, path: str | Path, 
     folder = Path(folder)
     trajectory, topology = folder / "trajectory.dcd", folder / "topology.pdb"
     if not trajectory.is_file() or not topology.is_file():
-        raise FileNotFoundError(f"no reference MD in {folder} (needs trajectory.dcd and topology.pdb from flowcg-reference)")
+        raise MissingFileError(f"no reference MD in {folder} (needs trajectory.dcd and topology.pdb from flowcg-reference)")
     with np.load(folder / "reference.npz") as committed:
         n_frames = len(committed["phi"])
     traj = md.load_dcd(str(trajectory), top=str(topology))[:n_frames:stride]
     if traj.n_atoms != mapping.n_atoms:
-        raise ValueError(f"reference has {traj.n_atoms} atoms, the mapping expects {mapping.n_atoms}")
+        raise ConfigError(f"reference has {traj.n_atoms} atoms, the mapping expects {mapping.n_atoms}")
     np.savez_compressed(path, cg_frames_nm=mapping.map_positions(traj.xyz).astype(np.float32), bead_atoms=mapping.bead_atoms)
     return Path(path)
 
@@ -67,11 +68,11 @@ def load_cg_reference(path: str | Path, mapping: CGMapping, backmapper: TorsionB
     """The CG reference saved by :func:`save_cg_reference`, with its TICA and (φ, ψ)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no CG reference at {path} (write one with flowcg.active.evaluate.save_cg_reference)")
+        raise MissingFileError(f"no CG reference at {path} (write one with flowcg.active.evaluate.save_cg_reference)")
     with np.load(path) as saved:
         frames, bead_atoms = saved["cg_frames_nm"].astype(np.float64), saved["bead_atoms"]
     if not np.array_equal(bead_atoms, mapping.bead_atoms):
-        raise ValueError(f"the CG reference {path} maps atoms {bead_atoms.tolist()}, the loop's mapping {mapping.bead_atoms.tolist()}")
+        raise ConfigError(f"the CG reference {path} maps atoms {bead_atoms.tolist()}, the loop's mapping {mapping.bead_atoms.tolist()}")
     phi, psi = backmapper.torsions(frames).numpy().T
     return CGReference(frames, fit_cg_tica(frames, lag_frames), phi, psi, lag_frames)
 

@@ -30,6 +30,7 @@ from flowcg.active.backmap import TorsionBackmapper
 from flowcg.active.labels import Labels
 from flowcg.cg.mapping import CGMapping
 from flowcg.coordinates.geometry import wrap
+from flowcg.errors import ConfigError
 from flowcg.flows.model import StructuredFlow
 
 __all__ = ["FlowOracle"]
@@ -54,9 +55,9 @@ class FlowOracle:
 
     name = "flow"
 
-    def __init__(self, model: StructuredFlow, target, mapping: CGMapping, backmapper: TorsionBackmapper, samples_per_query: int = 16):
+    def __init__(self, model: StructuredFlow, target, mapping: CGMapping, backmapper: TorsionBackmapper, samples_per_query: int = 32):
         if samples_per_query < 1:
-            raise ValueError(f"samples_per_query must be ≥ 1, got {samples_per_query}")
+            raise ConfigError(f"samples_per_query must be ≥ 1, got {samples_per_query}")
         self.model = model.eval()
         self.target = target
         self.mapping = mapping
@@ -102,7 +103,7 @@ class FlowOracle:
         """The draws' (φ, ψ) must be the queries': the flow oracle is exact only if they are."""
         error = float(wrap(got - wanted).abs().max()) if len(got) else 0.0
         if error > TORSION_TOLERANCE:
-            raise ValueError(f"the flow moved the slow torsions by up to {error:.3g} rad: the flow oracle needs a model "
+            raise ConfigError(f"the flow moved the slow torsions by up to {error:.3g} rad: the flow oracle needs a model "
                              "whose slow latents are (φ, ψ) and stay fixed (transform_slow: false)")
 
 

@@ -9,11 +9,11 @@ is the initial labels plus the files of the rounds whose ``add`` step is journal
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from flowcg.training.checkpoint import save_json_atomic
+from flowcg.errors import UnreadableFileError
+from flowcg.io import load_json, save_json_atomic
 
 __all__ = ["Journal"]
 
@@ -23,7 +23,13 @@ class Journal:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.entries: list[dict] = json.loads(self.path.read_text())["entries"] if self.path.is_file() else []
+        self.entries: list[dict] = self._read() if self.path.is_file() else []
+
+    def _read(self) -> list[dict]:
+        document = load_json(self.path, what="loop journal")
+        if not isinstance(document, dict) or not isinstance(document.get("entries"), list):
+            raise UnreadableFileError(f"{self.path}: not a loop journal (no list of entries)")
+        return document["entries"]
 
     def done(self, round_index: int, step: str) -> bool:
         return any(e["round"] == round_index and e["step"] == step for e in self.entries)

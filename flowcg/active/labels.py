@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from flowcg.training.checkpoint import save_npz_atomic
+from flowcg.io import load_npz, save_npz_atomic
 
 __all__ = ["Labels", "Oracle"]
 
@@ -93,8 +93,7 @@ class Labels:
 
     @classmethod
     def load(cls, path: str | Path) -> "Labels":
-        with np.load(path) as data:
-            values = {f.name: data[f.name] for f in fields(cls)}
+        values = load_npz(path, what="label file", keys=[f.name for f in fields(cls)])
         values["n_energy_evaluations"] = int(values["n_energy_evaluations"])
         values["wall_s"] = float(values["wall_s"])
         return cls(**values)

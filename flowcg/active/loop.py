@@ -38,7 +38,8 @@ from flowcg.cg.prior import fit_prior
 from flowcg.cg.schnet import CGSchNet
 from flowcg.cg.simulate import LangevinBAOAB
 from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
-from flowcg.training.checkpoint import load, save_atomic, save_json_atomic, save_npz_atomic
+from flowcg.errors import ConfigError
+from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic
 
 __all__ = ["ActiveLearningLoop", "LoopOptions", "ModelOptions", "SimulationOptions"]
 
@@ -51,11 +52,11 @@ STEPS = ("train", "simulate", "evaluate", "select", "query", "add")
 class ModelOptions:
     """CGSchNet size and prior (see :class:`~flowcg.cg.schnet.CGSchNet`, :func:`~flowcg.cg.prior.fit_prior`)."""
 
-    hidden: int = 64
-    n_filters: int = 64
-    n_rbf: int = 32
+    hidden: int = 32
+    n_filters: int = 32
+    n_rbf: int = 16
     cutoff: float = 1.2
-    n_interactions: int = 3
+    n_interactions: int = 2
     dihedral_prior: bool = False
     dtype: str = "float32"
 
@@ -70,8 +71,8 @@ class SimulationOptions:
     longer with ``final_n_steps``."""
 
     n_replicas: int = 64
-    n_steps: int = 5000
-    save_every: int = 50
+    n_steps: int = 3000
+    save_every: int = 30
     burn_in_saves: int = 10
     timestep_ps: float = 0.002
     friction_per_ps: float = 1.0
@@ -80,7 +81,7 @@ class SimulationOptions:
 
     def __post_init__(self):
         if self.start_from not in ("initial", "data"):
-            raise ValueError(f"simulation.start_from must be 'initial' (frames of the initial data) or 'data' (all labels so far), got '{self.start_from}'")
+            raise ConfigError(f"simulation.start_from must be 'initial' (frames of the initial data) or 'data' (all labels so far), got '{self.start_from}'")
 
 
 @dataclass
@@ -122,10 +123,10 @@ class ActiveLearningLoop:
                  initial: Labels, options: LoopOptions, model_options: ModelOptions, simulation: SimulationOptions,
                  reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None):
         if options.fit.energy_weight > 0 and initial_tica is None:
-            raise ValueError("energy matching needs the TICA model of the initial data")
+            raise ConfigError("energy matching needs the TICA model of the initial data")
         self.uses_committee = getattr(strategy, "name", "") == "committee"
         if self.uses_committee and options.committee_size < 2:
-            raise ValueError("the committee strategy needs committee_size ≥ 2")
+            raise ConfigError("the committee strategy needs committee_size ≥ 2")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.mapping, self.backmapper, self.oracle, self.strategy = mapping, backmapper, oracle, strategy
@@ -155,7 +156,7 @@ class ActiveLearningLoop:
                         n_interactions=o.n_interactions, prior=copy.deepcopy(self.prior)).to(getattr(torch, o.dtype))
 
     def committee(self, round_index: int) -> list[CGSchNet]:
-        states = load(self.round_dir(round_index) / "models.pt")["models"]
+        states = load_torch(self.round_dir(round_index) / "models.pt", what="committee file")["models"]
         models = []
         for state in states:
             model = self.new_model()
@@ -205,8 +206,8 @@ class ActiveLearningLoop:
 
     def simulated_frames(self, r: int) -> np.ndarray:
         """(n, n_beads, 3) frames of round r's simulation from replicas still running."""
-        with np.load(self.round_dir(r) / "simulation.npz") as sim:
-            return sim["frames"][sim["alive"]]
+        sim = load_npz(self.round_dir(r) / "simulation.npz", what="CG simulation record", keys=["frames", "alive"])
+        return sim["frames"][sim["alive"]]
 
     def _evaluate(self, r: int) -> dict:
         frames = self.simulated_frames(r)
@@ -235,8 +236,7 @@ class ActiveLearningLoop:
         return {"n_candidates": len(frames), "n_selected": len(chosen)}
 
     def _query(self, r: int) -> dict:
-        with np.load(self.round_dir(r) / "queries.npz") as saved:
-            queries = saved["frames"]
+        queries = load_npz(self.round_dir(r) / "queries.npz", what="query file", keys=["frames"])["frames"]
         if len(queries):
             labels = self.oracle.label(queries, seed=_seed(self.options.seed, r, "query"))
         else:

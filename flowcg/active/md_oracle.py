@@ -47,6 +47,7 @@ from openmm import unit
 from flowcg.active.backmap import TorsionBackmapper
 from flowcg.active.labels import Labels
 from flowcg.cg.mapping import CGMapping
+from flowcg.errors import ConfigError
 from flowcg.targets.openmm_bridge import available_platforms, default_platform
 from flowcg.targets.systems import langevin_simulation, openmm_seed
 
@@ -91,14 +92,14 @@ class MDOracle:
                  threads: int | None = 1):
         available = available_platforms()
         if platform != "auto" and platform not in available:
-            raise ValueError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(available)}")
+            raise ConfigError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(available)}")
         if restraint_kJ_mol_rad2 < 0 or timestep_fs <= 0 or friction_per_ps < 0:
-            raise ValueError("restraint_kJ_mol_rad2 and friction_per_ps must be ≥ 0 and timestep_fs > 0")
+            raise ConfigError("restraint_kJ_mol_rad2 and friction_per_ps must be ≥ 0 and timestep_fs > 0")
         if minimize_iterations < 0 or equilibration_steps < 0 or n_frames < 1 or frame_interval_steps < 1:
-            raise ValueError("minimize_iterations and equilibration_steps must be ≥ 0, n_frames and "
+            raise ConfigError("minimize_iterations and equilibration_steps must be ≥ 0, n_frames and "
                              "frame_interval_steps ≥ 1")
         if mapping.n_atoms != target.system.getNumParticles():
-            raise ValueError(f"the mapping has {mapping.n_atoms} atoms, the target's system "
+            raise ConfigError(f"the mapping has {mapping.n_atoms} atoms, the target's system "
                              f"{target.system.getNumParticles()}")
         self.target = target
         self.mapping = mapping
@@ -117,7 +118,7 @@ class MDOracle:
         used = {force.getForceGroup() for force in self.system.getForces()}
         free = [g for g in range(31, -1, -1) if g not in used]
         if not free:
-            raise ValueError("the target's system uses all 32 force groups; none is left for the restraint")
+            raise ConfigError("the target's system uses all 32 force groups; none is left for the restraint")
         self.restraint_group = free[0]
         self.record_groups = set(range(32)) - {self.restraint_group}
 
@@ -146,7 +147,7 @@ class MDOracle:
         """Labels for CG frames (Q, n_beads, 3) nm: ≤ Q · n_frames configurations (module docstring)."""
         cg = np.asarray(cg_frames_nm, dtype=np.float64)
         if cg.ndim != 3 or cg.shape[1:] != (self.mapping.n_beads, 3):
-            raise ValueError(f"CG queries must have shape (Q, {self.mapping.n_beads}, 3), got {cg.shape}")
+            raise ConfigError(f"CG queries must have shape (Q, {self.mapping.n_beads}, 3), got {cg.shape}")
         start = time.perf_counter()
         n_atoms = self.mapping.n_atoms
         positions, forces, energies, query = [], [], [], []

@@ -36,6 +36,8 @@ import mdtraj as md
 import numpy as np
 import torch
 
+from flowcg.errors import ConfigError, build_from_options
+
 __all__ = [
     "STRATEGIES",
     "Committee",
@@ -173,7 +175,7 @@ def committee_disagreement(
     """
     frames = _check_frames(frames_nm, "frames_nm")
     if committee is None or len(committee) < 2:
-        raise ValueError(f"query by committee needs a committee of at least 2 force functions, got {0 if committee is None else len(committee)}")
+        raise ConfigError(f"query by committee needs a committee of at least 2 force functions, got {0 if committee is None else len(committee)}")
     disagreement = np.empty(len(frames))
     for start in range(0, len(frames), chunk_size):
         chunk = torch.as_tensor(frames[start : start + chunk_size], dtype=torch.float32)
@@ -217,9 +219,9 @@ class RMSDCoverage(QueryStrategy):
 
     name = "rmsd_coverage"
 
-    def __init__(self, threshold_nm: float = 0.05):
+    def __init__(self, threshold_nm: float = 0.02):
         if threshold_nm < 0:
-            raise ValueError(f"threshold_nm must be >= 0, got {threshold_nm}")
+            raise ConfigError(f"threshold_nm must be >= 0, got {threshold_nm}")
         self.threshold_nm = threshold_nm
 
     def choose(self, candidates, training, m, rng, committee):
@@ -240,7 +242,7 @@ class Committee(QueryStrategy):
 
     def __init__(self, chunk_size: int = 1024):
         if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
 
     def choose(self, candidates, training, m, rng, committee):
@@ -274,5 +276,5 @@ STRATEGIES: dict[str, type[QueryStrategy]] = {
 def build_strategy(name: str, **options) -> QueryStrategy:
     """The query strategy registered as ``name``, built with ``options`` (e.g. ``threshold_nm``)."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown query strategy '{name}'; valid names: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](**options)
+        raise ConfigError(f"unknown query strategy '{name}'; valid names: {', '.join(sorted(STRATEGIES))}")
+    return build_from_options(STRATEGIES[name], "strategy", options)

@@ -28,6 +28,7 @@ import numpy as np
 from deeptime.decomposition import TICA
 
 from flowcg.analysis.molecular import Reference
+from flowcg.errors import ConfigError
 from flowcg.sampling.importance import normalized_weights
 
 
@@ -54,7 +55,7 @@ def torsion_features(phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
 def fit_tica(ref_phi: np.ndarray, ref_psi: np.ndarray, lag_frames: int = 10, dim: int = 2):
     """deeptime TICA model on the reference φ/ψ time series (kinetic-map scaling)."""
     if len(ref_phi) <= 2 * lag_frames:
-        raise ValueError(f"reference MD has {len(ref_phi)} frames, too few for TICA at lag {lag_frames}")
+        raise ConfigError(f"reference MD has {len(ref_phi)} frames, too few for TICA at lag {lag_frames}")
     return TICA(lagtime=lag_frames, dim=dim).fit(torsion_features(ref_phi, ref_psi)).fetch_model()
 
 

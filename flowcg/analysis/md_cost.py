@@ -29,6 +29,7 @@ import numpy as np
 
 from flowcg.analysis.molecular import Reference
 from flowcg.analysis.ramachandran import kl_of_histograms, ramachandran_histogram
+from flowcg.errors import ConfigError, MissingFileError
 from flowcg.sampling.importance import as_numpy
 
 
@@ -56,7 +57,7 @@ def load_md_series(run_dir: str | Path) -> MDSeries:
     run_dir = Path(run_dir)
     path = run_dir / "reference.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"reference MD not found: {path} (run flowcg-reference first)")
+        raise MissingFileError(f"reference MD not found: {path} (run flowcg-reference first)")
     with np.load(path) as data:
         if "walker" not in data.files:  # method=md
             return MDSeries(Reference(data["phi"], data["psi"]), int(data["save_interval_steps"]), "plain MD")
@@ -70,11 +71,11 @@ def _unbiased_walker_settings(run_dir: Path) -> dict:
     """The settings of a finished walker run, checked to be unbiased with every step recorded."""
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no metrics.json, the walker run has not finished (rerun flowcg-reference to finish it)")
+        raise MissingFileError(f"{run_dir}: no metrics.json, the walker run has not finished (rerun flowcg-reference to finish it)")
     settings = json.loads(metrics_path.read_text())["settings"]
     if settings["build_ps"] > 0 or settings["equilibration_ps"] > 0:
         # a bias skews the frames, and steps that record no frame would be missing from the count
-        raise ValueError(f"{run_dir}: an MD series needs unbiased walkers with every step recorded "
+        raise ConfigError(f"{run_dir}: an MD series needs unbiased walkers with every step recorded "
                          f"(walkers.build_ps=0 walkers.equilibration_ps=0), got build_ps={settings['build_ps']}, "
                          f"equilibration_ps={settings['equilibration_ps']}")
     return settings

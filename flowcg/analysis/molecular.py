@@ -22,6 +22,8 @@ import torch
 
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, plot_ramachandran, ramachandran_metrics
 from flowcg.coordinates.chirality import CAChirality
+from flowcg.errors import UnreadableFileError
+from flowcg.io import load_npz
 from flowcg.sampling.importance import normalized_weights
 from flowcg.sampling.sampler import SampleSet
 
@@ -46,11 +48,11 @@ def load_reference(path: str | Path) -> Reference:
     path = Path(path)
     if path.is_dir():
         path = path / "reference.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"reference MD not found: {path} (run flowcg-reference first)")
-    with np.load(path) as data:
-        weights = normalized_weights(data["log_weight"]) if "log_weight" in data.files else None
-        return Reference(data["phi"], data["psi"], weights)
+    data = load_npz(path, what="reference MD (a flowcg-reference record)")
+    if not {"phi", "psi"} <= data.keys():
+        raise UnreadableFileError(f"{path}: not a flowcg-reference record (no phi, psi)")
+    weights = normalized_weights(data["log_weight"]) if "log_weight" in data else None
+    return Reference(data["phi"], data["psi"], weights)
 
 
 def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:

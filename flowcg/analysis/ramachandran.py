@@ -38,6 +38,7 @@ from mdtraj.geometry.dihedral import indices_phi, indices_psi
 
 from flowcg.analysis.histograms import kl_divergence, total_variation
 from flowcg.coordinates.geometry import dihedral
+from flowcg.errors import ConfigError
 from flowcg.sampling.importance import as_numpy, kish_ess, normalized_weights
 
 RAMACHANDRAN_RANGE = [(-math.pi, math.pi), (-math.pi, math.pi)]
@@ -52,7 +53,7 @@ def backbone_torsion_atoms(topology: md.Topology) -> tuple[np.ndarray, np.ndarra
     """Atom indices (4,) of φ and of ψ; the topology must have exactly one of each (a dipeptide)."""
     phi, psi = indices_phi(topology), indices_psi(topology)
     if len(phi) != 1 or len(psi) != 1:
-        raise ValueError(f"expected one φ and one ψ (a dipeptide), found {len(phi)} and {len(psi)}")
+        raise ConfigError(f"expected one φ and one ψ (a dipeptide), found {len(phi)} and {len(psi)}")
     return phi[0], psi[0]
 
 

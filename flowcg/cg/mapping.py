@@ -39,6 +39,8 @@ import mdtraj as md
 import numpy as np
 import torch
 
+from flowcg.errors import ConfigError
+
 __all__ = ["CGMapping", "ALDP_BACKBONE_SELECTION"]
 
 #: C(ACE), N, CA, C(ALA), N(NME): the five backbone heavy atoms that carry φ and ψ.
@@ -96,12 +98,12 @@ class CGMapping:
 
     def __init__(self, topology: md.Topology, selection: str | Sequence[int], bead_type_key: str = "name"):
         if bead_type_key not in _TYPE_KEYS:
-            raise ValueError(f"bead_type_key must be one of {_TYPE_KEYS}, got '{bead_type_key}'")
+            raise ConfigError(f"bead_type_key must be one of {_TYPE_KEYS}, got '{bead_type_key}'")
         atoms = topology.select(selection) if isinstance(selection, str) else np.asarray(selection, dtype=np.int64)
         if atoms.ndim != 1 or atoms.size == 0:
-            raise ValueError(f"selection {selection!r} picks no atoms")
+            raise ConfigError(f"selection {selection!r} picks no atoms")
         if len(set(atoms.tolist())) != atoms.size or atoms.min() < 0 or atoms.max() >= topology.n_atoms:
-            raise ValueError(f"selection {selection!r} must pick distinct atoms among 0..{topology.n_atoms - 1}")
+            raise ConfigError(f"selection {selection!r} must pick distinct atoms among 0..{topology.n_atoms - 1}")
         self.topology = topology
         self.bead_atoms = atoms.astype(np.int64)
         neighbours = _neighbours(topology)
@@ -109,7 +111,7 @@ class CGMapping:
         depth = np.stack([_graph_distances(neighbours, int(a)) for a in self.bead_atoms])
         unreachable = np.flatnonzero((depth < 0).all(axis=0))
         if unreachable.size:
-            raise ValueError(f"atoms {unreachable[:10].tolist()} are not bonded to any bead; cannot map their forces")
+            raise ConfigError(f"atoms {unreachable[:10].tolist()} are not bonded to any bead; cannot map their forces")
         # argmin returns the first minimum, so ties go to the lower bead index.
         self.assignment = np.where(depth < 0, np.iinfo(np.int64).max, depth).argmin(axis=0).astype(np.int64)
         self.bead_types, self.type_names = self._types(bead_type_key)
@@ -182,7 +184,7 @@ class CGMapping:
 
     def _check_atoms(self, x) -> None:
         if x.ndim < 2 or tuple(x.shape[-2:]) != (self.n_atoms, 3):
-            raise ValueError(f"expected (..., {self.n_atoms}, 3) atomistic coordinates, got {tuple(x.shape)}")
+            raise ConfigError(f"expected (..., {self.n_atoms}, 3) atomistic coordinates, got {tuple(x.shape)}")
 
     # ---------------------------------------------------------------- CG topology
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from flowcg.cg.mapping import CGMapping
 from flowcg.coordinates.geometry import bond_angle, dihedral, distance
+from flowcg.errors import ConfigError
 
 __all__ = [
     "MOLAR_GAS_CONSTANT",
@@ -165,7 +166,7 @@ def _boltzmann_harmonic(q: Tensor, kt: float) -> tuple[np.ndarray, np.ndarray]:
     q = q.double()
     variance = q.var(0, unbiased=False)
     if not bool((variance > 0).all()):
-        raise ValueError("a bond or angle does not fluctuate in the frames; cannot Boltzmann-invert it")
+        raise ConfigError("a bond or angle does not fluctuate in the frames; cannot Boltzmann-invert it")
     return q.mean(0).numpy(), (kt / variance).numpy()
 
 
@@ -251,7 +252,7 @@ def fit_prior(
                 sigma = np.full(len(pairs), float(repulsion_sigma_nm))
             else:
                 if repulsion_group not in ("type", "pair", "all"):
-                    raise ValueError(f"repulsion_group must be 'type', 'pair' or 'all', got '{repulsion_group}'")
+                    raise ConfigError(f"repulsion_group must be 'type', 'pair' or 'all', got '{repulsion_group}'")
                 distances = HarmonicBonds.coordinates(x, torch.as_tensor(pairs)).numpy()
                 sigma = _pair_sigmas(distances, pairs, mapping, repulsion_group)
             terms["repulsion"] = Repulsion(pairs, sigma, repulsion_epsilon_kT * kt)

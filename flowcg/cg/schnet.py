@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowcg.errors import ConfigError
+
 __all__ = ["CGSchNet", "GaussianRBF", "ShiftedSoftplus", "cosine_cutoff"]
 
 
@@ -45,7 +47,7 @@ def _activation(name: str) -> nn.Module:
         return ShiftedSoftplus()
     if name == "silu":
         return nn.SiLU()
-    raise ValueError(f"activation must be 'ssp' or 'silu', got '{name}'")
+    raise ConfigError(f"activation must be 'ssp' or 'silu', got '{name}'")
 
 
 def cosine_cutoff(d: Tensor, cutoff: float) -> Tensor:
@@ -59,7 +61,7 @@ class GaussianRBF(nn.Module):
     def __init__(self, n_rbf: int, cutoff: float):
         super().__init__()
         if n_rbf < 2 or cutoff <= 0:
-            raise ValueError(f"need n_rbf ≥ 2 and cutoff > 0 nm, got n_rbf={n_rbf}, cutoff={cutoff}")
+            raise ConfigError(f"need n_rbf ≥ 2 and cutoff > 0 nm, got n_rbf={n_rbf}, cutoff={cutoff}")
         centres = torch.linspace(0.0, cutoff, n_rbf)
         self.register_buffer("centres", centres)
         self.gamma = 0.5 / float(centres[1] - centres[0]) ** 2  # width = spacing, in nm⁻²
@@ -117,10 +119,10 @@ class CGSchNet(nn.Module):
         super().__init__()
         types = torch.as_tensor(bead_types, dtype=torch.long)
         if types.ndim != 1 or types.numel() < 2 or types.min() < 0:
-            raise ValueError(f"bead_types must be ≥ 2 non-negative integers, got {types.tolist()}")
+            raise ConfigError(f"bead_types must be ≥ 2 non-negative integers, got {types.tolist()}")
         n_types = int(types.max()) + 1 if n_types is None else n_types
         if n_types <= int(types.max()):
-            raise ValueError(f"n_types={n_types} but bead type {int(types.max())} occurs")
+            raise ConfigError(f"n_types={n_types} but bead type {int(types.max())} occurs")
         self.register_buffer("bead_types", types)
         self.cutoff = float(cutoff)
         self.embedding = nn.Embedding(n_types, hidden)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from flowcg.cg.prior import kT
+from flowcg.errors import ConfigError
 
 __all__ = ["LangevinBAOAB", "LangevinResult"]
 
@@ -99,9 +100,9 @@ class LangevinBAOAB:
     ):
         masses = torch.as_tensor(masses_amu, dtype=torch.float64)
         if masses.ndim != 1 or not bool((masses > 0).all()):
-            raise ValueError(f"masses_amu must be a positive vector (n_beads,), got {masses.tolist()}")
+            raise ConfigError(f"masses_amu must be a positive vector (n_beads,), got {masses.tolist()}")
         if timestep_ps <= 0 or friction_per_ps < 0 or temperature_K <= 0:
-            raise ValueError("need timestep_ps > 0, friction_per_ps ≥ 0 and temperature_K > 0")
+            raise ConfigError("need timestep_ps > 0, friction_per_ps ≥ 0 and temperature_K > 0")
         self.force_fn = force_fn
         self.masses = masses
         self.timestep = float(timestep_ps)

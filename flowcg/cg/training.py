@@ -29,6 +29,7 @@ import torch
 from flowcg.analysis.w1 import project_tica
 from flowcg.cg.prior import kT
 from flowcg.cg.schnet import CGSchNet
+from flowcg.errors import ConfigError
 
 __all__ = ["FitOptions", "fit_force_matching", "tica_free_energy"]
 
@@ -41,8 +42,8 @@ class FitOptions:
     energy_weight: λ of the energy-matching term (0 switches it off).
     """
 
-    steps: int = 1000
-    batch_size: int = 128
+    steps: int = 1500
+    batch_size: int = 256
     lr: float = 1e-3
     energy_weight: float = 0.0
 
@@ -67,16 +68,16 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
     ``options.energy_weight > 0``.
     """
     if options.energy_weight > 0 and energy_targets_kJ_mol is None:
-        raise ValueError("energy matching (energy_weight > 0) needs energy targets")
+        raise ConfigError("energy matching (energy_weight > 0) needs energy targets")
     param = next(model.parameters())
     as_model = dict(dtype=param.dtype, device=param.device)
     x = torch.as_tensor(positions_nm, **as_model)
     f = torch.as_tensor(forces_kJ_mol_nm, **as_model)
     w = torch.as_tensor(weights, dtype=torch.float64)
     if x.shape != f.shape or x.ndim != 3 or len(w) != len(x):
-        raise ValueError(f"need positions and forces (K, n, 3) and weights (K,), got {tuple(x.shape)}, {tuple(f.shape)}, {tuple(w.shape)}")
+        raise ConfigError(f"need positions and forces (K, n, 3) and weights (K,), got {tuple(x.shape)}, {tuple(f.shape)}, {tuple(w.shape)}")
     if not bool(torch.isfinite(f).all() & torch.isfinite(x).all()) or not bool((w >= 0).all()) or float(w.sum()) <= 0:
-        raise ValueError("force-matching data must be finite with non-negative weights of positive sum")
+        raise ConfigError("force-matching data must be finite with non-negative weights of positive sum")
     e = None if energy_targets_kJ_mol is None else torch.as_tensor(energy_targets_kJ_mol, **as_model)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)

@@ -30,6 +30,7 @@ from flowcg.cg.mapping import CGMapping
 from flowcg.cg.training import FitOptions
 from flowcg.cli.common import clean_errors, entry_point, write_json
 from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.errors import ConfigError, build_from_options
 from flowcg.pretrained import load_pretrained, pretrained_dir
 
 log = logging.getLogger("flowcg")
@@ -50,14 +51,14 @@ def build_oracle(cfg_oracle, target, mapping, backmapper):
     options = OmegaConf.to_container(cfg_oracle, resolve=True)
     name = options.pop("name")
     if name == "md":
-        return MDOracle(target, mapping, backmapper, **options), None
+        return build_from_options(MDOracle, "oracle", options, target, mapping, backmapper), None
     if name != "flow":
-        raise ValueError(f"unknown oracle '{name}'; choose one of {', '.join(ORACLES)}")
+        raise ConfigError(f"unknown oracle '{name}'; choose one of {', '.join(ORACLES)}")
     if (options["run"] is None) == (options["pretrained"] is None):
-        raise ValueError("the flow oracle needs exactly one of oracle.run=RUN_DIR or oracle.pretrained=NAME")
+        raise ConfigError("the flow oracle needs exactly one of oracle.run=RUN_DIR or oracle.pretrained=NAME")
     run = load_run(options["run"]) if options["run"] is not None else load_pretrained(options["pretrained"])
     if run.target.name != target.name:
-        raise ValueError(f"the flow oracle's model was trained on '{run.target.name}', the loop's target is '{target.name}'")
+        raise ConfigError(f"the flow oracle's model was trained on '{run.target.name}', the loop's target is '{target.name}'")
     return FlowOracle(run.model, run.target, mapping, backmapper, options["samples_per_query"]), options["pretrained"]
 
 
@@ -99,8 +100,8 @@ def active_learning(cfg: DictConfig) -> list[dict]:
         LoopOptions(rounds=cfg.loop.rounds, queries_per_round=cfg.loop.queries_per_round, committee_size=cfg.loop.committee_size,
                     fit=fit, finetune_steps=cfg.loop.finetune_steps, max_candidates=cfg.loop.max_candidates,
                     temperature_K=target.temperature, seed=cfg.seed),
-        ModelOptions(**OmegaConf.to_container(cfg.cg_model, resolve=True)),
-        SimulationOptions(**OmegaConf.to_container(cfg.simulation, resolve=True)),
+        build_from_options(ModelOptions, "cg_model", OmegaConf.to_container(cfg.cg_model, resolve=True)),
+        build_from_options(SimulationOptions, "simulation", OmegaConf.to_container(cfg.simulation, resolve=True)),
         reference=reference, initial_tica=initial_tica,
     )
     metrics = loop.run()

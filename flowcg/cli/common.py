@@ -8,17 +8,26 @@ import math
 import sys
 from collections.abc import Callable
 from functools import wraps
+from importlib import resources
 from pathlib import Path
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from flowcg.targets import TargetInputError, UnknownTargetError
-from flowcg.training.checkpoint import MissingCheckpointError
+from flowcg.errors import InputError
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-USER_ERRORS = (ValueError, TypeError, UnknownTargetError, TargetInputError, MissingCheckpointError, FileNotFoundError, FileExistsError)
+CONFIG_PACKAGE = "flowcg.conf"  # the repository's top-level conf/, installed as this package (pyproject.toml)
+
+
+def _config_dir() -> str | None:
+    try:
+        return str(resources.files(CONFIG_PACKAGE))
+    except ModuleNotFoundError:  # an install made before the configs were packaged
+        return None
+
+
+CONFIG_DIR = _config_dir()  # the configs' folder in this install (None if they are missing)
 
 log = logging.getLogger("flowcg")
 
@@ -26,27 +35,28 @@ log = logging.getLogger("flowcg")
 def entry_point(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], None]:
     """Console-script ``main`` of a Hydra app: runs ``task`` on the composed ``conf/<config_name>``."""
 
-    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
+    @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=config_name)
     def run(cfg: DictConfig) -> None:
         task(cfg)
 
     def main() -> None:
-        if not Path(CONFIG_DIR).is_dir():
-            sys.exit(f"flowcg: config folder {CONFIG_DIR} not found; install flowcg from its repository with `pip install -e .`")
+        if CONFIG_DIR is None or not Path(CONFIG_DIR).is_dir():
+            sys.exit(f"flowcg: its configs (package {CONFIG_PACKAGE}) are not installed; reinstall flowcg (`pip install .` or `pip install -e .`)")
         run()
 
     return main
 
 
 def clean_errors(program: str) -> Callable:
-    """Turn bad-input exceptions into one line on stderr and exit status 2 (no traceback)."""
+    """Print a :class:`~flowcg.errors.InputError` as one line on stderr and exit with status 2;
+    every other exception is a bug and keeps its traceback."""
 
     def decorate(task: Callable) -> Callable:
         @wraps(task)
         def run(*args, **kwargs):
             try:
                 return task(*args, **kwargs)
-            except USER_ERRORS as error:
+            except InputError as error:
                 print(f"{program}: error: {error}", file=sys.stderr)
                 sys.exit(2)
 

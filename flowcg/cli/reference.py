@@ -42,11 +42,12 @@ from openmm import app, unit
 from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandran_kl
 from flowcg.builders import build_target
 from flowcg.cli.common import clean_errors, entry_point
+from flowcg.errors import ConfigError, UnreadableFileError, build_from_options
 from flowcg.sampling.biased_md import BiasedWalkers, WalkerSettings
 from flowcg.targets.molecular import MolecularTarget
 from flowcg.targets.openmm_bridge import available_platforms, default_platform
 from flowcg.targets.systems import MolecularSystem, langevin_simulation, load_system, thermalize
-from flowcg.training.checkpoint import save_json_atomic, save_npz_atomic, write_atomic
+from flowcg.io import load_npz, save_json_atomic, save_npz_atomic, write_atomic
 
 def _dcd_frames(path: Path, topology_pdb: Path) -> np.ndarray:
     return md.load_dcd(str(path), top=str(topology_pdb)).xyz if path.exists() else np.zeros((0, 0, 3))
@@ -70,7 +71,7 @@ class ReferenceRun:
         self.seed = int(seed)
 
         if platform != "auto" and platform not in available_platforms():
-            raise ValueError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(available_platforms())}")
+            raise ConfigError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(available_platforms())}")
         self.platform = openmm.Platform.getPlatformByName(default_platform() if platform == "auto" else platform)
         self.context, self.integrator = langevin_simulation(system, timestep_fs, friction_per_ps, self.seed, self.platform, threads)
         self.records = self._restore() if self.paths["checkpoint.chk"].exists() else self._start()
@@ -92,17 +93,16 @@ class ReferenceRun:
     def _restore(self) -> dict:
         """Load checkpoint and npz, check they agree, trim the DCD to the committed frames."""
         self.context.loadCheckpoint(self.paths["checkpoint.chk"].read_bytes())
-        with np.load(self.paths["reference.npz"]) as data:
-            records = {key: data[key] for key in data.files}
+        records = load_npz(self.paths["reference.npz"], what="reference record")
         if int(records["save_interval_steps"]) != self.save_interval_steps:
-            raise ValueError(f"{self.run_dir}: save interval differs from the run being resumed")
+            raise ConfigError(f"{self.run_dir}: save interval differs from the run being resumed")
         frames = len(records["phi"])
         step = self.context.getStepCount()
         if step != int(records["production_start_step"]) + frames * self.save_interval_steps:
-            raise RuntimeError(f"{self.run_dir}: checkpoint at step {step} does not match {frames} saved frames")
+            raise UnreadableFileError(f"{self.run_dir}: checkpoint at step {step} does not match {frames} saved frames")
         dcd = _dcd_frames(self.paths["trajectory.dcd"], self.paths["topology.pdb"])
         if len(dcd) < frames:
-            raise RuntimeError(f"{self.run_dir}: trajectory.dcd holds {len(dcd)} frames, reference.npz {frames}")
+            raise UnreadableFileError(f"{self.run_dir}: trajectory.dcd holds {len(dcd)} frames, reference.npz {frames}")
         if len(dcd) > frames:  # a crash between the DCD append and the commit: drop the uncommitted frames
             trimmed = self.paths["trajectory.dcd"].with_name("trajectory.tmp.dcd")
             trimmed.unlink(missing_ok=True)
@@ -188,24 +188,24 @@ class ReferenceRun:
 def walkers(cfg: DictConfig) -> dict:
     """``method=walkers``: biased multiple-walker MD (flowcg.sampling.biased_md)."""
     options = {key: value for key, value in cfg.walkers.items() if key not in ("production_ps", "compile")}
-    settings = WalkerSettings(seed=cfg.seed, timestep_fs=cfg.timestep_fs, friction_per_ps=cfg.friction_per_ps, **options)
+    settings = build_from_options(WalkerSettings, "walkers", {"seed": cfg.seed, "timestep_fs": cfg.timestep_fs, "friction_per_ps": cfg.friction_per_ps, **options})
     if cfg.walkers.production_ps <= 0:
-        raise ValueError(f"walkers.production_ps must be positive, got {cfg.walkers.production_ps}")
+        raise ConfigError(f"walkers.production_ps must be positive, got {cfg.walkers.production_ps}")
     target = build_target({"name": cfg.target.name, "options": {**cfg.target.options, "compile": cfg.walkers.compile}})
     if not isinstance(target, MolecularTarget):
-        raise ValueError(f"method=walkers needs a molecular target; '{cfg.target.name}' is not one")
+        raise ConfigError(f"method=walkers needs a molecular target; '{cfg.target.name}' is not one")
     return BiasedWalkers(target, Path(HydraConfig.get().runtime.output_dir), settings).run(cfg.walkers.production_ps)
 
 
 @clean_errors("flowcg-reference")
 def reference(cfg: DictConfig) -> None:
     if cfg.method not in ("md", "walkers"):
-        raise ValueError(f"unknown method '{cfg.method}'; choose md or walkers")
+        raise ConfigError(f"unknown method '{cfg.method}'; choose md or walkers")
     if cfg.method == "walkers":
         print(json.dumps(walkers(cfg), indent=2))
         return
     if cfg.ns <= 0:
-        raise ValueError(f"ns must be positive, got {cfg.ns}")
+        raise ConfigError(f"ns must be positive, got {cfg.ns}")
     system = load_system(cfg.target.name, temperature=cfg.target.options.temperature)
     run = ReferenceRun(
         system,

@@ -27,6 +27,7 @@ from flowcg.analysis.plots import plot_marginals, plot_samples
 from flowcg.analysis.ramachandran import phi_psi, plot_ramachandran
 from flowcg.builders import Run, configure_compile, describe_device, load_run, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, write_json
+from flowcg.errors import ConfigError
 from flowcg.pretrained import load_pretrained, pretrained_reference
 from flowcg.sampling import SampleSet, draw_samples, reweighted_mean
 
@@ -34,7 +35,7 @@ from flowcg.sampling import SampleSet, draw_samples, reweighted_mean
 def _load(cfg: DictConfig) -> tuple[Run, tuple | None]:
     """The model named by ``run`` or ``pretrained`` (exactly one) and the reference MD (φ, ψ), if any."""
     if (cfg.run is None) == (cfg.pretrained is None):
-        raise ValueError("give exactly one of run=RUN_DIR or pretrained=NAME")
+        raise ConfigError("give exactly one of run=RUN_DIR or pretrained=NAME")
     if cfg.pretrained is not None:
         run, reference = load_pretrained(cfg.pretrained, device=cfg.device), pretrained_reference(cfg.pretrained)
     else:

@@ -22,9 +22,10 @@ from flowcg.analysis.evaluate import evaluate_samples
 from flowcg.analysis.molecular import load_reference
 from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, configure_compile, describe_device, save_model, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, log, write_json
+from flowcg.errors import ConfigError
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
-from flowcg.training import checkpoint
+from flowcg.io import load_torch
 from flowcg.training.recipe import build_phases, run_recipe
 from flowcg.training.trainer import CHECKPOINT_NAME
 
@@ -37,7 +38,7 @@ def _warm_start(model, init_from, load_weights: bool) -> int:
         return 0
     folder = Path(init_from)
     if load_weights:
-        weights = checkpoint.load(folder / MODEL_NAME)["model"]
+        weights = load_torch(folder / MODEL_NAME, what="model file")["model"]
         model.match_slow_prior(weights).load_state_dict(weights)
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     inherited = int(metrics.get("energy_evaluations_total", metrics.get("energy_evaluations", 0)))
@@ -55,10 +56,10 @@ def train(cfg: DictConfig) -> dict:
     phases = build_phases(OmegaConf.to_container(cfg.recipe.phases, resolve=True),
                           OmegaConf.to_container(cfg.train, resolve=True), OmegaConf.to_container(cfg.prior_refit, resolve=True))
     if cfg.n_samples < 1:
-        raise ValueError(f"n_samples must be ≥ 1, got {cfg.n_samples}")
+        raise ConfigError(f"n_samples must be ≥ 1, got {cfg.n_samples}")
     has_checkpoint = (run_dir / CHECKPOINT_NAME).is_file()
     if has_checkpoint and not cfg.resume:
-        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, or choose a new hydra.run.dir")
+        raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, or choose a new hydra.run.dir")
     inherited_evaluations = _warm_start(model, cfg.init_from, load_weights=not has_checkpoint)
     OmegaConf.save(cfg, run_dir / CONFIG_NAME)
 

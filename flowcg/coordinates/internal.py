@@ -46,6 +46,7 @@ from nflows.transforms.base import Transform
 from torch import Tensor
 
 from flowcg.coordinates.geometry import bond_angle, dihedral, distance
+from flowcg.errors import ConfigError
 
 __all__ = ["InternalCoordinateTransform", "zmatrix_from_topology", "validate_zmatrix", "canonicalize"]
 
@@ -108,7 +109,7 @@ def _default_root(topology: md.Topology, neighbours: list[list[int]], heavy: np.
     a1 = max(neighbours[a0], key=lambda a: (heavy[a], len(neighbours[a]), -a))
     third = [a for a in neighbours[a1] if a != a0] or [a for a in neighbours[a0] if a != a1]
     if not third:
-        raise ValueError("molecule needs a chain of three bonded atoms to define the frame")
+        raise ConfigError("molecule needs a chain of three bonded atoms to define the frame")
     a2 = max(third, key=lambda a: (heavy[a], len(neighbours[a]), -a))
     return a0, a1, a2
 
@@ -142,7 +143,7 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
     root = tuple(int(a) for a in (root if root is not None else _default_root(topology, neighbours, heavy)))
     chained = root[2] in neighbours[root[1]] or root[2] in neighbours[root[0]]
     if root[1] not in neighbours[root[0]] or not chained:
-        raise ValueError(f"root atoms {root} must form a bonded chain")
+        raise ConfigError(f"root atoms {root} must form a bonded chain")
 
     rank = {a: k for k, a in enumerate(root)}
 
@@ -167,13 +168,13 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
             improper = [c for c in neighbours[b] if c in rank and c not in (a, x)]
             proper = [c for c in neighbours[a] if c in rank and c not in (b, x)]
             if not proper and not improper:
-                raise ValueError(f"atom {x}: no placed atom available as torsion reference")
+                raise ConfigError(f"atom {x}: no placed atom available as torsion reference")
             rank[x] = len(order)
             order.append(x)
             rows.append((x, b, a, best(improper or proper)))
     if len(order) != n:
         missing = sorted(set(range(n)) - set(order))
-        raise ValueError(f"bond graph is not connected; atoms {missing[:10]} are unreachable from {root}")
+        raise ConfigError(f"bond graph is not connected; atoms {missing[:10]} are unreachable from {root}")
     return validate_zmatrix(rows, n)
 
 

@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from nflows.transforms import CompositeTransform, Permutation, Transform
 
 from flowcg.coordinates.harmonic import HarmonicReference, HarmonicStandardization
 from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.errors import ConfigError
 from flowcg.flows.circular import CircleEmbedding
 from flowcg.flows.couplings import MixedSplineCoupling, coupling_layer
 from flowcg.flows.mixing import LUMixing
@@ -26,9 +29,9 @@ def structured_latent(dim: int, slow_dim: int, n_components: int, fast: str, fas
     """Mixture prior on the first ``slow_dim`` latents (wrapped normals if ``periodic_slow``), a
     ``fast`` density on the rest."""
     if not 1 <= slow_dim <= dim:
-        raise ValueError(f"slow_dim must lie in [1, {dim}], got {slow_dim}")
+        raise ConfigError(f"slow_dim must lie in [1, {dim}], got {slow_dim}")
     if fast not in FAST_DENSITIES:
-        raise ValueError(f"unknown fast density '{fast}'; choose one of {', '.join(FAST_DENSITIES)}")
+        raise ConfigError(f"unknown fast density '{fast}'; choose one of {', '.join(FAST_DENSITIES)}")
     fast_kwargs = {"hidden": fast_hidden, "periodic_slow": periodic_slow} if fast == "conditional" else {}
     return StructuredLatent(
         DiagonalGaussianMixture(slow_dim, n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed, periodic=periodic_slow),
@@ -76,7 +79,7 @@ def build_flow(
         for i in range(n_couplings)
     ]
     if not layers:
-        raise ValueError("the bijection needs at least one layer: set mixing=true or n_couplings ≥ 1")
+        raise ConfigError("the bijection needs at least one layer: set mixing=true or n_couplings ≥ 1")
     return StructuredFlow(latent, CompositeTransform(layers), coordinates)
 
 
@@ -93,7 +96,7 @@ def slow_coordinate_indices(transform: InternalCoordinateTransform, rotor_mask: 
     else:
         indices = [int(i) for i in slow_coordinates]
     if len(indices) != slow_dim or len(set(indices)) != slow_dim or not all(0 <= i < transform.dim for i in indices):
-        raise ValueError(f"slow_coordinates must name {slow_dim} distinct coordinates in [0, {transform.dim}), got {indices}")
+        raise ConfigError(f"slow_coordinates must name {slow_dim} distinct coordinates in [0, {transform.dim}), got {indices}")
     return indices
 
 
@@ -102,9 +105,9 @@ def build_internal_flow(
     reference: HarmonicReference,
     slow_dim: int = 2,
     slow_coordinates="backbone",
-    slow_prior: str = "gaussian",
+    slow_prior: str = "wrapped",
     transform_slow: bool = False,
-    n_components: int = 4,
+    n_components: int = 6,
     fast: str = "conditional",
     fast_hidden: int = 64,
     n_couplings: int = 8,
@@ -112,7 +115,7 @@ def build_internal_flow(
     n_blocks: int = 2,
     num_bins: int = 8,
     tail_bound: float = 5.0,
-    prior_init_spread: float = 1.0,
+    prior_init_spread: float = math.pi,
     prior_init_std: float = 0.5,
     seed: int = 0,
 ) -> StructuredFlow:
@@ -130,10 +133,10 @@ def build_internal_flow(
     rotor_mask = transform.rotor_mask.cpu()
     slow = slow_coordinate_indices(transform, rotor_mask, slow_dim, slow_coordinates)
     if slow_prior not in SLOW_PRIORS:
-        raise ValueError(f"unknown slow_prior '{slow_prior}'; choose one of {', '.join(SLOW_PRIORS)}")
+        raise ConfigError(f"unknown slow_prior '{slow_prior}'; choose one of {', '.join(SLOW_PRIORS)}")
     wrapped = slow_prior == "wrapped"
     if wrapped and not all(rotor_mask[i] for i in slow):
-        raise ValueError("slow_prior 'wrapped' needs every slow coordinate to be a rotor torsion")
+        raise ConfigError("slow_prior 'wrapped' needs every slow coordinate to be a rotor torsion")
     latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed, periodic_slow=wrapped)
     # latent order [slow | fast] -> flow order: slow latents land on their coordinates
     flow_order = slow + [i for i in range(dim) if i not in slow]

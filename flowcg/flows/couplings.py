@@ -21,6 +21,7 @@ from nflows.transforms import AffineCouplingTransform, PiecewiseRationalQuadrati
 from torch import nn
 
 from flowcg.coordinates.geometry import wrap
+from flowcg.errors import ConfigError
 from flowcg.flows.splines import UNIT_DERIVATIVE, pad_unit_end_derivatives, rational_quadratic
 
 COUPLINGS = ("spline", "affine")
@@ -63,7 +64,7 @@ class SplineCoupling(PiecewiseRationalQuadraticCouplingTransform):
 def coupling_layer(kind: str, features: int, parity: int, hidden: int = 64, n_blocks: int = 2, num_bins: int = 8, tail_bound: float = 5.0) -> Transform:
     """One identity-initialised coupling layer of the given ``kind`` (see :data:`COUPLINGS`)."""
     if features < 2:
-        raise ValueError(f"coupling layers need at least 2 features, got {features}")
+        raise ConfigError(f"coupling layers need at least 2 features, got {features}")
     mask = alternating_mask(features, parity)
     create = _conditioner_factory(hidden, n_blocks)
     if kind == "affine":
@@ -74,7 +75,7 @@ def coupling_layer(kind: str, features: int, parity: int, hidden: int = 64, n_bl
         bias = layer.transform_net.final_layer.bias.detach().view(layer.num_transform_features, 3 * num_bins - 1)
         bias[:, 2 * num_bins :] = UNIT_DERIVATIVE
         return layer
-    raise ValueError(f"unknown coupling '{kind}'; choose one of {', '.join(COUPLINGS)}")
+    raise ConfigError(f"unknown coupling '{kind}'; choose one of {', '.join(COUPLINGS)}")
 
 
 class MixedSplineCoupling(Transform):

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from flowcg.coordinates.geometry import wrap
+from flowcg.errors import ConfigError
 
 #: Wraps summed on each side in the wrapped-normal density.
 WRAPS = 4
@@ -54,7 +55,7 @@ class DiagonalGaussianMixture(nn.Module):
         super().__init__()
         self.periodic = periodic
         if dim < 1 or n_components < 1:
-            raise ValueError(f"mixture needs dim ≥ 1 and n_components ≥ 1, got dim={dim}, n_components={n_components}")
+            raise ConfigError(f"mixture needs dim ≥ 1 and n_components ≥ 1, got dim={dim}, n_components={n_components}")
         self.dim = dim
         self.n_components = n_components
         g = torch.Generator().manual_seed(seed)
@@ -111,7 +112,7 @@ class DiagonalGaussianMixture(nn.Module):
         """Change K in place; the parameters keep their identity (an optimiser holding them stays
         valid) and hold placeholders (μ = 0, σ = 1, equal π) until fitted or loaded."""
         if n_components < 1:
-            raise ValueError(f"mixture needs n_components ≥ 1, got {n_components}")
+            raise ConfigError(f"mixture needs n_components ≥ 1, got {n_components}")
         self.means.data = self.means.new_zeros(n_components, self.dim)
         self.log_stds.data = self.log_stds.new_zeros(n_components, self.dim)
         self.logits.data = self.logits.new_zeros(n_components)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from flowcg.errors import ConfigError
 from flowcg.latent.mixture import DiagonalGaussianMixture
 
 
@@ -60,7 +61,7 @@ class StructuredLatent(nn.Module):
 
         Only periodic (torsion) slow latents have a bounded domain to be uniform on."""
         if not self.slow.periodic:
-            raise ValueError("a uniform slow proposal needs periodic slow latents (model.slow_prior=wrapped)")
+            raise ConfigError("a uniform slow proposal needs periodic slow latents (model.slow_prior=wrapped)")
         ref = self.slow.means
         return (torch.rand(n, self.slow_dim, device=ref.device, dtype=ref.dtype) * 2 - 1) * torch.pi
 

@@ -42,11 +42,12 @@ from torch import Tensor
 from flowcg.analysis.ramachandran import backbone_torsion_atoms, basin_populations, ramachandran_kl
 from flowcg.cg.simulate import LangevinBAOAB
 from flowcg.coordinates.geometry import dihedral
+from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.sampling.importance import kish_ess, normalized_weights
 from flowcg.sampling.torsion_bias import TorsionBias
 from flowcg.targets.molecular import MolecularTarget
 from flowcg.targets.systems import langevin_simulation, thermalize
-from flowcg.training.checkpoint import load, save_atomic, save_json_atomic, save_npz_atomic
+from flowcg.io import load_torch, save_atomic, save_json_atomic, save_npz_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,11 @@ class WalkerSettings:
     def __post_init__(self):
         for name in ("n_walkers", "timestep_fs", "deposit_fs", "hill_width_rad", "save_interval_fs", "chunk_ps"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"walkers.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"walkers.{name} must be positive, got {getattr(self, name)}")
         if self.bias_factor <= 1:
-            raise ValueError(f"walkers.bias_factor must be > 1, got {self.bias_factor}")
+            raise ConfigError(f"walkers.bias_factor must be > 1, got {self.bias_factor}")
         if min(self.build_ps, self.equilibration_ps, self.hill_height_kj_mol, self.friction_per_ps) < 0:
-            raise ValueError("walkers.build_ps, equilibration_ps, hill_height_kj_mol and friction_per_ps must be ≥ 0")
+            raise ConfigError("walkers.build_ps, equilibration_ps, hill_height_kj_mol and friction_per_ps must be ≥ 0")
 
     def steps(self, fs: float) -> int:
         return max(1, round(fs / self.timestep_fs))
@@ -125,10 +126,10 @@ class BiasedWalkers:
         self.pending: list[dict] = []
 
     def _restore(self) -> None:
-        state = load(self.paths["state.pt"])
+        state = load_torch(self.paths["state.pt"], what="walker state")
         if state["settings"] != asdict(self.settings):
             changed = sorted(k for k, v in asdict(self.settings).items() if state["settings"].get(k) != v)
-            raise ValueError(f"{self.run_dir}: walker settings differ from the run being resumed ({', '.join(changed)})")
+            raise ConfigError(f"{self.run_dir}: walker settings differ from the run being resumed ({', '.join(changed)})")
         self.x, self.v, self.alive = state["x"], state["v"], state["alive"]
         self.generator = torch.Generator()
         self.generator.set_state(state["rng"])
@@ -138,7 +139,7 @@ class BiasedWalkers:
         with np.load(self.paths["reference.npz"]) as data:
             self.records = {key: data[key][:frames] for key in ("phi", "psi", "bias_kj_mol", "walker", "time_ps")}
         if len(self.records["phi"]) != frames:
-            raise RuntimeError(f"{self.run_dir}: reference.npz holds {len(self.records['phi'])} frames, state.pt {frames}")
+            raise UnreadableFileError(f"{self.run_dir}: reference.npz holds {len(self.records['phi'])} frames, state.pt {frames}")
         self.pending = []
         log.info("resumed %s: %s steps done, %d frames", self.run_dir, self.steps_done, frames)
 
@@ -157,7 +158,7 @@ class BiasedWalkers:
             self.bias.save(self.paths["bias.npy"])
         save_atomic({
             "settings": asdict(self.settings), "x": self.x, "v": self.v, "alive": self.alive, "rng": self.generator.get_state(),
-            "steps_done": self.steps_done, "wall_time_s": self.wall_time_s, "bias": self.bias.coefficients.numpy(),
+            "steps_done": self.steps_done, "wall_time_s": self.wall_time_s, "bias": self.bias.coefficients.clone(),
             "frames": len(self.records["phi"]),
         }, self.paths["state.pt"])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowcg.errors import ConfigError
 from flowcg.flows.model import StructuredFlow
 from flowcg.sampling.importance import kish_ess, kl_estimate, log_z_estimate
 from flowcg.targets.base import Target
@@ -64,7 +65,7 @@ def draw_samples(model: StructuredFlow, target: Target, n: int, batch_size: int 
     ``slow``: draw each batch of m as x ~ q(x | s) at s = slow(m) (e.g. ``model.latent.uniform_slow``)
     instead of x ~ q; log q and log w stay those of the joint q."""
     if n < 1:
-        raise ValueError(f"number of samples must be ≥ 1, got {n}")
+        raise ConfigError(f"number of samples must be ≥ 1, got {n}")
     model.eval()
     parts: dict[str, list[np.ndarray]] = {"x": [], "log_q": [], "u": [], "z_slow": []}
     for start in range(0, n, batch_size):

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowcg.errors import MissingFileError
+
 __all__ = ["TorsionBias", "fourier_features"]
 
 
@@ -94,5 +96,5 @@ class TorsionBias:
     def load(cls, path: str | Path) -> "TorsionBias":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"torsion bias not found: {path}")
+            raise MissingFileError(f"torsion bias not found: {path}")
         return cls(np.load(path))

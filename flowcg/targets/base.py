@@ -20,9 +20,12 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from flowcg.errors import ConfigError
 
-class TargetInputError(ValueError):
-    """Configurations that do not fit the target (wrong shape, wrong dimension)."""
+
+class TargetInputError(ConfigError):
+    """Input a target cannot use: configurations that do not fit it (wrong shape, wrong dimension),
+    or molecule files it cannot be built from (missing, unreadable, inconsistent)."""
 
 
 class _ZeroNonFiniteGradient(torch.autograd.Function):

@@ -601,8 +601,9 @@ class TorchForceField(nn.Module):
         system: the OpenMM system (non-periodic, NoCutoff nonbonded).
         positions: reference positions (N, 3) nm used for the self-check against OpenMM;
             ``None`` skips the check.
-        dtype: ``torch.float32`` or ``torch.float64``.
-        device: torch device.
+        dtype: ``torch.float32`` or ``torch.float64``; ``.to(dtype)`` changes it later, and refills the
+            parameters from their float64 values read from the System (kept on the CPU, one copy).
+        device: torch device; ``.to(device)`` moves it.
         compile: evaluate full chunks with ``torch.compile``d kernels (see the module docstring).
 
     Raises:
@@ -629,8 +630,17 @@ class TorchForceField(nn.Module):
         self.bonded_terms = [t for t in terms.values() if not hasattr(t, "energy_and_dr2")]
         self.n_atoms = system.getNumParticles()
         self.register_buffer("pairs", unordered_pairs(self.n_atoms))
+        # An empty floating buffer that .to() / .double() / .cuda() cast and move with the parameter
+        # buffers: the working dtype and device are read off it (the ``dtype`` and ``device``
+        # properties), so they cannot go stale after a cast. Not persistent: state dicts keep their keys.
+        self.register_buffer("_placement", torch.empty(0, dtype=torch.float64), persistent=False)
+        # The parameters exactly as read from the System (float64, CPU, outside the buffers): every cast
+        # refills the floating buffers from them (see _apply), so a float32 force field cast to float64
+        # holds the float64 parameters, not float32-rounded ones (a 1e-7 relative energy error).
+        self._exact_parameters = {
+            name: b.clone() for name, b in self.named_buffers() if b.is_floating_point() and name != "_placement"
+        }
         self.to(dtype=dtype, device=device)
-        self.dtype = dtype
         if torch.device(device).type == "cpu":
             retain_freed_memory()  # else every pass page-faults its temporaries anew (see there)
         # full chunks only: one static shape, one compilation (see the module docstring)
@@ -639,6 +649,26 @@ class TorchForceField(nn.Module):
         ) if compile else None
         if positions is not None:
             check_against_openmm(self, system, positions)
+
+    def _apply(self, fn, recurse=True):
+        """The hook of every ``nn.Module`` cast and move (``.to()``, ``.double()``, ``.cuda()``, ...):
+        applies ``fn``, then refills each floating parameter buffer from its exact float64 value in the
+        new dtype and on the new device."""
+        super()._apply(fn, recurse)
+        for name, exact in self._exact_parameters.items():
+            module_name, _, buffer_name = name.rpartition(".")
+            setattr(self.get_submodule(module_name), buffer_name, exact.to(dtype=self.dtype, device=self.device, copy=True))
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The working dtype of the parameter buffers (inputs must have it); follows ``.to()``."""
+        return self._placement.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameter buffers (inputs must be on it); follows ``.to()``."""
+        return self._placement.device
 
     def forward(self, x: Tensor) -> Tensor:
         """Potential energy in kJ/mol, shape (B,), differentiable once with respect to x."""
@@ -735,8 +765,7 @@ def check_against_openmm(
     x = positions[None] + 0.005 * rng.standard_normal((n_perturbed + 1, *positions.shape))
     x[0] = positions
     ref_energy, ref_forces = OpenMMEvaluator(system, platform="Reference").evaluate(x)
-    device = next(forcefield.buffers()).device
-    energy, forces = forcefield.energy_and_forces(torch.as_tensor(x, dtype=forcefield.dtype, device=device))
+    energy, forces = forcefield.energy_and_forces(torch.as_tensor(x, dtype=forcefield.dtype, device=forcefield.device))
     bad, de, df = disagreement(energy, ref_energy, forces, ref_forces, forcefield.dtype)
     if bad.any():
         raise ForceFieldMismatchError(

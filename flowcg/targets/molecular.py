@@ -24,8 +24,8 @@ import torch
 from openmm import unit
 from torch import Tensor
 
-from flowcg.targets.base import Target
-from flowcg.targets.forcefield import TorchForceField
+from flowcg.targets.base import Target, TargetInputError
+from flowcg.targets.forcefield import TorchForceField, UnsupportedForceError
 from flowcg.targets.openmm_bridge import OpenMMEvaluator, openmm_energy
 from flowcg.targets.systems import MolecularSystem, load_system, load_system_from_files
 
@@ -42,7 +42,9 @@ class MolecularTarget(Target):
         platform: OpenMM platform of the ``openmm`` backend (default: fastest CPU platform).
         n_workers: worker processes of the ``openmm`` backend.
         dtype: ``"float32"`` or ``"float64"``, the working precision of the ``torch`` backend
-            (energies are returned in the dtype of the input).
+            (energies are returned in the dtype of the input); ``.to(torch.float64)`` and
+            ``.to(device)`` of the target change it later, exactly (the force field keeps its
+            parameters in float64, see :class:`~flowcg.targets.forcefield.TorchForceField`).
         device: torch device of the ``torch`` backend.
         compile: ``torch.compile`` the ``torch`` backend's kernels for full chunks of configurations
             (about 3× the throughput on CPU at large batches; a first-call cost of seconds; see
@@ -51,6 +53,10 @@ class MolecularTarget(Target):
     Attributes:
         topology: ``mdtraj.Topology``; system: ``openmm.System``; positions: reference positions
             (n_atoms, 3) float64 nm; temperature: K; kT: kJ/mol.
+
+    Raises:
+        TargetInputError: the ``torch`` backend does not implement a force of the system (the
+            message names it; ``backend="openmm"`` evaluates any system).
     """
 
     def __init__(
@@ -79,7 +85,10 @@ class MolecularTarget(Target):
             (unit.MOLAR_GAS_CONSTANT_R * molecular_system.temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole)
         )
         if backend == "torch":
-            self.forcefield = TorchForceField(self.system, self.positions, dtype=DTYPES[dtype], device=device, compile=compile)
+            try:
+                self.forcefield = TorchForceField(self.system, self.positions, dtype=DTYPES[dtype], device=device, compile=compile)
+            except UnsupportedForceError as error:  # the user's system, not a bug: one line, no traceback
+                raise TargetInputError(f"{self.name}: {error}") from None
             self.evaluator = None
         else:
             self.forcefield = None
@@ -88,8 +97,7 @@ class MolecularTarget(Target):
     def _reduced_energy(self, x: Tensor) -> Tensor:
         """U(x)/kT, shape (B,), in the dtype and on the device of x (U from the chosen backend)."""
         if self.forcefield is not None:
-            ff_param = next(self.forcefield.buffers())
-            energy = self.forcefield(x.to(dtype=self.forcefield.dtype, device=ff_param.device))
+            energy = self.forcefield(x.to(dtype=self.forcefield.dtype, device=self.forcefield.device))
             energy = energy.to(dtype=x.dtype, device=x.device)
         else:
             energy = openmm_energy(x, self.evaluator)
@@ -101,8 +109,8 @@ class MolecularTarget(Target):
         self.check_shape(x)
         self.n_energy_evaluations += int(x.shape[0])
         if self.forcefield is not None:
-            ff_param = next(self.forcefield.buffers())
-            energy, forces = self.forcefield.energy_and_forces(x.detach().to(dtype=self.forcefield.dtype, device=ff_param.device))
+            ff = self.forcefield
+            energy, forces = ff.energy_and_forces(x.detach().to(dtype=ff.dtype, device=ff.device))
         else:
             energy, forces = (torch.as_tensor(a) for a in self.evaluator.evaluate(x.detach().cpu().double().numpy()))
         energy, forces = energy.to(dtype=x.dtype, device=x.device), forces.to(dtype=x.dtype, device=x.device)
@@ -152,6 +160,7 @@ def molecule_from_files(
     coordinates: str | Path | None = None,
     forcefield: Sequence[str] = (),
     implicit_solvent: str | None = None,
+    system_xml: str | Path | None = None,
     backend: str = "torch",
     temperature: float = 300.0,
     platform: str | None = None,
@@ -160,13 +169,15 @@ def molecule_from_files(
     device: str = "cpu",
     compile: bool = False,
 ) -> MolecularTarget:
-    """A target from user files: an Amber prmtop + coordinates, or a PDB + force-field XMLs.
+    """A target from user files (``conf/target/molecule.yaml``): an Amber prmtop + coordinates, a
+    PDB/mmCIF + force-field XMLs, or a PDB/mmCIF + a serialized OpenMM System XML; ``temperature`` in K.
 
     See :func:`~flowcg.targets.systems.load_system_from_files` for ``path``, ``coordinates``,
-    ``forcefield`` and ``implicit_solvent``.
+    ``forcefield``, ``implicit_solvent`` and ``system_xml``, and :class:`MolecularTarget` for the rest.
     """
     molecular_system = load_system_from_files(
-        path, coordinates=coordinates, forcefield=forcefield, implicit_solvent=implicit_solvent, temperature=temperature
+        path, coordinates=coordinates, forcefield=forcefield, implicit_solvent=implicit_solvent, system_xml=system_xml,
+        temperature=temperature,
     )
     return MolecularTarget(
         molecular_system, backend=backend, platform=platform, n_workers=n_workers, dtype=dtype, device=device, compile=compile

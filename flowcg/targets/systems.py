@@ -1,9 +1,15 @@
 """Molecular systems: OpenMM ``System`` + topology + reference positions, from files or presets.
 
 A :class:`MolecularSystem` is everything a molecular target needs from the outside world. It is
-built by OpenMM's own readers (``AmberPrmtopFile``, ``PDBFile``, ``ForceField``) and always with
-``constraints=None``, ``rigidWater=False`` and ``NoCutoff``: a Boltzmann generator samples all
-3N Cartesian degrees of freedom of a finite molecule, so nothing may be constrained or cut off.
+built by OpenMM's own readers (``AmberPrmtopFile``, ``PDBFile``/``PDBxFile``, ``ForceField``) and
+always with ``constraints=None``, ``rigidWater=False`` and ``NoCutoff``: a Boltzmann generator
+samples all 3N Cartesian degrees of freedom of a finite molecule, so nothing may be constrained or
+cut off. A ``System`` serialized elsewhere (``openmm.XmlSerializer``, as openmmtools and
+openmmforcefields produce) is taken as it is and refused if it breaks these rules (constraints,
+periodic boundaries, virtual sites).
+
+Bad user input (missing, unreadable or inconsistent files) raises
+:class:`~flowcg.targets.base.TargetInputError` with a one-line message naming the file.
 
 Units: positions in nm, temperature in kelvin, energies (inside the ``System``) in kJ/mol.
 
@@ -29,6 +35,8 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
+from flowcg.targets.base import TargetInputError
+
 DATA_DIR = Path(__file__).parent / "data"
 ALDP_DIR = DATA_DIR / "alanine-dipeptide-gbsa"
 
@@ -36,6 +44,13 @@ ALDP_DIR = DATA_DIR / "alanine-dipeptide-gbsa"
 AMBER_IMPLICIT_SOLVENTS = {"HCT": app.HCT, "OBC1": app.OBC1, "OBC2": app.OBC2, "GBn": app.GBn, "GBn2": app.GBn2}
 
 _AMBER_SUFFIXES = (".prmtop", ".parm7", ".top")
+#: Structure files (topology + positions) by suffix: OpenMM's reader and the format's name.
+_STRUCTURE_READERS = {
+    ".pdb": (app.PDBFile, "PDB"),
+    ".cif": (app.PDBxFile, "PDBx/mmCIF"),
+    ".mmcif": (app.PDBxFile, "PDBx/mmCIF"),
+    ".pdbx": (app.PDBxFile, "PDBx/mmCIF"),
+}
 
 
 @dataclass
@@ -67,22 +82,74 @@ def _positions_nm(positions) -> np.ndarray:
     return np.asarray(positions.value_in_unit(unit.nanometer), dtype=np.float64).reshape(-1, 3)
 
 
+def _one_line(error: Exception) -> str:
+    """An exception's message squeezed onto one line (its type name if it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _read_structure(path: Path) -> tuple[app.Topology, np.ndarray]:
+    """Topology and positions (n_atoms, 3) in nm of a PDB or PDBx/mmCIF file.
+
+    Raises:
+        TargetInputError: the file is missing, has another suffix, cannot be parsed, or holds no atoms.
+    """
+    if path.suffix.lower() not in _STRUCTURE_READERS:
+        raise TargetInputError(f"{path.name}: expected a structure file ({', '.join(_STRUCTURE_READERS)})")
+    if not path.is_file():
+        raise TargetInputError(f"no such file: {path}")
+    reader, kind = _STRUCTURE_READERS[path.suffix.lower()]
+    try:  # OpenMM's readers fail on a malformed file with IndexError, KeyError, ValueError, ...
+        structure = reader(str(path))
+        positions = _positions_nm(structure.getPositions(asNumpy=True))
+    except Exception as error:
+        raise TargetInputError(f"{path.name}: not a readable {kind} file ({_one_line(error)})") from None
+    if structure.topology.getNumAtoms() == 0:
+        raise TargetInputError(f"{path.name}: holds no atoms")
+    return structure.topology, positions
+
+
 def _read_coordinates(path: Path) -> np.ndarray:
-    """Positions (nm) from a PDB or an Amber coordinate file (crd/inpcrd/rst7)."""
-    if path.suffix.lower() == ".pdb":
-        return _positions_nm(app.PDBFile(str(path)).getPositions(asNumpy=True))
-    return _positions_nm(app.AmberInpcrdFile(str(path)).getPositions(asNumpy=True))
+    """Positions (nm) from a structure file (PDB, mmCIF) or an Amber coordinate file (crd/inpcrd/rst7)."""
+    if path.suffix.lower() in _STRUCTURE_READERS:
+        return _read_structure(path)[1]
+    if not path.is_file():
+        raise TargetInputError(f"no such file: {path}")
+    try:
+        return _positions_nm(app.AmberInpcrdFile(str(path)).getPositions(asNumpy=True))
+    except Exception as error:
+        raise TargetInputError(f"{path.name}: not a readable Amber coordinate file ({_one_line(error)})") from None
+
+
+def _read_system_xml(path: Path) -> openmm.System:
+    """The ``openmm.System`` serialized in ``path`` (``openmm.XmlSerializer`` format).
+
+    Raises:
+        TargetInputError: the file is missing, is not XML OpenMM can read, or holds another object
+            (an integrator, a state).
+    """
+    if not path.is_file():
+        raise TargetInputError(f"no such file: {path}")
+    try:
+        system = openmm.XmlSerializer.deserialize(path.read_text())
+    except Exception as error:  # ValueError ("Invalid input string") for garbage, UnicodeDecodeError for binary
+        raise TargetInputError(f"{path.name}: not an OpenMM System XML ({_one_line(error)})") from None
+    if not isinstance(system, openmm.System):
+        raise TargetInputError(f"{path.name}: holds an OpenMM {type(system).__name__}, not a System")
+    return system
 
 
 def _from_prmtop(
     prmtop_path: Path, coordinates_path: Path, implicit_solvent: str | None, temperature: float, name: str
 ) -> MolecularSystem:
     if implicit_solvent is not None and implicit_solvent not in AMBER_IMPLICIT_SOLVENTS:
-        raise ValueError(
+        raise TargetInputError(
             f"unknown implicit solvent '{implicit_solvent}' for an Amber prmtop; "
             f"choose one of {', '.join(AMBER_IMPLICIT_SOLVENTS)} or None"
         )
-    prmtop = app.AmberPrmtopFile(str(prmtop_path))
+    try:
+        prmtop = app.AmberPrmtopFile(str(prmtop_path))
+    except Exception as error:  # OpenMM's reader fails on a malformed file with assorted exception types
+        raise TargetInputError(f"{prmtop_path.name}: not a readable Amber topology ({_one_line(error)})") from None
     # Same arguments as openmmtools' AlanineDipeptideImplicit, with constraints switched off.
     system = prmtop.createSystem(
         implicitSolvent=AMBER_IMPLICIT_SOLVENTS.get(implicit_solvent) if implicit_solvent else None,
@@ -94,35 +161,75 @@ def _from_prmtop(
     return _assemble(system, prmtop.topology, _read_coordinates(coordinates_path), temperature, name)
 
 
-def _from_pdb(
-    pdb_path: Path, forcefield: Sequence[str], implicit_solvent: str | None, temperature: float, name: str
+def _from_forcefield_files(
+    structure_path: Path, forcefield: Sequence[str], implicit_solvent: str | None, temperature: float, name: str
 ) -> MolecularSystem:
+    """A PDB/mmCIF structure parameterised by OpenMM ``ForceField`` XML files (+ an implicit-solvent XML)."""
     if not forcefield:
-        raise ValueError(f"{pdb_path.name}: a PDB needs force-field XML files (forcefield=[...])")
+        raise TargetInputError(
+            f"{structure_path.name}: a structure file needs force-field XML files (forcefield=[...]) or a serialized system (system_xml=...)"
+        )
     xml_files = [*forcefield, *([implicit_solvent] if implicit_solvent else [])]
-    ff = app.ForceField(*xml_files)
-    pdb = app.PDBFile(str(pdb_path))
     try:
-        system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
+        ff = app.ForceField(*xml_files)
+    except Exception as error:  # a missing or malformed force-field file
+        raise TargetInputError(f"cannot read force field {' + '.join(xml_files)} ({_one_line(error)})") from None
+    topology, positions = _read_structure(structure_path)
+    try:
+        system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
     except ValueError:
         # OpenMM's message is a multi-line essay; name the offending residue(s) in one line instead.
-        unmatched = ff.getUnmatchedResidues(pdb.topology)
+        unmatched = ff.getUnmatchedResidues(topology)
         if not unmatched:
             raise
         residues = ", ".join(f"{r.name}{r.id} (chain {r.chain.id})" for r in unmatched)
-        raise ValueError(
-            f"{pdb_path.name}: force field {' + '.join(xml_files)} has no template for residue(s) {residues}"
+        raise TargetInputError(
+            f"{structure_path.name}: force field {' + '.join(xml_files)} has no template for residue(s) {residues}"
         ) from None
-    return _assemble(system, pdb.topology, _positions_nm(pdb.getPositions(asNumpy=True)), temperature, name)
+    return _assemble(system, topology, positions, temperature, name)
+
+
+def _from_system_xml(xml_path: Path, structure_path: Path, temperature: float, name: str) -> MolecularSystem:
+    """A serialized ``System`` with the topology and positions of a PDB/mmCIF file of the same atoms, in order."""
+    system = _read_system_xml(xml_path)
+    topology, positions = _read_structure(structure_path)
+    return _assemble(system, topology, positions, temperature, name, origin=f"{structure_path.name} + {xml_path.name}")
+
+
+def _check_samplable(system: openmm.System, origin: str) -> None:
+    """Refuse a system whose Boltzmann density over all 3N Cartesian coordinates is not the one it
+    describes: constrained distances, periodic boundaries (a solvated box), virtual sites."""
+    if system.getNumConstraints():
+        raise TargetInputError(
+            f"{origin}: the system has {system.getNumConstraints()} constraints; flowcg samples every Cartesian "
+            "coordinate, so build it with constraints=None"
+        )
+    if system.usesPeriodicBoundaryConditions():
+        raise TargetInputError(
+            f"{origin}: the system uses periodic boundary conditions; flowcg samples a finite molecule "
+            "(vacuum or implicit solvent, nonbondedMethod=NoCutoff)"
+        )
+    virtual = [i for i in range(system.getNumParticles()) if system.isVirtualSite(i)]
+    if virtual:
+        raise TargetInputError(f"{origin}: the system has {len(virtual)} virtual sites (particle {virtual[0]} first), which flowcg cannot sample")
 
 
 def _assemble(
-    system: openmm.System, omm_topology: app.Topology, positions: np.ndarray, temperature: float, name: str
+    system: openmm.System,
+    omm_topology: app.Topology,
+    positions: np.ndarray,
+    temperature: float,
+    name: str,
+    origin: str | None = None,
 ) -> MolecularSystem:
+    """Check that system, topology and positions (nm) fit together and that the system can be sampled
+    (``origin`` names the input files in the messages; default ``name``)."""
+    origin = origin or name
     if positions.shape != (system.getNumParticles(), 3):
-        raise ValueError(
-            f"{name}: coordinates hold {positions.shape[0]} atoms but the system has {system.getNumParticles()}"
+        raise TargetInputError(
+            f"{origin}: the coordinates hold {positions.shape[0]} atoms but the system has {system.getNumParticles()} particles"
         )
+    _check_samplable(system, origin)
     return MolecularSystem(
         system=system,
         omm_topology=omm_topology,
@@ -139,34 +246,54 @@ def load_system_from_files(
     coordinates: str | Path | None = None,
     forcefield: Sequence[str] = (),
     implicit_solvent: str | None = None,
+    system_xml: str | Path | None = None,
     temperature: float = 300.0,
     name: str | None = None,
 ) -> MolecularSystem:
-    """Build a :class:`MolecularSystem` from user files.
+    """Build a :class:`MolecularSystem` (temperature in K) from user files.
 
-    Two routes, chosen by the suffix of ``path``:
+    Three routes, chosen by the suffix of ``path`` and by ``system_xml``:
 
-    * Amber topology (``.prmtop``/``.parm7``/``.top``): ``coordinates`` (crd/inpcrd/rst7 or pdb) is
-      required; ``implicit_solvent`` is a GB model name (``HCT``, ``OBC1``, ``OBC2``, ``GBn``,
-      ``GBn2``) or ``None`` for vacuum.
-    * PDB: ``forcefield`` lists OpenMM force-field XML names (e.g. ``["amber14-all.xml"]``);
-      ``implicit_solvent`` is an optional implicit-solvent XML (e.g. ``"implicit/obc2.xml"``).
+    * Amber topology (``.prmtop``/``.parm7``/``.top``): ``coordinates`` (crd/inpcrd/rst7, pdb or
+      cif) is required; ``implicit_solvent`` is a GB model name (``HCT``, ``OBC1``, ``OBC2``,
+      ``GBn``, ``GBn2``) or ``None`` for vacuum.
+    * structure (``.pdb``, or PDBx/mmCIF ``.cif``/``.mmcif``/``.pdbx``) + ``forcefield``: OpenMM
+      force-field XML names (e.g. ``["amber14-all.xml"]``); ``implicit_solvent`` is an optional
+      implicit-solvent XML (e.g. ``"implicit/obc2.xml"``).
+    * structure + ``system_xml``: an ``openmm.System`` serialized with ``openmm.XmlSerializer``
+      (openmmtools, openmmforcefields), its particles in the order of the structure's atoms, without
+      constraints, periodic boundaries or virtual sites; it already holds the force field and any
+      implicit solvent, so ``forcefield``, ``implicit_solvent`` and ``coordinates`` must be left unset.
 
     Raises:
-        ValueError: for a missing or unreadable input, or a residue the force field cannot
-            parameterise (one line naming the residue).
+        TargetInputError: (a ``ValueError``) for a missing, unreadable or inconsistent input (atom
+            counts that differ, a residue the force field cannot parameterise, ...), in one line
+            naming the file.
     """
     path = Path(path)
     name = name or path.stem
     if not path.is_file():
-        raise ValueError(f"no such file: {path}")
-    if path.suffix.lower() in _AMBER_SUFFIXES:
+        raise TargetInputError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if system_xml is not None:
+        given = [k for k, v in (("forcefield", forcefield), ("implicit_solvent", implicit_solvent), ("coordinates", coordinates)) if v]
+        if given:
+            raise TargetInputError(
+                f"system_xml={Path(system_xml).name} already defines the system and its positions come from {path.name}; "
+                f"leave {', '.join(given)} unset"
+            )
+        if suffix not in _STRUCTURE_READERS:
+            raise TargetInputError(f"{path.name}: with system_xml, path must be a structure file ({', '.join(_STRUCTURE_READERS)})")
+        return _from_system_xml(Path(system_xml), path, temperature, name)
+    if suffix in _AMBER_SUFFIXES:
         if coordinates is None:
-            raise ValueError(f"{path.name}: an Amber topology needs coordinates=<crd/inpcrd/pdb file>")
+            raise TargetInputError(f"{path.name}: an Amber topology needs coordinates=<crd/inpcrd/pdb file>")
         return _from_prmtop(path, Path(coordinates), implicit_solvent, temperature, name)
-    if path.suffix.lower() == ".pdb":
-        return _from_pdb(path, list(forcefield), implicit_solvent, temperature, name)
-    raise ValueError(f"{path.name}: expected an Amber topology ({', '.join(_AMBER_SUFFIXES)}) or a .pdb file")
+    if suffix in _STRUCTURE_READERS:
+        return _from_forcefield_files(path, list(forcefield), implicit_solvent, temperature, name)
+    raise TargetInputError(
+        f"{path.name}: expected an Amber topology ({', '.join(_AMBER_SUFFIXES)}) or a structure file ({', '.join(_STRUCTURE_READERS)})"
+    )
 
 
 _ALDP_PRMTOP = ALDP_DIR / "alanine-dipeptide.prmtop"
@@ -176,7 +303,7 @@ _ALDP_PDB = ALDP_DIR / "alanine-dipeptide.pdb"
 PRESETS: dict[str, Callable[[float], MolecularSystem]] = {
     "aldp_implicit": lambda t: _from_prmtop(_ALDP_PRMTOP, _ALDP_CRD, "OBC1", t, "aldp_implicit"),
     "aldp_vacuum": lambda t: _from_prmtop(_ALDP_PRMTOP, _ALDP_CRD, None, t, "aldp_vacuum"),
-    "aldp_amber14": lambda t: _from_pdb(
+    "aldp_amber14": lambda t: _from_forcefield_files(
         _ALDP_PDB, ["amber14-all.xml"], "implicit/obc2.xml", t, "aldp_amber14"
     ),
 }

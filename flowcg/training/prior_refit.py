@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flowcg.errors import ConfigError
 from flowcg.flows.model import StructuredFlow
 from flowcg.sampling import draw_samples, kish_ess, truncated_weights
 from flowcg.targets.base import Target
@@ -62,14 +63,14 @@ class PriorRefitConfig:
 
     def __post_init__(self):
         if self.n_components < 0:
-            raise ValueError(f"prior_refit.n_components must be ≥ 0 (0 = off), got {self.n_components}")
+            raise ConfigError(f"prior_refit.n_components must be ≥ 0 (0 = off), got {self.n_components}")
         for name in ("n_samples", "rounds", "n_iter", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"prior_refit.{name} must be ≥ 1, got {getattr(self, name)}")
+                raise ConfigError(f"prior_refit.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.min_std <= 0:
-            raise ValueError(f"prior_refit.min_std must be > 0, got {self.min_std}")
+            raise ConfigError(f"prior_refit.min_std must be > 0, got {self.min_std}")
         if not 0.0 <= self.uniform_fraction < 1.0:
-            raise ValueError(f"prior_refit.uniform_fraction must be in [0, 1), got {self.uniform_fraction}")
+            raise ConfigError(f"prior_refit.uniform_fraction must be in [0, 1), got {self.uniform_fraction}")
 
     @property
     def enabled(self) -> bool:
@@ -81,7 +82,7 @@ def refit_slow_prior(model: StructuredFlow, target: Target, config: PriorRefitCo
     weighted draws of the model at β = 1, ``config.rounds`` times; returns one record per round (the
     ESS of the draws it fitted, the EM's iterations and weighted log-likelihood)."""
     if not config.enabled:
-        raise ValueError("prior_refit.n_components is 0: nothing to refit")
+        raise ConfigError("prior_refit.n_components is 0: nothing to refit")
     records = []
     for round_index in range(config.rounds):
         z_slow, log_w = _defensive_draws(model, target, config)

@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowcg.errors import ConfigError, build_from_options
 from flowcg.flows.model import StructuredFlow
 from flowcg.targets.base import Target
-from flowcg.training import checkpoint
+from flowcg.io import load_torch, save_atomic
 from flowcg.training.prior_refit import PriorRefitConfig, refit_slow_prior
 from flowcg.training.schedules import Schedule, build_schedule
 from flowcg.training.trainer import CHECKPOINT_NAME, MetricLogger, TrainConfig, Trainer, rng_state, set_rng_state
@@ -56,7 +57,7 @@ def build_training(settings: dict) -> tuple[Schedule, TrainConfig]:
     """Tempering schedule and optimisation settings from ``train`` settings (``schedule`` holds the schedule's)."""
     options = dict(settings)
     schedule = dict(options.pop("schedule"))
-    return build_schedule(schedule.pop("kind"), **schedule), TrainConfig(**options)
+    return build_schedule(schedule.pop("kind"), **schedule), build_from_options(TrainConfig, "train", options)
 
 
 def build_phases(recipe: list[dict] | None, train: dict, prior_refit: dict) -> list[Phase]:
@@ -68,15 +69,18 @@ def build_phases(recipe: list[dict] | None, train: dict, prior_refit: dict) -> l
         entry = dict(entry)
         kind = entry.pop("kind", None)
         if kind not in PHASE_KINDS:
-            raise ValueError(f"recipe phase {index}: kind must be one of {', '.join(PHASE_KINDS)}, got {kind!r}")
+            raise ConfigError(f"recipe phase {index}: kind must be one of {', '.join(PHASE_KINDS)}, got {kind!r}")
         settings = {**(train if kind == "train" else prior_refit), **entry}  # a phase's schedule replaces the run's whole
-        if kind == "train":
-            build_training(settings)
-        elif not PriorRefitConfig(**settings).enabled:
-            raise ValueError(f"recipe phase {index}: a refit needs n_components > 0")
+        try:
+            if kind == "train":
+                build_training(settings)
+            elif not build_from_options(PriorRefitConfig, "prior_refit", settings).enabled:
+                raise ConfigError("a refit needs n_components > 0")
+        except ConfigError as error:
+            raise ConfigError(f"recipe phase {index}: {error}") from None
         phases.append(Phase(kind, settings))
     if phases[0].kind != "train":
-        raise ValueError("a recipe starts with a train phase")
+        raise ConfigError("a recipe starts with a train phase")
     return phases
 
 
@@ -128,7 +132,7 @@ def run_recipe(model: StructuredFlow, target: Target, phases: list[Phase], run_d
     state_path = run_dir / STATE_NAME
     result, start = RecipeResult(), 0
     if resume and state_path.is_file():
-        saved = checkpoint.load(state_path, map_location=next(model.parameters()).device)
+        saved = load_torch(state_path, map_location=next(model.parameters()).device, what="recipe state")
         model.match_slow_prior(saved["model"]).load_state_dict(saved["model"])
         target.n_energy_evaluations = saved["energy_evaluations"]
         set_rng_state(saved["rng"])
@@ -145,9 +149,9 @@ def run_recipe(model: StructuredFlow, target: Target, phases: list[Phase], run_d
             result.phases.append({"kind": "train", "state": state})
         else:
             started = time.perf_counter()
-            records = refit_slow_prior(model, target, PriorRefitConfig(**phase.settings), seed=seed)
+            records = refit_slow_prior(model, target, build_from_options(PriorRefitConfig, "prior_refit", phase.settings), seed=seed)
             result.phases.append({"kind": "refit", "records": records, "wall_time_s": time.perf_counter() - started})
-        checkpoint.save_atomic(
+        save_atomic(
             {"model": model.state_dict(), "rng": rng_state(), "energy_evaluations": target.n_energy_evaluations, "phases": result.phases},
             state_path,
         )

@@ -21,6 +21,7 @@ import abc
 
 import numpy as np
 
+from flowcg.errors import ConfigError, build_from_options
 from flowcg.sampling.importance import kl_estimate
 
 
@@ -56,7 +57,7 @@ class _FixedSchedule(Schedule):
 
 def _check_beta0(beta0: float) -> float:
     if not 0.0 < beta0 <= 1.0:
-        raise ValueError(f"beta0 must lie in (0, 1], got {beta0}")
+        raise ConfigError(f"beta0 must lie in (0, 1], got {beta0}")
     return float(beta0)
 
 
@@ -79,9 +80,9 @@ class AdaptiveSchedule(Schedule):
 
     def __init__(self, beta0: float, delta: float = 0.1, shrink: float = 0.6, kl_floor: float = 1.0, min_step: float = 1e-6):
         if not 0 < shrink < 1:
-            raise ValueError(f"shrink must lie in (0, 1), got {shrink}")
+            raise ConfigError(f"shrink must lie in (0, 1), got {shrink}")
         if delta <= 0:
-            raise ValueError(f"delta must be positive, got {delta}")
+            raise ConfigError(f"delta must be positive, got {delta}")
         self.initial_beta = _check_beta0(beta0)
         self.delta, self.shrink, self.kl_floor, self.min_step = float(delta), float(shrink), float(kl_floor), float(min_step)
 
@@ -105,5 +106,5 @@ SCHEDULES = {"constant": ConstantSchedule, "linear": LinearSchedule, "geometric"
 def build_schedule(kind: str, **options) -> Schedule:
     """Schedule by name (see :data:`SCHEDULES`) with its keyword options."""
     if kind not in SCHEDULES:
-        raise ValueError(f"unknown tempering schedule '{kind}'; choose one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[kind](**options)
+        raise ConfigError(f"unknown tempering schedule '{kind}'; choose one of {', '.join(SCHEDULES)}")
+    return build_from_options(SCHEDULES[kind], "train.schedule", options)

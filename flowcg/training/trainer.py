@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flowcg.errors import ConfigError
 from flowcg.flows.model import StructuredFlow
 from flowcg.sampling.importance import kish_ess, kl_estimate, log_z_estimate
 from flowcg.targets.base import Target
-from flowcg.training import checkpoint
+from flowcg.io import load_torch, save_atomic
 from flowcg.training.objective import reverse_kl
 from flowcg.training.schedules import Schedule
 
@@ -56,13 +57,13 @@ class TrainConfig:
     decays by cosine to ``lr × final_lr_factor`` over the final stage at β = 1.
     """
 
-    batch_size: int = 512
-    lr: float = 1e-3
+    batch_size: int = 256
+    lr: float = 3e-3
     final_lr_factor: float = 0.1
-    steps_per_stage: int = 100
+    steps_per_stage: int = 50
     final_steps: int = 1000
     max_stages: int = 100
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 1024
     checkpoint_every: int = 200
     clip_factor: float = 5.0
     skip_factor: float = 100.0
@@ -76,15 +77,19 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("batch_size", "steps_per_stage", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
+                raise ConfigError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 <= self.slow_uniform_fraction < 1.0:
-            raise ValueError(f"train.slow_uniform_fraction must be in [0, 1), got {self.slow_uniform_fraction}")
+            raise ConfigError(f"train.slow_uniform_fraction must be in [0, 1), got {self.slow_uniform_fraction}")
         if self.final_steps < 0:  # 0: a warm-started run that only evaluates (or refits its prior)
-            raise ValueError(f"train.final_steps must be ≥ 0, got {self.final_steps}")
+            raise ConfigError(f"train.final_steps must be ≥ 0, got {self.final_steps}")
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global torch, numpy and Python random states, as tensors and plain data (a weights-only checkpoint)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -92,7 +97,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -138,13 +145,13 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
         self.state["energy_evaluations"] = self.target.n_energy_evaluations
-        checkpoint.save_atomic(
+        save_atomic(
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state, "rng": rng_state(), "config": asdict(self.config)},
             self.checkpoint_path,
         )
 
     def load_checkpoint(self) -> None:
-        saved = checkpoint.load(self.checkpoint_path, map_location=next(self.model.parameters()).device)
+        saved = load_torch(self.checkpoint_path, map_location=next(self.model.parameters()).device, what="checkpoint")
         self.model.match_slow_prior(saved["model"]).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         for group in self.optimizer.param_groups:  # the saved groups carry the saving run's choice

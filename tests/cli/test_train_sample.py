@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,27 @@ def test_existing_run_is_not_overwritten_and_missing_checkpoint_is_reported(trai
     assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
     no_run = _run("flowcg-sample", f"run={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 's'}")
     assert no_run.returncode == 2 and "not a flowcg run folder" in no_run.stderr
+
+
+@pytest.mark.parametrize("state, damage", [("checkpoint.pt", "truncate"), ("recipe.pt", "garbage")])
+def test_corrupt_run_files_fail_in_one_line_and_stay_untouched(trained_run, tmp_path, state, damage):
+    """A resume reads recipe.pt (or, killed inside its first phase, checkpoint.pt); flowcg-sample reads model.pt."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    if state == "checkpoint.pt":
+        (run / "recipe.pt").unlink()
+    for name in (state, "model.pt"):
+        path = run / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if damage == "truncate" else b"\x80garbage" * 100)
+    before = {name: (run / name).read_bytes() for name in (state, "model.pt")}
+    resumed = _run("flowcg-train", "experiment=double_well", f"hydra.run.dir={run}", "resume=true", *TINY)
+    sampled = _run("flowcg-sample", f"run={run}", "n=100", f"hydra.run.dir={tmp_path / 's'}")
+    for result, name in ((resumed, state), (sampled, "model.pt")):
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and str(run / name) in errors[0], result.stderr[-2000:]
+    assert before == {name: (run / name).read_bytes() for name in before}
 
 
 def test_multirun_sweep_over_seeds(tmp_path):

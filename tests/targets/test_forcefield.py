@@ -38,6 +38,26 @@ def test_parity_float32(preset_frames):
     assert df.max() <= 1.0, df.max()
 
 
+def test_target_cast_to_float64_is_exact(preset_frames):
+    """A float32 target cast with ``.to(torch.float64)`` (as the CLI's ``dtype=float64`` does) computes
+    in float64 with the exact parameters: OpenMM's energies and forces to round-off, not float32's
+    ~1e-7 relative error; a cast back to float32 works too."""
+    from flowcg import load_target
+
+    ms, frames = preset_frames
+    target = load_target(ms.name).to(torch.float64)
+    assert target.forcefield.dtype == torch.float64
+    assert {b.dtype for b in target.buffers() if b.is_floating_point()} == {torch.float64}
+    x = torch.as_tensor(frames)
+    energy, forces = target.energy(x) * target.kT, target.forces(x)
+    assert energy.dtype == forces.dtype == torch.float64
+    ref_energy, ref_forces = OpenMMEvaluator(ms.system, platform="Reference").evaluate(frames)
+    np.testing.assert_allclose(energy.numpy(), ref_energy, rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(forces.numpy(), ref_forces, rtol=1e-9, atol=1e-7)
+    back = target.float()
+    assert back.forcefield.dtype == torch.float32 and back.energy(x.float()).dtype == torch.float32
+
+
 def test_gb_model_identified():
     models = {}
     for preset in ("aldp_implicit", "aldp_amber14"):

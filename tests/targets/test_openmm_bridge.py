@@ -7,6 +7,7 @@ import pytest
 import torch
 from openmm import unit
 
+from flowcg.errors import ConfigError
 from flowcg.targets import TargetInputError, load_target
 from flowcg.targets.openmm_bridge import OpenMMEvaluator, openmm_energy
 from flowcg.targets.systems import ALDP_DIR, load_system
@@ -86,7 +87,7 @@ def test_target_options_and_errors():
         target.energy(torch.zeros(2, 21, 3))
     with pytest.raises(ValueError, match="unknown backend 'jax'"):
         load_target("aldp_vacuum", backend="jax")
-    with pytest.raises(TypeError, match="has no option"):
+    with pytest.raises(ConfigError, match="unknown option target.options"):
         load_target("aldp_vacuum", cutoff=1.0)
 
 

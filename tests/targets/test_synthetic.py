@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import distributions as D
 
+from flowcg.errors import ConfigError
 from flowcg.targets import TargetInputError, UnknownTargetError, load_target
 from flowcg.targets.synthetic import GaussianMixture, SlowFastGaussianMixture
 
@@ -67,5 +68,5 @@ def test_bad_inputs_give_clear_errors():
         target.energy(torch.zeros(5, 3))
     with pytest.raises(UnknownTargetError, match="unknown target 'triple_well'"):
         load_target("triple_well")
-    with pytest.raises(TypeError, match="has no option"):
+    with pytest.raises(ConfigError, match="unknown option target.options"):
         load_target("double_well", depth=3)

@@ -4,6 +4,7 @@ exactly after a kill in any phase (train or refit)."""
 import pytest
 import torch
 
+from flowcg.errors import ConfigError
 from flowcg.flows import build_flow
 from flowcg.training.recipe import build_phases, run_recipe
 from flowcg.training.trainer import CHECKPOINT_NAME
@@ -42,7 +43,7 @@ def test_phases_take_the_run_settings_with_their_own_on_top():
     ([{"kind": "refit", "n_components": 2}], "starts with a train phase"),
 ])
 def test_a_bad_recipe_fails_before_training(recipe, message):
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(ConfigError, match=message):
         build_phases(recipe, TRAIN, REFIT)
 
 

@@ -8,7 +8,7 @@ from flowcg.flows import build_flow
 from flowcg.targets import load_target
 from flowcg.targets.synthetic import DoubleWell
 from flowcg.training import TrainConfig, Trainer, build_schedule
-from flowcg.training.checkpoint import MissingCheckpointError
+from flowcg.errors import MissingFileError
 
 SMALL = dict(batch_size=64, steps_per_stage=6, final_steps=10, eval_batch_size=128, checkpoint_every=5, show_progress=False)
 
@@ -57,7 +57,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(MissingCheckpointError, match="no checkpoint"):
+    with pytest.raises(MissingFileError, match="no checkpoint"):
         _trainer(DoubleWell(), tmp_path).fit(resume=True)
 
 
@@ -89,7 +89,7 @@ def test_short_training_lands_mass_in_both_wells(tmp_path):
     torch.manual_seed(1)
     target = load_target("double_well")
     model = build_flow(2, 1, 2, n_couplings=2, hidden=32, prior_init_spread=2.0)
-    config = TrainConfig(batch_size=256, steps_per_stage=25, final_steps=300, eval_batch_size=512, show_progress=False, checkpoint_every=1000)
+    config = TrainConfig(batch_size=256, lr=1e-3, steps_per_stage=25, final_steps=300, eval_batch_size=512, show_progress=False, checkpoint_every=1000)
     Trainer(model, target, build_schedule("adaptive", beta0=0.01, delta=0.1, kl_floor=1.0), config, tmp_path).fit()
     draw = model.sample(20_000)
     left = float((draw.x[:, 0] < 0).float().mean())
