@@ -26,7 +26,7 @@ evaluations and wall time, and the MD-equivalent speed-up:
 
 Two references. ``--reference`` is plain MD (``flowcg-reference method=md``), a time series.
 ``--walkers`` is the far larger biased multiple-walker reference (``flowcg-reference
-method=walkers``, weighted frames; :mod:`flowcg.sampling.biased_md`). With ``--walkers`` every
+method=walkers``, weighted frames; :mod:`flowcg.md.walkers`). With ``--walkers`` every
 accuracy metric is taken against the walkers, and the speed-up compares the running KL of the
 whole plain-MD series (one MD step = one energy evaluation) with the model's KL, both against the
 walkers. Without it, the plain MD is split in halves: the running KL of the first half and the

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from flowcg.analysis.molecular import load_reference
+from flowcg.analysis.molecular import Reference, load_reference
 from flowcg.builders import CONFIG_NAME, MODEL_NAME, Run, load_run
 from flowcg.errors import MissingFileError
 from flowcg.io import load_torch, save_atomic
@@ -41,8 +41,10 @@ def load_pretrained(name: str, device: str | None = None) -> Run:
     return load_run(pretrained_dir(name), device=device)
 
 
-def pretrained_reference(name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Reference MD (φ, ψ) shipped with model ``name``, or None."""
+def pretrained_md_reference(name: str) -> Reference | None:
+    """The plain-MD (φ, ψ) time series shipped with model ``name`` (TICA's input), or None. The
+    accurate yardstick of its metrics is the target's walker reference
+    (:func:`flowcg.analysis.molecular.shipped_reference`)."""
     path = pretrained_dir(name) / REFERENCE_NAME
     return load_reference(path) if path.is_file() else None
 

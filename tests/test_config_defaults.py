@@ -14,7 +14,7 @@ from flowcg.active.md_oracle import MDOracle
 from flowcg.active.selection import STRATEGIES
 from flowcg.cg.training import FitOptions
 from flowcg.flows.build import build_flow, build_internal_flow
-from flowcg.sampling.biased_md import WalkerSettings
+from flowcg.md.walkers import WalkerSettings
 from flowcg.training.prior_refit import PriorRefitConfig
 from flowcg.training.schedules import SCHEDULES
 from flowcg.training.trainer import TrainConfig

@@ -7,6 +7,7 @@ the running environment, made visible by a ``.pth`` path line (which does not ru
 environment's editable-install hook, so the wheel's flowcg is the one imported).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,6 +108,9 @@ def test_sample_a_pretrained_model_from_outside_the_repository(installed):
     out = work / "sample"
     _run([env_dir / "bin" / "flowcg-sample", "pretrained=aldp_implicit", "n=100", "compile=false", f"hydra.run.dir={out}"], cwd=work, env=env)
     assert (out / "samples.npz").is_file() and (out / "metrics.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    # scored against the biased-walker reference shipped with the package, not the short plain MD
+    assert metrics["ref_floor_kl_64"] < 0.01 and metrics["ref_basin_alpha_L"] > 1e-3 and "kl_64_rw" in metrics
 
 
 def test_load_target_finds_the_packaged_mixture_parameters(installed):

@@ -36,10 +36,10 @@ from flowcg.active.labels import Labels, Oracle
 from flowcg.cg.mapping import CGMapping
 from flowcg.cg.prior import fit_prior
 from flowcg.cg.schnet import CGSchNet
-from flowcg.cg.simulate import LangevinBAOAB
 from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
 from flowcg.errors import ConfigError
 from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic
+from flowcg.md.langevin import LangevinBAOAB
 
 __all__ = ["ActiveLearningLoop", "LoopOptions", "ModelOptions", "SimulationOptions"]
 

@@ -2,7 +2,8 @@
 
 The reference is the ``reference.npz`` that ``flowcg-reference`` writes (φ, ψ per frame, rad): an
 MD time series (``method=md``) or biased walkers' frames with ``log_weight`` (``method=walkers``),
-whose histograms are then weighted.
+whose histograms are then weighted; or a compact :class:`~flowcg.analysis.ramachandran.RamachandranReference`
+(histograms and basins only), such as the walker references shipped for aldp_implicit and aldp_vacuum.
 Metrics (keys of ``metrics.json``):
 
 * ``fraction_d``: share of samples with a D-configured CA centre; with ``reject_d`` those samples
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from flowcg.analysis.ramachandran import basin_populations, phi_psi, plot_ramachandran, ramachandran_metrics
+from flowcg.analysis.ramachandran import RamachandranReference, basin_populations, phi_psi, plot_ramachandran, ramachandran_metrics
 from flowcg.coordinates.chirality import CAChirality
 from flowcg.errors import UnreadableFileError
 from flowcg.io import load_npz
@@ -43,16 +44,56 @@ class Reference(NamedTuple):
         return self.weights is None
 
 
-def load_reference(path: str | Path) -> Reference:
-    """The reference of a ``flowcg-reference`` run: its ``reference.npz`` or the folder holding it."""
+def load_reference(path: str | Path) -> Reference | RamachandranReference:
+    """A reference from a file or folder: a ``flowcg-reference`` run (its ``reference.npz``, frames)
+    or a compact :class:`RamachandranReference` (``ramachandran_reference.npz``, written by the
+    walker runs and shipped for the targets in :data:`SHIPPED_REFERENCES`)."""
     path = Path(path)
     if path.is_dir():
         path = path / "reference.npz"
-    data = load_npz(path, what="reference MD (a flowcg-reference record)")
+    data = load_npz(path, what="reference (a flowcg-reference record or a Ramachandran reference)")
+    if "mass_64" in data:
+        return RamachandranReference.load(path)
     if not {"phi", "psi"} <= data.keys():
-        raise UnreadableFileError(f"{path}: not a flowcg-reference record (no phi, psi)")
+        raise UnreadableFileError(f"{path}: not a flowcg-reference record (no phi, psi) nor a Ramachandran reference")
     weights = normalized_weights(data["log_weight"]) if "log_weight" in data else None
     return Reference(data["phi"], data["psi"], weights)
+
+
+#: The accurate yardstick of each target that has one: the walker reference shipped in
+#: ``flowcg/targets/data/references/<target>.npz`` (provenance in that folder's PROVENANCE.md).
+SHIPPED_REFERENCES = Path(__file__).resolve().parents[1] / "targets" / "data" / "references"
+
+
+def shipped_reference(target_name: str, temperature_K: float) -> RamachandranReference | None:
+    """The walker reference shipped for ``target_name`` at ``temperature_K``, or None (none shipped,
+    or shipped for another temperature: a different ensemble)."""
+    path = SHIPPED_REFERENCES / f"{target_name}.npz"
+    if not path.is_file():
+        return None
+    reference = RamachandranReference.load(path)
+    if reference.temperature_K is not None and abs(reference.temperature_K - temperature_K) > 1e-6:
+        return None
+    return reference
+
+
+def resolve_reference(setting: str | None, target) -> Reference | RamachandranReference | None:
+    """The reference a run is scored against, from the ``reference`` setting: ``auto`` = the walker
+    reference shipped for the target (:func:`shipped_reference`; None for targets without one),
+    None / ``none`` = no reference, anything else a path for :func:`load_reference`."""
+    if setting is None or str(setting).lower() == "none" or getattr(target, "topology", None) is None:
+        return None
+    if setting == "auto":
+        return shipped_reference(target.name, target.temperature)
+    return load_reference(setting)
+
+
+def as_yardstick(reference: Reference | RamachandranReference | tuple) -> RamachandranReference:
+    """The histograms and basins of ``reference`` (frames are binned once)."""
+    if isinstance(reference, RamachandranReference):
+        return reference
+    reference = Reference(*reference)
+    return RamachandranReference.from_frames(reference.phi, reference.psi, reference.weights)
 
 
 def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
@@ -64,7 +105,7 @@ def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
     return ~chirality.is_d(x).numpy()
 
 
-def molecular_metrics(topology, samples: SampleSet, reference: Reference | None = None, reject_d: bool = True) -> dict:
+def molecular_metrics(topology, samples: SampleSet, reference: Reference | RamachandranReference | None = None, reject_d: bool = True) -> dict:
     """Chirality, basin populations and (with a reference) Ramachandran metrics."""
     keep = keep_l_mask(topology, samples.x)
     metrics: dict = {"fraction_d": float(1.0 - keep.mean())}
@@ -72,8 +113,7 @@ def molecular_metrics(topology, samples: SampleSet, reference: Reference | None 
     phi, psi = phi_psi(samples.x[chosen], topology)
     log_w = samples.log_w[chosen]
     if reference is not None:
-        reference = Reference(*reference)
-        rama = ramachandran_metrics(reference.phi, reference.psi, phi, psi, log_weights=log_w, ref_weights=reference.weights)
+        rama = ramachandran_metrics(as_yardstick(reference), phi, psi, log_weights=log_w)
         rama.pop("ess"), rama.pop("ess_clipped")  # the sample summary reports ESS over all samples
         metrics.update(rama)
     else:
@@ -82,7 +122,7 @@ def molecular_metrics(topology, samples: SampleSet, reference: Reference | None 
     return metrics
 
 
-def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference: Reference | None = None) -> Path:
+def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference: Reference | RamachandranReference | None = None) -> Path:
     """Ramachandran PNG: model, reweighted model and (if given) the reference; L samples only."""
     keep = keep_l_mask(topology, samples.x)
     return plot_ramachandran(path, phi_psi(samples.x[keep], topology), reference, log_weights=samples.log_w[keep])

@@ -29,6 +29,7 @@ keeps the extended basin, which reaches φ = ±180°, whole across the periodic 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mdtraj as md
@@ -36,9 +37,10 @@ import numpy as np
 import torch
 from mdtraj.geometry.dihedral import indices_phi, indices_psi
 
-from flowcg.analysis.histograms import kl_divergence, total_variation
+from flowcg.analysis.histograms import kl_divergence, normalize, total_variation
 from flowcg.coordinates.geometry import dihedral
 from flowcg.errors import ConfigError
+from flowcg.io import load_npz, save_npz_atomic
 from flowcg.sampling.importance import as_numpy, kish_ess, normalized_weights
 
 RAMACHANDRAN_RANGE = [(-math.pi, math.pi), (-math.pi, math.pi)]
@@ -113,28 +115,93 @@ def basin_populations(phi, psi, weights=None) -> dict[str, float]:
     return {name: float(m) for name, m in zip(BASINS, mass)}
 
 
-def ramachandran_metrics(ref_phi, ref_psi, phi, psi, log_weights=None, ref_weights=None) -> dict[str, float]:
-    """All (φ, ψ) metrics of a model sample against a reference, flat for ``metrics.json``.
+#: The grids of the histogram metrics (bins per angle).
+GRIDS = (64, 100)
 
-    ``ref_weights`` weigh the reference frames (a biased reference); None means equal weights.
+
+@dataclass(frozen=True)
+class RamachandranReference:
+    """What the metrics need of a reference ensemble, without its frames: the normalised (φ, ψ)
+    bin masses on every grid of :data:`GRIDS`, the basin populations, and the reference's own
+    noise floor (the same metrics between two independent halves of it, e.g. two sets of walkers).
+
+    A biased-walker run of 10⁶ frames (tens of MB) becomes a file of ~100 kB that ships with the
+    package (:meth:`save`, :meth:`load`), so every user is scored against the accurate reference.
+
+    >>> rng = np.random.default_rng(0)
+    >>> phi, psi = rng.uniform(-3, 3, (2, 10_000))
+    >>> ref = RamachandranReference.from_frames(phi, psi, halves=np.arange(10_000) % 2 == 0)
+    >>> round(float(ref.masses[64].sum()), 12), sorted(ref.noise_floor)
+    (1.0, ['kl_100', 'kl_64', 'tv_100', 'tv_64'])
+    """
+
+    masses: dict[int, np.ndarray]
+    basins: dict[str, float]
+    temperature_K: float | None = None
+    description: str = ""
+    noise_floor: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_frames(cls, phi, psi, weights=None, temperature_K: float | None = None, description: str = "",
+                    halves: np.ndarray | None = None) -> RamachandranReference:
+        """From frames (rad) with optional frame weights; ``halves`` (a boolean mask of the frames)
+        splits them into two independent halves whose disagreement is the noise floor."""
+        phi, psi = as_numpy(phi), as_numpy(psi)
+        weights = None if weights is None else as_numpy(weights)
+        masses = {bins: normalize(ramachandran_histogram(phi, psi, bins, weights)) for bins in GRIDS}
+        floor = {}
+        if halves is not None and halves.any() and (~halves).any():
+            first, second = (cls.from_frames(phi[h], psi[h], None if weights is None else weights[h]) for h in (halves, ~halves))
+            for bins in GRIDS:
+                floor[f"kl_{bins}"] = kl_of_histograms(second.masses[bins], first.masses[bins])
+                floor[f"tv_{bins}"] = total_variation(second.masses[bins], first.masses[bins])
+        return cls(masses, basin_populations(phi, psi, weights), temperature_K, description, floor)
+
+    def save(self, path: str | Path) -> None:
+        """Write the reference as an ``.npz`` atomically (no pickles)."""
+        save_npz_atomic(path, **{f"mass_{bins}": m.astype(np.float64) for bins, m in self.masses.items()},
+                        basin_names=np.array(list(self.basins)), basin_populations=np.array(list(self.basins.values())),
+                        floor_names=np.array(list(self.noise_floor), dtype=str), floor_values=np.array(list(self.noise_floor.values()), dtype=float),
+                        temperature_K=np.array(np.nan if self.temperature_K is None else self.temperature_K), description=np.array(self.description))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RamachandranReference:
+        """The reference :meth:`save` wrote to ``path``."""
+        data = load_npz(path, what="Ramachandran reference", keys=[*(f"mass_{b}" for b in GRIDS), "basin_names", "basin_populations",
+                                                                  "floor_names", "floor_values", "temperature_K", "description"])
+        temperature = float(data["temperature_K"])
+        return cls({bins: data[f"mass_{bins}"] for bins in GRIDS},
+                   dict(zip(data["basin_names"].tolist(), data["basin_populations"].tolist())),
+                   None if math.isnan(temperature) else temperature, str(data["description"]),
+                   dict(zip(data["floor_names"].tolist(), data["floor_values"].tolist())))
+
+    def density(self, bins: int) -> np.ndarray:
+        """Probability density (rad⁻²) on the ``bins`` grid, φ along axis 0."""
+        return self.masses[bins] / bin_area(bins)
+
+
+def ramachandran_metrics(reference: RamachandranReference, phi, psi, log_weights=None) -> dict[str, float]:
+    """All (φ, ψ) metrics of a model sample against a reference, flat for ``metrics.json``.
 
     Keys: ``kl_64``, ``kl_100``, ``tv_64``, ``tv_100``, ``basin_<name>`` and
     ``ref_basin_<name>``; with ``log_weights`` (log w = −βU − log q per sample) also the
-    reweighted ``*_rw`` variants, ``ess`` and ``ess_clipped`` (Kish, as a fraction of N).
+    reweighted ``*_rw`` variants, ``ess`` and ``ess_clipped`` (Kish, as a fraction of N); the
+    reference's noise floor as ``ref_floor_<metric>``.
     """
     metrics: dict[str, float] = {}
     variants = {"": None} if log_weights is None else {"": None, "_rw": normalized_weights(log_weights)}
-    for bins in (64, 100):
-        ref = ramachandran_histogram(ref_phi, ref_psi, bins, ref_weights)  # once per grid, shared by all variants
+    for bins in GRIDS:
         for suffix, weights in variants.items():
             model = ramachandran_histogram(phi, psi, bins, weights)
-            metrics[f"kl_{bins}{suffix}"] = kl_of_histograms(ref, model)
-            metrics[f"tv_{bins}{suffix}"] = total_variation(ref, model)
+            metrics[f"kl_{bins}{suffix}"] = kl_of_histograms(reference.masses[bins], model)
+            metrics[f"tv_{bins}{suffix}"] = total_variation(reference.masses[bins], model)
     for suffix, weights in variants.items():
         for name, p in basin_populations(phi, psi, weights).items():
             metrics[f"basin_{name}{suffix}"] = p
-    for name, p in basin_populations(ref_phi, ref_psi, ref_weights).items():
+    for name, p in reference.basins.items():
         metrics[f"ref_basin_{name}"] = p
+    for name, value in reference.noise_floor.items():
+        metrics[f"ref_floor_{name}"] = value
     if log_weights is not None:
         metrics["ess"] = kish_ess(log_weights)
         metrics["ess_clipped"] = kish_ess(log_weights, clip_fraction=ESS_CLIP_FRACTION)
@@ -146,8 +213,8 @@ def plot_ramachandran(path, model: tuple, reference: tuple | None = None, log_we
 
     Panels: the model samples, the model reweighted by ``log_weights`` (if given), and the
     reference (if given), all on one logarithmic colour scale. ``model`` is a (φ, ψ) pair in rad,
-    ``reference`` a (φ, ψ) pair or a (φ, ψ, frame weights) triple such as a
-    :class:`~flowcg.analysis.molecular.Reference`. Uses the Agg canvas directly, so no global matplotlib backend is set.
+    ``reference`` a :class:`RamachandranReference` (``bins`` must be one of its grids), a (φ, ψ)
+    pair or a (φ, ψ, frame weights) triple such as a :class:`~flowcg.analysis.molecular.Reference`. Uses the Agg canvas directly, so no global matplotlib backend is set.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm
@@ -160,7 +227,9 @@ def plot_ramachandran(path, model: tuple, reference: tuple | None = None, log_we
     panels = [("model", density(*model))]
     if log_weights is not None:
         panels.append(("model, reweighted", density(*model, normalized_weights(log_weights))))
-    if reference is not None:
+    if isinstance(reference, RamachandranReference):
+        panels.append(("reference", reference.density(bins)))
+    elif reference is not None:
         panels.append(("reference", density(*reference)))
     positive = np.concatenate([values[values > 0] for _, values in panels])
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None

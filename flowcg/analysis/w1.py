@@ -40,7 +40,7 @@ def pairwise_distance_features(frames) -> np.ndarray:
     """Bead–bead distances (nm) of frames (..., n_beads, 3), flattened to (T, n(n−1)/2), pairs i < j.
 
     Leading dimensions are flattened in C order, so (n_saved, B, n, 3) frames from
-    :class:`flowcg.cg.simulate.LangevinBAOAB` become n_saved · B rows.
+    :class:`flowcg.md.langevin.LangevinBAOAB` become n_saved · B rows.
     """
     x = _as_numpy(frames).astype(np.float64)
     if x.ndim < 3 or x.shape[-1] != 3 or x.shape[-2] < 2:

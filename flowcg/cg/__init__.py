@@ -1,9 +1,8 @@
-"""Coarse-grained models: slice mapping, SchNet potential, Boltzmann-inverted prior, Langevin sampler."""
+"""Coarse-grained models: slice mapping, SchNet potential, Boltzmann-inverted prior (their MD: :mod:`flowcg.md.langevin`)."""
 
 from flowcg.cg.mapping import ALDP_BACKBONE_SELECTION, CGMapping
-from flowcg.cg.prior import CGPrior, FourierDihedrals, HarmonicAngles, HarmonicBonds, Repulsion, fit_prior, kT
+from flowcg.cg.prior import CGPrior, FourierDihedrals, HarmonicAngles, HarmonicBonds, Repulsion, fit_prior
 from flowcg.cg.schnet import CGSchNet
-from flowcg.cg.simulate import LangevinBAOAB, LangevinResult
 
 __all__ = [
     "ALDP_BACKBONE_SELECTION",
@@ -13,9 +12,6 @@ __all__ = [
     "FourierDihedrals",
     "HarmonicAngles",
     "HarmonicBonds",
-    "LangevinBAOAB",
-    "LangevinResult",
     "Repulsion",
     "fit_prior",
-    "kT",
 ]

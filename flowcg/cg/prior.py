@@ -37,25 +37,16 @@ from torch import Tensor, nn
 from flowcg.cg.mapping import CGMapping
 from flowcg.coordinates.geometry import bond_angle, dihedral, distance
 from flowcg.errors import ConfigError
+from flowcg.units import kT
 
 __all__ = [
-    "MOLAR_GAS_CONSTANT",
     "CGPrior",
     "FourierDihedrals",
     "HarmonicAngles",
     "HarmonicBonds",
     "Repulsion",
     "fit_prior",
-    "kT",
 ]
-
-#: R in kJ/mol/K.
-MOLAR_GAS_CONSTANT = 0.0083144626
-
-
-def kT(temperature_K: float) -> float:
-    """Thermal energy R T in kJ/mol."""
-    return MOLAR_GAS_CONSTANT * temperature_K
 
 
 def _index_buffer(indices, width: int) -> Tensor:

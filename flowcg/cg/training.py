@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from flowcg.analysis.w1 import project_tica
-from flowcg.cg.prior import kT
 from flowcg.cg.schnet import CGSchNet
 from flowcg.errors import ConfigError
+from flowcg.units import kT
 
 __all__ = ["FitOptions", "fit_force_matching", "tica_free_energy"]
 

@@ -6,7 +6,8 @@
 Writes into OUT: samples.npz (log_q, energies_kT, log_w = −βu − log q, z_slow; x for vector
 targets), metrics.json (Kish ESS, log Z, target metrics) and plots. For a molecule, x goes to
 samples.dcd with topology.pdb instead, samples.npz adds phi, psi and is_d, and the metrics add
-the Ramachandran comparison with the reference MD and the CV discovery (cv_report.md,
+the Ramachandran comparison with the reference (by default the walker reference shipped for the
+target) and the CV discovery (cv_report.md,
 free_energy.png, ramachandran.png). log_q is the density of Cartesian frames with the rigid-body
 degrees of freedom fixed as the internal-coordinate map fixes them.
 """
@@ -22,31 +23,33 @@ from omegaconf import DictConfig
 
 from flowcg.analysis.cv import cv_discovery, cv_markdown, plot_free_energy
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.analysis.molecular import keep_l_mask, load_reference, torsion_table
+from flowcg.analysis.molecular import Reference, keep_l_mask, resolve_reference, torsion_table
 from flowcg.analysis.plots import plot_marginals, plot_samples
-from flowcg.analysis.ramachandran import phi_psi, plot_ramachandran
+from flowcg.analysis.ramachandran import RamachandranReference, phi_psi, plot_ramachandran
 from flowcg.builders import Run, configure_compile, describe_device, load_run, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, write_json
 from flowcg.errors import ConfigError
-from flowcg.pretrained import load_pretrained, pretrained_reference
+from flowcg.pretrained import load_pretrained, pretrained_md_reference
 from flowcg.sampling import SampleSet, draw_samples, reweighted_mean
 
 
-def _load(cfg: DictConfig) -> tuple[Run, tuple | None]:
-    """The model named by ``run`` or ``pretrained`` (exactly one) and the reference MD (φ, ψ), if any."""
+def _load(cfg: DictConfig) -> tuple[Run, Reference | RamachandranReference | None, Reference | None]:
+    """The model named by ``run`` or ``pretrained`` (exactly one), the reference its metrics are
+    scored against (``reference``), and the MD time series for TICA, if any."""
     if (cfg.run is None) == (cfg.pretrained is None):
         raise ConfigError("give exactly one of run=RUN_DIR or pretrained=NAME")
-    if cfg.pretrained is not None:
-        run, reference = load_pretrained(cfg.pretrained, device=cfg.device), pretrained_reference(cfg.pretrained)
+    run = load_pretrained(cfg.pretrained, device=cfg.device) if cfg.pretrained is not None else load_run(cfg.run, device=cfg.device)
+    reference = resolve_reference(cfg.reference, run.target)
+    if isinstance(reference, Reference) and reference.is_time_series:
+        md_series = reference
     else:
-        run, reference = load_run(cfg.run, device=cfg.device), None
-    if cfg.reference:
-        reference = load_reference(cfg.reference)
+        md_series = pretrained_md_reference(cfg.pretrained) if cfg.pretrained is not None else None
     configure_compile(run.model, cfg.compile, run.config.model.get("kind", "structured"))
-    return run, reference
+    return run, reference, md_series
 
 
-def _molecular_outputs(run: Run, samples: SampleSet, reference: tuple | None, out_dir: Path, lag_frames: int) -> dict:
+def _molecular_outputs(run: Run, samples: SampleSet, reference: Reference | RamachandranReference | None, md_series: Reference | None,
+                       out_dir: Path, lag_frames: int) -> dict:
     """Trajectory, npz, Ramachandran and CV-discovery outputs of a molecular sample; returns the CV report."""
     topology = run.target.topology
     md.Trajectory(samples.x.astype("float32"), topology).save_dcd(str(out_dir / "samples.dcd"))
@@ -56,7 +59,7 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: tuple | None, ou
     samples.save(out_dir / "samples.npz", include_x=False, phi=phi, psi=psi, is_d=~keep)
     plot_ramachandran(out_dir / "ramachandran.png", (phi[keep], psi[keep]), reference, log_weights=samples.log_w[keep])
     names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
-    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi, psi, reference, lag_frames=lag_frames)
+    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi, psi, md_series, lag_frames=lag_frames)
     (out_dir / "cv_report.md").write_text(cv_markdown(report))
     plot_free_energy(samples.z_slow, samples.log_w, out_dir / "free_energy.png")
     return report
@@ -67,7 +70,7 @@ def sample(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     seed_everything(cfg.seed)
-    run, reference = _load(cfg)
+    run, reference, md_series = _load(cfg)
     samples = draw_samples(run.model, run.target, cfg.n, cfg.batch_size, beta=cfg.beta)
     metrics = {
         "model": cfg.pretrained or str(Path(cfg.run).resolve()),
@@ -78,7 +81,7 @@ def sample(cfg: DictConfig) -> dict:
         "device": describe_device(run.device),
     }
     if getattr(run.target, "topology", None) is not None:
-        metrics["cv_discovery"] = _molecular_outputs(run, samples, reference, out_dir, cfg.tica_lag_frames)
+        metrics["cv_discovery"] = _molecular_outputs(run, samples, reference, md_series, out_dir, cfg.tica_lag_frames)
     else:
         samples.save(out_dir / "samples.npz")
         flat = samples.x.reshape(len(samples.x), -1)

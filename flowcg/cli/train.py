@@ -17,15 +17,15 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from flowcg.analysis.plots import plot_run
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.analysis.molecular import load_reference
+from flowcg.analysis.molecular import resolve_reference
+from flowcg.analysis.plots import plot_run
 from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, configure_compile, describe_device, save_model, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.errors import ConfigError
+from flowcg.io import load_torch
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
-from flowcg.io import load_torch
 from flowcg.training.recipe import build_phases, run_recipe
 from flowcg.training.trainer import CHECKPOINT_NAME
 
@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> dict:
 
         samples = draw_samples(model, target, cfg.n_samples, cfg.sample_batch_size)
         samples.save(run_dir / "samples.npz")
-        reference = load_reference(cfg.reference) if cfg.get("reference") else None
+        reference = resolve_reference(cfg.reference, target)
         metrics = {
             "target": target.name,
             **evaluate_samples(target, samples, reference),

@@ -117,19 +117,19 @@ def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
                  "loop.rounds=1", "loop.queries_per_round=3", "strategy=random", "fit.steps=20", "loop.finetune_steps=5",
                  "simulation.n_replicas=4", "simulation.n_steps=100", "simulation.save_every=10", "simulation.burn_in_saves=2",
                  "cg_model.hidden=16", "cg_model.n_filters=16", "cg_model.n_interactions=1", f"hydra.run.dir={tmp_path}"]
-    subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True, timeout=600)
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert [m["round"] for m in summary["rounds"]] == [0, 1]
     assert summary["rounds"][1]["n_labels"] == 30 + 3 * 4 and summary["rounds"][1]["oracle_evaluations"] == 12
     assert summary["initial_frames"] == 30 and summary["strategy"] == "random"
     assert (tmp_path / "free_energy_round_001.png").is_file()
     # a finished run resumes to the same result without doing any work
-    subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True, timeout=600)
     assert json.loads((tmp_path / "metrics.json").read_text())["rounds"] == summary["rounds"]
 
 
 def test_bad_strategy_is_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "flowcg.cli.al", "target=aldp_vacuum", "oracle.pretrained=aldp_vacuum",
-                             "strategy.name=psychic", f"hydra.run.dir={tmp_path}"], env=env, capture_output=True, text=True)
+                             "strategy.name=psychic", f"hydra.run.dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "unknown query strategy 'psychic'" in result.stderr

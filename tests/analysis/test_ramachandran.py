@@ -6,7 +6,9 @@ import pytest
 
 from flowcg.analysis.marginals import marginal_kls
 from flowcg.analysis.md_cost import load_md_series, md_cost_curve, md_steps_to_reach
+from flowcg.analysis.molecular import Reference, load_reference, resolve_reference, shipped_reference
 from flowcg.analysis.ramachandran import (
+    RamachandranReference,
     basin_labels,
     basin_populations,
     plot_ramachandran,
@@ -69,7 +71,7 @@ def test_weights_can_undo_a_bias(samples):
 
 def test_uniform_weights_give_full_ess(samples):
     phi, psi = samples
-    metrics = ramachandran_metrics(phi, psi, phi, psi, log_weights=np.zeros(phi.size))
+    metrics = ramachandran_metrics(RamachandranReference.from_frames(phi, psi), phi, psi, log_weights=np.zeros(phi.size))
     assert metrics["ess"] == pytest.approx(1.0) and metrics["ess_clipped"] == pytest.approx(1.0)
     assert metrics["kl_64_rw"] == pytest.approx(0.0, abs=1e-12)
     assert sum(metrics[f"basin_{b}"] for b in ("beta", "alpha_R", "alpha_L")) == pytest.approx(1.0)
@@ -147,3 +149,36 @@ def test_plot_writes_png(samples, tmp_path):
     phi, psi = samples
     path = plot_ramachandran(tmp_path / "rama.png", (phi, psi), (phi, psi), log_weights=-np.abs(psi))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compact_reference_scores_like_its_frames_and_round_trips(samples, tmp_path):
+    phi, psi = samples
+    rng = np.random.default_rng(3)
+    weights = rng.uniform(0.5, 1.5, phi.size)
+    model_phi, model_psi = rng.vonmises(-1.5, 1.0, (2, 4000))
+    compact = RamachandranReference.from_frames(phi, psi, weights, temperature_K=300.0, description="test",
+                                                halves=np.arange(phi.size) % 2 == 0)
+    assert compact.noise_floor["kl_64"] > 0 and compact.noise_floor["tv_100"] > 0
+    compact.save(tmp_path / "ref.npz")
+    loaded = load_reference(tmp_path / "ref.npz")
+    assert isinstance(loaded, RamachandranReference) and loaded.temperature_K == 300.0 and loaded.description == "test"
+    assert loaded.noise_floor == pytest.approx(compact.noise_floor) and loaded.basins == pytest.approx(compact.basins)
+    metrics = ramachandran_metrics(loaded, model_phi, model_psi)
+    assert metrics["kl_64"] == pytest.approx(ramachandran_kl(phi, psi, model_phi, model_psi, ref_weights=weights), rel=1e-12)
+    assert metrics["tv_100"] == pytest.approx(ramachandran_tv(phi, psi, model_phi, model_psi, bins=100, ref_weights=weights), rel=1e-12)
+    assert metrics["ref_floor_kl_64"] == compact.noise_floor["kl_64"]
+    assert plot_ramachandran(tmp_path / "plot.png", (model_phi, model_psi), loaded).is_file()
+
+
+class _Molecule:
+    name, temperature, topology = "aldp_implicit", 300.0, object()
+
+
+def test_reference_setting_picks_the_shipped_walkers_by_default(samples, tmp_path):
+    shipped = shipped_reference("aldp_implicit", 300.0)
+    assert shipped is not None and shipped.temperature_K == 300.0 and "walkers" in shipped.description
+    assert shipped_reference("aldp_implicit", 350.0) is None  # another temperature is another ensemble
+    assert resolve_reference("auto", _Molecule()).masses[64] == pytest.approx(shipped.masses[64])
+    assert resolve_reference(None, _Molecule()) is None and resolve_reference("none", _Molecule()) is None
+    np.savez(tmp_path / "md.npz", phi=samples[0], psi=samples[1])
+    assert isinstance(resolve_reference(str(tmp_path / "md.npz"), _Molecule()), Reference)

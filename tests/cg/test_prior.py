@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.cg.prior import CGPrior, HarmonicBonds, Repulsion, fit_prior, kT
+from flowcg.cg.prior import CGPrior, HarmonicBonds, Repulsion, fit_prior
 from flowcg.coordinates.geometry import bond_angle, dihedral
+from flowcg.units import kT
 
 TEMPERATURE = 300.0
 KT = kT(TEMPERATURE)

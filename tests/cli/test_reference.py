@@ -6,7 +6,7 @@ import sys
 import mdtraj as md
 import numpy as np
 
-from flowcg.cli.reference import ReferenceRun
+from flowcg.md.openmm_run import ReferenceRun
 from flowcg.targets.systems import load_system
 
 SETTINGS = dict(save_interval_fs=100, chunk_ps=1.0, equilibration_ps=0.5, threads=1, seed=3)
@@ -16,7 +16,7 @@ OVERRIDES = [f"{k}={v}" for k, v in SETTINGS.items()]
 def cli(run_dir, ns):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "flowcg.cli.reference", "target=aldp_vacuum", f"ns={ns}", f"hydra.run.dir={run_dir}"]
-    subprocess.run([*cmd, *OVERRIDES], check=True, env=env, capture_output=True)
+    subprocess.run([*cmd, *OVERRIDES], check=True, env=env, capture_output=True, timeout=600)
     with np.load(run_dir / "reference.npz") as data:
         return {k: data[k] for k in data.files}, json.loads((run_dir / "metrics.json").read_text())
 
@@ -58,6 +58,6 @@ def test_bad_input_fails_with_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for overrides, message in ((["target=aldp_vacuum", "ns=-1"], "ns must be positive"), (["target=aldp_vacuum", "platform=Quantum"], "Quantum")):
         cmd = [sys.executable, "-m", "flowcg.cli.reference", *overrides, f"hydra.run.dir={tmp_path / 'bad'}"]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode != 0 and message in result.stderr
         assert "Traceback" not in result.stderr

@@ -114,6 +114,7 @@ def test_slow_coordinates_are_checked(vacuum):
         build_internal_model(vacuum, slow_prior="wrapped", slow_coordinates=[0, 41], n_couplings=2, hidden=8)
 
 
+@pytest.mark.compile
 def test_compiled_splines_agree_with_eager(vacuum):
     """The fast path (coupling splines through the compiled kernel) gives the eager samples,
     log q and parameter gradients to round-off, and the model reports it as active."""

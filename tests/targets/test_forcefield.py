@@ -157,7 +157,7 @@ def test_overlapping_atoms_give_infinite_energy(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_autograd_and_chunks_match_energy_and_forces(monkeypatch, dtype):
     """−∂U/∂x through autograd (the Function's backward) equals the one-pass forces, whatever the chunking."""
-    from flowcg.targets import forcefield
+    from flowcg.targets.forcefield import model as forcefield
 
     ms = load_system("aldp_implicit")
     ff = TorchForceField(ms.system, dtype=dtype)
@@ -180,11 +180,12 @@ def _perturbed_frames(ms, n: int, dtype) -> torch.Tensor:
     return torch.as_tensor(ms.positions[None] + 0.003 * rng.standard_normal((n, *ms.positions.shape)), dtype=dtype)
 
 
+@pytest.mark.compile
 def test_compiled_kernels_match_eager(monkeypatch):
     """torch.compile'd full chunks give the eager energies and forces; the remainder runs eagerly.
     The option reaches the force field through ``load_target``."""
     from flowcg import load_target
-    from flowcg.targets import forcefield
+    from flowcg.targets.forcefield import model as forcefield
 
     monkeypatch.setattr(forcefield, "CHUNK", 4)  # one compiled chunk and an eager remainder of 2
     ms = load_system("aldp_implicit")
@@ -201,7 +202,7 @@ def test_compiled_kernels_match_eager(monkeypatch):
 def test_failed_or_wrong_compilation_falls_back_to_eager(monkeypatch, caplog):
     """A compile error or a compiled kernel that disagrees with the eager one is logged, and the
     force field stays eager (exact) from then on."""
-    from flowcg.targets import forcefield
+    from flowcg.targets.forcefield import model as forcefield
 
     monkeypatch.setattr(forcefield, "CHUNK", 4)
     ms = load_system("aldp_vacuum")

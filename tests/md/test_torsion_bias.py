@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.sampling.torsion_bias import TorsionBias
+from flowcg.md.torsion_bias import TorsionBias
 
 
 def wrapped_hill(phi, psi, centre, height, width):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flowcg.analysis.molecular import load_reference
-from flowcg.sampling.biased_md import BiasedWalkers, WalkerSettings
+from flowcg.md.walkers import BiasedWalkers, WalkerSettings
 from flowcg.targets import load_target
 
 SETTINGS = WalkerSettings(n_walkers=4, build_ps=0.2, deposit_fs=20, hill_height_kj_mol=2.0, equilibration_ps=0.05,
@@ -37,6 +37,9 @@ def test_walkers_record_weighted_frames_and_resume_exactly(target, tmp_path):
         np.testing.assert_allclose(data["bias_kj_mol"], frozen, rtol=1e-5, atol=1e-4)
         assert sorted(set(data["walker"].tolist())) == [0, 1, 2, 3]
     assert not reference.is_time_series and reference.weights.sum() == pytest.approx(1.0)
+    compact = load_reference(tmp_path / "whole" / "ramachandran_reference.npz")  # the shippable yardstick
+    assert compact.basins == pytest.approx({k[len("basin_"):]: v for k, v in metrics.items() if k.startswith("basin_")})
+    assert compact.noise_floor["kl_64"] == metrics["kl_64_walker_halves"] and compact.temperature_K == target.temperature
 
     # A run stopped part-way and resumed (twice: inside the build and inside production) matches.
     BiasedWalkers(target, tmp_path / "parts", SETTINGS).run(0.04)
@@ -63,8 +66,8 @@ def test_cli_method_walkers(tmp_path):
     base = [sys.executable, "-m", "flowcg.cli.reference", "target=aldp_vacuum", f"hydra.run.dir={tmp_path}"]
     overrides = ["method=walkers", "walkers.n_walkers=2", "walkers.compile=false", "walkers.build_ps=0.05", "walkers.deposit_fs=10",
                  "walkers.equilibration_ps=0.01", "walkers.save_interval_fs=10", "walkers.chunk_ps=0.02", "walkers.production_ps=0.03"]
-    subprocess.run([*base, *overrides], check=True, env=env, capture_output=True)
+    subprocess.run([*base, *overrides], check=True, env=env, capture_output=True, timeout=600)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["frames"] == 2 * 3 and metrics["backend"] == "torch"
-    bad = subprocess.run([*base, "method=replica_exchange"], env=env, capture_output=True, text=True)
+    bad = subprocess.run([*base, "method=replica_exchange"], env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "unknown method 'replica_exchange'" in bad.stderr

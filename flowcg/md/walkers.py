@@ -4,14 +4,14 @@ Why. Plain MD of alanine dipeptide in implicit solvent crosses to the φ > 0 bas
 about once in tens of ns, so a one-core reference of tens of ns cannot tell a Ramachandran KL of
 1e-2 from 1e-1 (docs/metrics.md). Two things fix that here:
 
-* a bias V(φ, ψ) (:class:`~flowcg.sampling.torsion_bias.TorsionBias`) that flattens the barriers,
+* a bias V(φ, ψ) (:class:`~flowcg.md.torsion_bias.TorsionBias`) that flattens the barriers,
   grown by multiple-walker well-tempered metadynamics and then **frozen**, so that every recorded
   frame carries the exact weight w = exp(+V(φ, ψ)/kT) back to the Boltzmann distribution;
 * many walkers integrated as one batch through the torch force field, whose batched energies and
   forces (validated against OpenMM at construction) run tens of times faster per configuration
   than OpenMM's one-at-a-time evaluation. ``backend=openmm`` targets work too, more slowly.
 
-Phases, all with BAOAB Langevin (:class:`flowcg.cg.simulate.LangevinBAOAB`, the splitting of
+Phases, all with BAOAB Langevin (:class:`flowcg.md.langevin.LangevinBAOAB`, the splitting of
 OpenMM's LangevinMiddleIntegrator) at the target's temperature:
 
 1. ``build``: every walker deposits a hill every ``deposit_fs`` (well-tempered heights);
@@ -39,15 +39,15 @@ import torch
 from openmm import unit
 from torch import Tensor
 
-from flowcg.analysis.ramachandran import backbone_torsion_atoms, basin_populations, ramachandran_kl
-from flowcg.cg.simulate import LangevinBAOAB
+from flowcg.analysis.ramachandran import RamachandranReference, backbone_torsion_atoms
 from flowcg.coordinates.geometry import dihedral
 from flowcg.errors import ConfigError, UnreadableFileError
+from flowcg.io import load_torch, save_atomic, save_json_atomic, save_npz_atomic
+from flowcg.md.langevin import LangevinBAOAB
+from flowcg.md.torsion_bias import TorsionBias
 from flowcg.sampling.importance import kish_ess, normalized_weights
-from flowcg.sampling.torsion_bias import TorsionBias
 from flowcg.targets.molecular import MolecularTarget
 from flowcg.targets.systems import langevin_simulation, thermalize
-from flowcg.io import load_torch, save_atomic, save_json_atomic, save_npz_atomic
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class BiasedWalkers:
         self.target, self.settings = target, settings
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json")}
+        self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json", "ramachandran_reference.npz")}
         self.torsion_atoms = [torch.as_tensor(a, dtype=torch.long) for a in backbone_torsion_atoms(target.topology)]
         masses = [target.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(target.system.getNumParticles())]
         self.integrator = LangevinBAOAB(
@@ -229,12 +229,25 @@ class BiasedWalkers:
                     log.info("%s: %.1f of %.1f ps per walker (%d walkers live), %.0f s", phase,
                              self.steps_done[phase] * s.timestep_fs / 1000.0, targets[phase] * s.timestep_fs / 1000.0,
                              int(self.alive.sum()), self.wall_time_s)
-        metrics = self.metrics()
+        reference = self.ramachandran_reference() if len(self.records["phi"]) else None
+        if reference is not None:
+            reference.save(self.paths["ramachandran_reference.npz"])
+        metrics = self.metrics(reference)
         save_json_atomic(metrics, self.paths["metrics.json"])
         return metrics
 
-    def metrics(self) -> dict:
-        """Run summary: aggregate length and speed, weight ESS, reweighted basins, walker-split KL64."""
+    def ramachandran_reference(self) -> RamachandranReference:
+        """The reweighted frames as a compact yardstick (histograms, basins), with the disagreement
+        of two independent halves of the walkers (not of time) as its noise floor."""
+        r = self.records
+        return RamachandranReference.from_frames(
+            r["phi"], r["psi"], normalized_weights(self.log_weights()), self.target.temperature,
+            f"{self.settings.n_walkers} biased walkers x {self.steps_done['production'] * self.settings.timestep_fs / 1000.0:g} ps "
+            f"({self.target.name}, {self.target.temperature:g} K), reweighted", halves=r["walker"] < self.settings.n_walkers // 2)
+
+    def metrics(self, reference: RamachandranReference | None = None) -> dict:
+        """Run summary: aggregate length and speed, weight ESS, reweighted basins, walker-split KL / TV
+        (``reference``: :meth:`ramachandran_reference`, if already computed)."""
         s, r = self.settings, self.records
         steps = sum(self.steps_done.values())
         aggregate_ns = steps * s.timestep_fs * 1e-6 * s.n_walkers
@@ -250,12 +263,8 @@ class BiasedWalkers:
             "bias_max_kj_mol": float(bias_grid.max() - bias_grid.min()),  # the bias's range, its minimum taken as 0
         }
         if len(log_w):
-            weights = normalized_weights(log_w)
+            reference = reference or self.ramachandran_reference()
             metrics["weight_ess"] = kish_ess(log_w)
-            metrics.update({f"basin_{k}": v for k, v in basin_populations(r["phi"], r["psi"], weights).items()})
-            first = r["walker"] < s.n_walkers // 2  # independent halves: walkers, not time
-            if first.any() and (~first).any():
-                # the histograms normalise each half's weights themselves
-                metrics["kl_64_walker_halves"] = ramachandran_kl(r["phi"][~first], r["psi"][~first], r["phi"][first], r["psi"][first],
-                                                                 weights=weights[first], ref_weights=weights[~first])
+            metrics.update({f"basin_{k}": v for k, v in reference.basins.items()})
+            metrics.update({f"{k}_walker_halves": v for k, v in reference.noise_floor.items()})
         return metrics

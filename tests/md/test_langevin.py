@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from flowcg.cg.prior import kT
-from flowcg.cg.simulate import LangevinBAOAB
+from flowcg.md.langevin import LangevinBAOAB
+from flowcg.units import kT
 
 TEMPERATURE = 300.0
 KT = kT(TEMPERATURE)

@@ -1,4 +1,4 @@
-"""Batched Langevin dynamics (BAOAB) of many CG replicas at once, stopping replicas that blow up.
+"""Batched Langevin dynamics (BAOAB) of many replicas at once (CG models, all-atom walkers), stopping replicas that blow up.
 
 Units: positions nm, velocities nm/ps, time ps, masses amu, forces kJ/mol/nm, kT = R T in
 kJ/mol. They are consistent without conversion factors because 1 amu nm²/ps² = 1 kJ/mol, so
@@ -33,8 +33,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from flowcg.cg.prior import kT
 from flowcg.errors import ConfigError
+from flowcg.units import kT
 
 __all__ = ["LangevinBAOAB", "LangevinResult"]
 

@@ -1,0 +1,85 @@
+"""The shipped aldp_implicit model against the walker reference, over independent sample sets.
+
+    .venv/bin/python data_free_benchmarks/aldp_shipped.py [--name aldp_implicit] [--seeds 0 1 2] [--n 1000000]
+
+Each set is one real ``flowcg-sample pretrained=<name> n=<n> seed=<s>`` run (its folder in
+``data_free_benchmarks/runs/shipped/<name>/seed<s>``, git-ignored; a finished set is not drawn again). Its
+saved (φ, ψ, log w, is_d) are scored against the walker reference shipped for the target
+(``flowcg.analysis.molecular.shipped_reference``; the same numbers ``flowcg-sample`` reports when the
+reference was shipped before it ran): Kish ESS, reweighted KL / TV on 64² and 100², basin
+populations and their relative errors, next to the reference's own noise floor (two independent
+halves of its walkers). Results: ``results/<name>_shipped.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from flowcg.analysis.molecular import shipped_reference
+from flowcg.analysis.ramachandran import ramachandran_metrics
+from flowcg.builders import cpu_model
+from flowcg.io import load_json, load_npz
+from flowcg.pretrained import load_pretrained
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def draw_set(name: str, seed: int, n: int) -> Path:
+    """The folder of ``flowcg-sample`` set ``seed`` (drawn now unless already finished)."""
+    out = HERE / "runs" / "shipped" / name / f"seed{seed}"
+    if not (out / "metrics.json").is_file():
+        subprocess.run([str(BIN / "flowcg-sample"), f"pretrained={name}", f"n={n}", f"seed={seed}", f"hydra.run.dir={out}"],
+                       check=True, env={**os.environ, "WANDB_MODE": "offline"}, timeout=3600)
+    return out
+
+
+def score(folder: Path, reference) -> dict:
+    data = load_npz(folder / "samples.npz", what="flowcg-sample output", keys=["phi", "psi", "log_w", "is_d"])
+    keep = ~data["is_d"]
+    run = load_json(folder / "metrics.json")
+    metrics = ramachandran_metrics(reference, data["phi"][keep], data["psi"][keep], data["log_w"][keep])
+    metrics.pop("ess"), metrics.pop("ess_clipped")  # of the L samples only; the run's own ESS counts every sample
+    basin_error = {b: abs(metrics[f"basin_{b}_rw"] / metrics[f"ref_basin_{b}"] - 1.0) for b in reference.basins}
+    return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "fraction_d": run["fraction_d"],
+            "wall_time_s": run["wall_time_s"], "device": run["device"], **metrics, "basin_relative_error_rw": basin_error}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="aldp_implicit")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    args = parser.parse_args()
+    run = load_pretrained(args.name)
+    reference = shipped_reference(run.target.name, run.target.temperature)
+    if reference is None:
+        sys.exit(f"no walker reference is shipped for {run.target.name}")
+    sets = {seed: score(draw_set(args.name, seed, args.n), reference) for seed in args.seeds}
+    result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": args.name,
+              "cpu": cpu_model(), "reference": reference.description, "reference_noise_floor": reference.noise_floor,
+              "reference_basins": reference.basins, "sets": sets}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"{args.name}_shipped.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = ["| seed | n | ESS | ESS clipped | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in reference.basins) + " | max basin error |",
+            "|---|---|---|---|---|---|---|" + "---|" * len(reference.basins) + "---|"]
+    for seed, m in sets.items():
+        basins = " | ".join(f"{m[f'basin_{b}_rw']:.4g} ({reference.basins[b]:.4g})" for b in reference.basins)
+        rows.append(f"| {seed} | {m['n']} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {m['kl_64_rw']:.4f} | {m['tv_64_rw']:.4f} | "
+                    f"{m['kl_100_rw']:.4f} | {basins} | {max(m['basin_relative_error_rw'].values()):.1%} |")
+    floor = reference.noise_floor
+    rows.append(f"\nReference noise floor (walker halves): KL64 {floor.get('kl_64', float('nan')):.4f}, TV64 {floor.get('tv_64', float('nan')):.4f}, "
+                f"KL100 {floor.get('kl_100', float('nan')):.4f}. Reference: {reference.description}.")
+    (HERE / "results" / f"{args.name}_shipped.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
