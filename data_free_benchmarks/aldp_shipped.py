@@ -58,11 +58,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=1_000_000)
     args = parser.parse_args()
+    folders = {seed: draw_set(args.name, seed, args.n) for seed in args.seeds}
     run = load_pretrained(args.name)
     reference = shipped_reference(run.target.name, run.target.temperature)
     if reference is None:
-        sys.exit(f"no walker reference is shipped for {run.target.name}")
-    sets = {seed: score(draw_set(args.name, seed, args.n), reference) for seed in args.seeds}
+        sys.exit(f"sets drawn in {HERE / 'runs' / 'shipped' / args.name}; no walker reference is shipped for {run.target.name} to score them against")
+    sets = {seed: score(folder, reference) for seed, folder in folders.items()}
     result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": args.name,
               "cpu": cpu_model(), "reference": reference.description, "reference_noise_floor": reference.noise_floor,
               "reference_basins": reference.basins, "sets": sets}
