@@ -53,7 +53,7 @@ def load_reference(path: str | Path) -> Reference | RamachandranReference:
         path = path / "reference.npz"
     data = load_npz(path, what="reference (a flowcg-reference record or a Ramachandran reference)")
     if "mass_64" in data:
-        return RamachandranReference.load(path)
+        return RamachandranReference.from_arrays(data, path)
     if not {"phi", "psi"} <= data.keys():
         raise UnreadableFileError(f"{path}: not a flowcg-reference record (no phi, psi) nor a Ramachandran reference")
     weights = normalized_weights(data["log_weight"]) if "log_weight" in data else None

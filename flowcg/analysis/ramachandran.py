@@ -39,7 +39,7 @@ from mdtraj.geometry.dihedral import indices_phi, indices_psi
 
 from flowcg.analysis.histograms import kl_divergence, normalize, total_variation
 from flowcg.coordinates.geometry import dihedral
-from flowcg.errors import ConfigError
+from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz, save_npz_atomic
 from flowcg.sampling.importance import as_numpy, kish_ess, normalized_weights
 
@@ -164,11 +164,20 @@ class RamachandranReference:
                         floor_names=np.array(list(self.noise_floor), dtype=str), floor_values=np.array(list(self.noise_floor.values()), dtype=float),
                         temperature_K=np.array(np.nan if self.temperature_K is None else self.temperature_K), description=np.array(self.description))
 
+    #: The arrays :meth:`save` writes.
+    KEYS = (*(f"mass_{b}" for b in GRIDS), "basin_names", "basin_populations", "floor_names", "floor_values", "temperature_K", "description")
+
     @classmethod
     def load(cls, path: str | Path) -> RamachandranReference:
         """The reference :meth:`save` wrote to ``path``."""
-        data = load_npz(path, what="Ramachandran reference", keys=[*(f"mass_{b}" for b in GRIDS), "basin_names", "basin_populations",
-                                                                  "floor_names", "floor_values", "temperature_K", "description"])
+        return cls.from_arrays(load_npz(path, what="Ramachandran reference", keys=cls.KEYS), path)
+
+    @classmethod
+    def from_arrays(cls, data: dict[str, np.ndarray], source: str | Path = "") -> RamachandranReference:
+        """The reference held by the arrays of a file :meth:`save` wrote (read once by the caller)."""
+        missing = sorted(set(cls.KEYS) - data.keys())
+        if missing:
+            raise UnreadableFileError(f"{source}: not a Ramachandran reference (no {', '.join(missing)})")
         temperature = float(data["temperature_K"])
         return cls({bins: data[f"mass_{bins}"] for bins in GRIDS},
                    dict(zip(data["basin_names"].tolist(), data["basin_populations"].tolist())),
