@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -41,19 +42,27 @@ def _run(args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProces
     return result
 
 
+def _build_wheel(src: Path, dist: Path) -> Path:
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src], cwd=src)
+    (built,) = dist.glob("flowcg-*.whl")
+    return built
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """A wheel built from a copy of the sources (an in-tree build would leave build/ in the repository)."""
+def sources(tmp_path_factory) -> Path:
+    """A copy of the sources (an in-tree build would leave build/ in the repository)."""
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md", *(p.name for p in REPO.glob("LICEN[CS]E*"))):
         shutil.copy2(REPO / name, src / name)
     for folder in ("flowcg", "conf"):
         shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    dist = tmp_path_factory.mktemp("dist")
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src], cwd=src)
-    (built,) = dist.glob("flowcg-*.whl")
-    return built
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheel(sources, tmp_path_factory) -> Path:
+    return _build_wheel(sources, tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +94,19 @@ def test_the_wheel_carries_every_config_and_subpackage(wheel):
     assert not [p for p in packages if p not in names]
     assert any(n.startswith("flowcg/pretrained/aldp_implicit/") and n.endswith("model.pt") for n in names)
     assert any(n.startswith("flowcg/targets/data/") for n in names)
+
+
+def test_the_sdist_builds_the_same_wheel(sources, wheel, tmp_path_factory):
+    """A source distribution (what a package index serves next to the wheel) carries everything:
+    the wheel built from the unpacked sdist holds the same files as the one built from the tree."""
+    sdist_dir = tmp_path_factory.mktemp("sdist")
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(sdist_dir)!r}))"
+    name = _run([sys.executable, "-c", code], cwd=sources).stdout.split()[-1]
+    with tarfile.open(sdist_dir / name) as archive:
+        archive.extractall(sdist_dir, filter="data")
+    rebuilt = _build_wheel(sdist_dir / name.removesuffix(".tar.gz"), tmp_path_factory.mktemp("dist_from_sdist"))
+    files = lambda path: {n for n in zipfile.ZipFile(path).namelist() if ".dist-info/" not in n}
+    assert files(rebuilt) == files(wheel)
 
 
 def test_the_installed_wheel_is_what_is_imported(installed):

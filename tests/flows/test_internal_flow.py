@@ -142,6 +142,32 @@ def test_compiled_splines_agree_with_eager(vacuum):
     assert not model.compiled
 
 
+@pytest.mark.compile
+def test_compiled_latent_density_survives_a_prior_resize(vacuum):
+    """A prior refit resizes the slow mixture in place after training steps: the compiled latent
+    density stays on (it used to fail on the stale gradient and fall back to eager for the rest of
+    the run) and agrees with the eager density for the new mixture, with and without grad."""
+    torch.manual_seed(5)
+    model = build_internal_model(vacuum, n_couplings=2, hidden=16, fast_hidden=8, seed=0).use_compile(min_batch=256)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model.rsample(300).log_q.mean().backward()
+        optimizer.step()
+    slow = model.latent.slow
+    z_slow = slow.sample(2000)
+    slow.resize_(5).fit_weighted(z_slow, torch.ones(len(z_slow)), n_iter=20)
+    assert slow.means.grad is None
+    z = model.latent.sample(300)
+    model.push(z)[1].mean().backward()  # a training step's backward on the new mixture
+    with torch.no_grad():
+        fast_log_q = model.push(z)[1]
+    assert model._latent_log_prob.active
+    with torch.no_grad():
+        eager_log_q = model.use_compile(False).push(z)[1]
+    torch.testing.assert_close(fast_log_q, eager_log_q, rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_step_and_sampling_match_cpu(vacuum):
     """device=cuda: a compiled reverse-KL step runs and the push-forward matches the CPU one."""

@@ -114,3 +114,45 @@ def test_weighted_em_uses_the_weights():
     fitted = DiagonalGaussianMixture(2, 2, periodic=True).double()
     fitted.fit_weighted(z, truth.log_prob(z).exp())
     _assert_recovers(fitted, truth, tol=0.05)
+
+
+def test_weighted_em_statistics_equal_a_brute_force_sum_over_images():
+    """The E-step's closed form (nearest image + e_j terms) against explicit sums over wraps m = −6…6,
+    for σ from 0.05 to 2 rad (both the |j| ≤ 1 and the |j| ≤ 2 branches) and points near the seam."""
+    torch.manual_seed(3)
+    mixture = DiagonalGaussianMixture(2, 3, periodic=True).double()
+    z = (torch.rand(500, 2, dtype=torch.float64) * 2 - 1) * math.pi
+    w = torch.rand(500, dtype=torch.float64)
+    w = w / w.sum()
+    means = torch.tensor([[3.1, -3.1], [0.0, 1.0], [-2.0, 2.5]], dtype=torch.float64)
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+    for log_stds in (torch.log(torch.tensor([[0.05, 0.4], [0.9, 0.3], [0.2, 1.0]], dtype=torch.float64)),
+                     torch.log(torch.tensor([[2.0, 0.4], [1.5, 0.3], [0.2, 1.0]], dtype=torch.float64))):
+        ll, mass, offset_sum, square_sum = mixture._em_statistics(z, w, means, log_stds, logits, chunk_size=64)
+        shifts = 2 * math.pi * torch.arange(-6, 7, dtype=torch.float64)
+        unwrapped = z[:, None, :, None] + shifts  # (B, 1, dim, M)
+        diff = unwrapped - means[..., None]
+        log_terms = -0.5 * (diff / log_stds.exp()[..., None]) ** 2 - log_stds[..., None] - 0.5 * math.log(2 * math.pi)
+        per_dim = torch.logsumexp(log_terms, -1)
+        log_joint = per_dim.sum(-1) + torch.log_softmax(logits, 0)
+        log_p = torch.logsumexp(log_joint, 1)
+        resp = torch.softmax(log_joint, 1) * w[:, None]
+        rho = torch.exp(log_terms - per_dim[..., None])
+        assert abs(ll - float(w @ log_p)) < 1e-12
+        torch.testing.assert_close(mass, resp.sum(0), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(offset_sum, torch.einsum("bk,bkdm->kd", resp, rho * diff), rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(square_sum, torch.einsum("bk,bkdm->kd", resp, rho * diff**2), rtol=1e-10, atol=1e-13)
+
+
+def test_weighted_em_does_not_depend_on_the_block_size():
+    truth = _known_wrapped_mixture()
+    torch.manual_seed(4)
+    z = truth.sample(3_000)
+    w = torch.rand(3_000)
+    fits = []
+    for chunk_size in (7, 1000, 10_000):
+        fitted = DiagonalGaussianMixture(2, 4, periodic=True).double()
+        fitted.fit_weighted(z, w, n_iter=50, chunk_size=chunk_size)
+        fits.append(torch.cat([fitted.means.flatten(), fitted.log_stds.flatten(), fitted.logits]))
+    torch.testing.assert_close(fits[0], fits[1], rtol=0, atol=1e-10)
+    torch.testing.assert_close(fits[0], fits[2], rtol=0, atol=1e-10)
