@@ -9,8 +9,9 @@ or, rarely, compute something else. :class:`CheckedCompile` therefore
   shape, dtype and device, the other arguments' values, the grad mode), each of which costs one
   compilation; every other call runs eagerly;
 * evaluates the first call of every signature eagerly as well and compares the two with
-  ``disagreement``; a disagreement or any exception from the compiler logs one warning and
-  turns compilation off for good, the eager result being returned.
+  ``disagreement``, and with grad enabled also runs the compiled backward once (it is compiled
+  lazily, and would otherwise fail outside this guard); a disagreement or any exception from the
+  compiler logs one warning and turns compilation off for good, the eager result being returned.
 
 So a caller can always ask for compilation: the worst case is eager speed and a logged line.
 """
@@ -75,6 +76,8 @@ class CheckedCompile:
             return self.fn(*args)
         try:
             out = self._compiled(*args)
+            if signature not in self._checked and torch.is_grad_enabled():
+                _compile_backward(self._compiled, args)
         except Exception as err:  # inductor raises many types (no compiler, codegen bugs); eager is exact
             self._turn_off(f"failed ({_first_line(err)})")
             return self.fn(*args)
@@ -87,6 +90,21 @@ class CheckedCompile:
                 return self.fn(*args)
             self._checked.add(signature)
         return out
+
+
+def _compile_backward(compiled: Callable, args) -> None:
+    """Differentiate one extra evaluation of ``compiled`` back to ``args``, here: inductor compiles
+    the backward lazily on the first ``.backward()``, which would otherwise happen in the caller,
+    outside the eager fallback (an unusable compiler or a corrupt kernel cache would then end the
+    run instead of logging a line). An extra evaluation, because compiled graphs donate their
+    buffers and cannot be differentiated twice."""
+    inputs = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+    if not inputs:
+        return
+    out = compiled(*args)
+    outputs = [o for o in (out if isinstance(out, tuple) else (out,)) if isinstance(o, Tensor) and o.requires_grad]
+    if outputs:
+        torch.autograd.grad(sum(o.sum() for o in outputs), inputs, allow_unused=True)
 
 
 def relative_disagreement(tolerances: dict) -> Callable:

@@ -38,3 +38,26 @@ def test_only_accepted_calls_and_at_most_max_variants_are_compiled():
     for n in (2, 3, 3, 4):
         torch.testing.assert_close(kernel(torch.ones(n)), 2 * torch.ones(n))
     assert calls == [3, 3] and kernel.active  # n=2 not accepted, n=4 a second signature beyond max_variants
+
+
+def test_a_failing_backward_compilation_falls_back_to_eager(caplog):
+    """Inductor compiles the backward on the first .backward(): a failure there (an unusable
+    compiler, a corrupt kernel cache) is caught at the call, not left to end the caller's step."""
+
+    class BrokenBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return 2 * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise ImportError("kernel.so: file too short")
+
+    kernel = CheckedCompile(_double, "a doubling", _agree)
+    kernel._compiled = BrokenBackward.apply
+    x = torch.arange(4.0, requires_grad=True)
+    with caplog.at_level(logging.WARNING, logger="flowcg.compiled"):
+        out = kernel(x)
+    assert "failed (kernel.so: file too short)" in caplog.text and not kernel.active
+    out.sum().backward()  # the eager result's backward
+    torch.testing.assert_close(x.grad, torch.full((4,), 2.0))
