@@ -39,12 +39,23 @@ from flowcg.errors import MissingFileError, UnreadableFileError
 __all__ = ["load_json", "load_npz", "load_torch", "save_atomic", "save_json_atomic", "save_npz_atomic", "write_atomic"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of a written file: what ``open(path, "w")`` gives under the process's umask.
+_DEFAULT_MODE = 0o666 & ~_umask()
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _DEFAULT_MODE)  # mkstemp makes 0600; the result should read like any file the user writes
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -2,6 +2,7 @@
 
 import datetime
 import doctest
+import stat
 import zipfile
 
 import numpy as np
@@ -14,7 +15,7 @@ from flowcg.active.journal import Journal
 from flowcg.active.labels import Labels
 from flowcg.cli.common import clean_errors
 from flowcg.errors import ConfigError, MissingFileError, UnreadableFileError, build_from_options
-from flowcg.io import load_json, load_npz, load_torch, save_atomic, save_npz_atomic
+from flowcg.io import load_json, load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic
 from flowcg.training.trainer import rng_state, set_rng_state
 
 
@@ -115,3 +116,12 @@ def test_clean_errors_prints_user_errors_and_keeps_tracebacks_of_bugs(capsys):
 
     with pytest.raises(ValueError, match="internal inconsistency"):
         bug()
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp creates 0600 files: checkpoints and models on a shared cluster folder were unreadable by the group."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = tmp_path / "atomic.json"
+    save_json_atomic({"x": 1}, atomic)
+    assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)

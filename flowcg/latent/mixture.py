@@ -183,12 +183,14 @@ class DiagonalGaussianMixture(nn.Module):
         e ≤ exp(−4π²/σ²) < 1e-17 and is skipped.
         """
         images = ((-2, -1, 1, 2) if float(log_stds.max()) > 0.0 else (-1, 1)) if self.periodic else ()
-        inv_var = torch.exp(-2 * log_stds)
+        # Layout (dim, b, K): each dimension's terms are one contiguous slab, so summing over the
+        # dimensions adds slabs instead of reducing a length-dim axis (which dominated the profile).
+        inv_var, means_t = torch.exp(-2 * log_stds).T[:, None, :], means.T[:, None, :]
         log_norm = -log_stds.sum(-1) - 0.5 * self.dim * math.log(2 * math.pi) + torch.log_softmax(logits, 0)
         log_likelihood, mass = 0.0, torch.zeros_like(logits)
-        offset_sum, square_sum = torch.zeros_like(means), torch.zeros_like(means)
+        offset_sum, square_sum = torch.zeros_like(means.T), torch.zeros_like(means.T)
         for z_block, w_block in zip(z.split(chunk_size), w.split(chunk_size)):
-            delta = z_block[:, None, :] - means  # (b, K, dim)
+            delta = z_block.T[:, :, None] - means_t  # (dim, b, K)
             if self.periodic:
                 delta = wrap(delta)
             log_terms = delta.square().mul_(inv_var).mul_(-0.5)
@@ -204,13 +206,14 @@ class DiagonalGaussianMixture(nn.Module):
                 first.div_(total)
                 square.add_(delta * first, alpha=4 * math.pi).add_(second.div_(total), alpha=4 * math.pi**2)
                 delta.add_(first, alpha=2 * math.pi)
-            log_joint = log_terms.sum(-1).add_(log_norm)  # (b, K): log π_k p(z_i | k)
+            log_joint = log_terms.sum(0).add_(log_norm)  # (b, K): log π_k p(z_i | k)
             log_p = torch.logsumexp(log_joint, dim=1)
             log_likelihood += float(w_block @ log_p)
             resp = log_joint.sub_(log_p[:, None]).exp_().mul_(w_block[:, None])  # w_i r_ik
             mass += resp.sum(0)
-            offset_sum += torch.einsum("bk,bkd->kd", resp, delta)
-            square_sum += torch.einsum("bk,bkd->kd", resp, square)
+            offset_sum += (delta * resp).sum(1)
+            square_sum += (square * resp).sum(1)
+        offset_sum, square_sum = offset_sum.T, square_sum.T
         return log_likelihood, mass, offset_sum, square_sum
 
     def _seed_means(self, z: Tensor, w: Tensor, generator: torch.Generator) -> Tensor:
