@@ -91,7 +91,7 @@ def build_internal_model(target: Target, fit_reference: bool = True, **options) 
     whose weights (standardisation included) are loaded next."""
     if getattr(target, "topology", None) is None:
         raise ConfigError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
-    transform = InternalCoordinateTransform.from_topology(target.topology)
+    transform = InternalCoordinateTransform.from_topology(target.topology, constraints=getattr(target, "constraints", ()))
     if fit_reference:
         reference = harmonic_reference(target.energy, transform, minimized_positions(target.system, target.positions))
     else:

@@ -32,11 +32,22 @@ of the Cartesian frames it produces, with the rigid-body DOF fixed as above, is
 and the importance weight against p(x) ∝ exp(−βU(x)) on the same reduced space is
 log w = −βU(x) − log q(x). (U depends only on internal coordinates, so fixing the frame loses
 nothing; the constant rigid-body volume cancels in self-normalised weights.)
+
+Constrained bonds (``constraints``: (i, j, length) triples, e.g. OpenMM's HBonds). A bond whose
+length is fixed is not a degree of freedom: it is left out of the vector, which then has
+3N − 6 − n_c entries (the same grouping and order, the fixed bonds skipped), and :meth:`forward`
+places the atom at the constraint length. The map then parameterises the constrained manifold,
+and its log-det is the formula above with those r_k at their constraint lengths: the density of
+x with respect to Π_c δ(r_c(x) − r_c⁰) dx, the Cartesian measure restricted to the constraints,
+which is how the published Boltzmann generators on constrained peptides define their target
+(bgflow's internal-coordinate map with fixed bond lengths). Every constrained pair must be a
+Z-matrix bond (X–H bonds always are: a hydrogen is a leaf placed from its heavy atom).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Sequence
 
 import mdtraj as md
 import numpy as np
@@ -213,27 +224,41 @@ class InternalCoordinateTransform(Transform):
             torsions are proper (free rotors).
         phi_index, psi_index: position of the backbone φ / ψ torsion in the vector, when the
             topology has exactly one φ and one ψ that appear as torsion coordinates; else None.
+        fixed_bonds: the constrained bonds left out of the vector, as (atom, bond_ref, length nm).
+        full_dim: 3N − 6, the vector's length with the fixed bonds in it.
     """
 
-    def __init__(self, zmatrix, topology: md.Topology | None = None):
+    def __init__(self, zmatrix, topology: md.Topology | None = None, constraints: Sequence[tuple[int, int, float]] = ()):
         super().__init__()
         z = validate_zmatrix(zmatrix, None if topology is None else topology.n_atoms)
         self.n_atoms = z.shape[0]
-        self.dim = 3 * self.n_atoms - 6
+        self.full_dim = 3 * self.n_atoms - 6
         self.register_buffer("zmatrix", torch.as_tensor(z))
         self.frame_atoms = tuple(int(a) for a in z[:3, 0])
 
         n = self.n_atoms
-        self.kind = ["bond"] * (n - 1) + ["angle"] * (n - 2) + ["torsion"] * (n - 3)
-        self.atom_indices = (
+        kind = ["bond"] * (n - 1) + ["angle"] * (n - 2) + ["torsion"] * (n - 3)
+        atom_indices = (
             [tuple(int(a) for a in z[k, :2]) for k in range(1, n)]
             + [tuple(int(a) for a in z[k, :3]) for k in range(2, n)]
             + [tuple(int(a) for a in z[k, :4]) for k in range(3, n)]
         )
-        self.register_buffer("periodic_mask", torch.tensor([k == "torsion" for k in self.kind]))
         zmatrix_bonds = {frozenset(int(a) for a in z[k, :2]) for k in range(1, n)}
         improper = [False] * (2 * n - 3) + [frozenset((int(z[k, 1]), int(z[k, 3]))) in zmatrix_bonds for k in range(3, n)]
-        self.register_buffer("improper_mask", torch.tensor(improper))
+
+        fixed = self._fixed_bond_coordinates(z, constraints)
+        free = [c for c in range(self.full_dim) if c not in fixed]
+        self.dim = len(free)
+        self.fixed_bonds = tuple((*atom_indices[c], fixed[c]) for c in sorted(fixed))
+        self.kind = [kind[c] for c in free]
+        self.atom_indices = [atom_indices[c] for c in free]
+        self.register_buffer("periodic_mask", torch.tensor([k == "torsion" for k in self.kind]))
+        self.register_buffer("improper_mask", torch.tensor([improper[c] for c in free]))
+        # The full vector is cat([free coordinates, fixed lengths])[:, _assembly]. Derived from the
+        # constraints (the target's), so not saved with a model: older model files load unchanged.
+        self.register_buffer("_free_index", torch.tensor(free, dtype=torch.long), persistent=False)
+        self.register_buffer("_fixed_lengths", torch.tensor([fixed[c] for c in sorted(fixed)], dtype=torch.float64), persistent=False)
+        self.register_buffer("_assembly", torch.as_tensor(np.argsort(free + sorted(fixed)), dtype=torch.long), persistent=False)
 
         # Rows 3.. grouped into levels whose references all lie in earlier levels, so each level
         # is placed in one batched NeRF step (≈ graph depth steps instead of N).
@@ -253,10 +278,31 @@ class InternalCoordinateTransform(Transform):
 
     @classmethod
     def from_topology(
-        cls, topology: md.Topology, root: tuple[int, int, int] | None = None
+        cls, topology: md.Topology, root: tuple[int, int, int] | None = None, constraints: Sequence[tuple[int, int, float]] = ()
     ) -> "InternalCoordinateTransform":
-        """Transform with the Z-matrix of :func:`zmatrix_from_topology`."""
-        return cls(zmatrix_from_topology(topology, root), topology)
+        """Transform with the Z-matrix of :func:`zmatrix_from_topology` (``constraints``: see the class)."""
+        return cls(zmatrix_from_topology(topology, root), topology, constraints)
+
+    @staticmethod
+    def _fixed_bond_coordinates(z: np.ndarray, constraints) -> dict[int, float]:
+        """{position of the bond coordinate in the full vector: length nm} for each constrained pair."""
+        bond_coordinate = {frozenset((int(z[k, 0]), int(z[k, 1]))): k - 1 for k in range(1, z.shape[0])}
+        fixed = {}
+        for i, j, length in constraints:
+            position = bond_coordinate.get(frozenset((int(i), int(j))))
+            if position is None:
+                raise ConfigError(f"constraint between atoms {i} and {j} is not a bond of the Z-matrix; only bond lengths can be fixed")
+            if not length > 0:
+                raise ConfigError(f"constraint between atoms {i} and {j} has length {length} nm; it must be > 0")
+            fixed[position] = float(length)
+        return fixed
+
+    def full(self, ic: Tensor) -> Tensor:
+        """The (B, 3N − 6) vector of ``ic`` (B, dim) with the fixed bond lengths put back in place."""
+        if not self.fixed_bonds:
+            return ic
+        fixed = self._fixed_lengths.to(ic.dtype).expand(ic.shape[0], -1)
+        return torch.cat([ic, fixed], dim=1)[:, self._assembly]
 
     def _find_torsion(self, quads: np.ndarray) -> int | None:
         """Index of the torsion coordinate over the single quadruple in ``quads`` (either direction)."""
@@ -271,14 +317,15 @@ class InternalCoordinateTransform(Transform):
         """bool (3N − 6,), True for the proper torsions: the free rotors (torsions that are not impropers)."""
         return self.periodic_mask & ~self.improper_mask
 
-    def split(self, ic: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Bonds (B, N−1), angles (B, N−2), torsions (B, N−3) of an internal-coordinate batch."""
+    def split(self, full_ic: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Bonds (B, N−1), angles (B, N−2), torsions (B, N−3) of a full (B, 3N − 6) batch (:meth:`full`)."""
         n = self.n_atoms
-        return ic[:, : n - 1], ic[:, n - 1 : 2 * n - 3], ic[:, 2 * n - 3 :]
+        return full_ic[:, : n - 1], full_ic[:, n - 1 : 2 * n - 3], full_ic[:, 2 * n - 3 :]
 
     def log_det_forward(self, ic: Tensor) -> Tensor:
-        """log|det ∂x_free/∂ic|, shape (B,): Σ_{k≥2} log r_k + Σ_{k≥3} (log r_k + log|sin θ_k|)."""
-        bonds, angles, _ = self.split(ic)
+        """log|det ∂x_free/∂ic|, shape (B,): Σ_{k≥2} log r_k + Σ_{k≥3} (log r_k + log|sin θ_k|),
+        fixed bonds at their constraint lengths (module docstring)."""
+        bonds, angles, _ = self.split(self.full(ic))
         log_r = torch.log(bonds.abs())
         return log_r[:, 1:].sum(-1) + log_r[:, 2:].sum(-1) + torch.log(torch.sin(angles[:, 1:]).abs()).sum(-1)
 
@@ -290,7 +337,7 @@ class InternalCoordinateTransform(Transform):
         """Internal coordinates (B, 3N−6) → Cartesian (B, N, 3) nm and log|det J_forward| (B,)."""
         if inputs.dim() != 2 or inputs.shape[1] != self.dim:
             raise ValueError(f"expected internal coordinates of shape (B, {self.dim}), got {tuple(inputs.shape)}")
-        bonds, angles, torsions = self.split(inputs)
+        bonds, angles, torsions = self.split(self.full(inputs))
         z = self.zmatrix
         x = inputs.new_zeros(inputs.shape[0], self.n_atoms, 3)
         # a1 on +x at distance r_1 from a0 (the origin).
@@ -327,7 +374,8 @@ class InternalCoordinateTransform(Transform):
         return b + r * (-torch.cos(theta) * e1 + torch.sin(theta) * (torch.cos(tau) * e2 + torch.sin(tau) * e3))
 
     def inverse(self, inputs: Tensor, context=None) -> tuple[Tensor, Tensor]:
-        """Cartesian (B, N, 3) nm → internal coordinates (B, 3N−6) and log|det J_inverse| (B,)."""
+        """Cartesian (B, N, 3) nm → internal coordinates (B, dim) and log|det J_inverse| (B,); the
+        fixed bond lengths of ``inputs`` are dropped, not checked (the log-det uses the constraint lengths)."""
         if inputs.dim() != 3 or inputs.shape[1:] != (self.n_atoms, 3):
             raise ValueError(f"expected Cartesian frames of shape (B, {self.n_atoms}, 3), got {tuple(inputs.shape)}")
         z = self.zmatrix
@@ -335,4 +383,6 @@ class InternalCoordinateTransform(Transform):
         angles = bond_angle(inputs[:, z[2:, 0]], inputs[:, z[2:, 1]], inputs[:, z[2:, 2]])
         torsions = dihedral(inputs[:, z[3:, 0]], inputs[:, z[3:, 1]], inputs[:, z[3:, 2]], inputs[:, z[3:, 3]])
         ic = torch.cat([bonds, angles, torsions], dim=-1)
+        if self.fixed_bonds:
+            ic = ic[:, self._free_index]
         return ic, -self.log_det_forward(ic)

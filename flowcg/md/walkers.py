@@ -91,6 +91,11 @@ class BiasedWalkers:
     """A resumable multiple-walker biased MD run of ``target`` in ``run_dir`` (see the module docstring)."""
 
     def __init__(self, target: MolecularTarget, run_dir: str | Path, settings: WalkerSettings):
+        if getattr(target, "constraints", ()):
+            raise ConfigError(
+                f"{target.name} has {len(target.constraints)} bond constraints, and the walkers' BAOAB integrator moves every "
+                "Cartesian coordinate (no RATTLE yet); use method=md, where OpenMM applies the constraints"
+            )
         self.target, self.settings = target, settings
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

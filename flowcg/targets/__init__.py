@@ -21,6 +21,8 @@ TARGETS: dict[str, str] = {
     "aldp_implicit": "flowcg.targets.molecular:aldp_implicit",
     "aldp_vacuum": "flowcg.targets.molecular:aldp_vacuum",
     "aldp_amber14": "flowcg.targets.molecular:aldp_amber14",
+    "ala4_implicit": "flowcg.targets.molecular:ala4_implicit",
+    "ala6_implicit": "flowcg.targets.molecular:ala6_implicit",
     "molecule": "flowcg.targets.molecular:molecule_from_files",
 }
 

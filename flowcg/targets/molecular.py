@@ -94,6 +94,12 @@ class MolecularTarget(Target):
             self.forcefield = None
             self.evaluator = OpenMMEvaluator(self.system, platform=platform, n_workers=n_workers)
 
+    @property
+    def constraints(self) -> tuple[tuple[int, int, float], ...]:
+        """The system's bond constraints (atom i, atom j, length nm); a flow on internal coordinates
+        leaves those bonds out (:class:`~flowcg.coordinates.InternalCoordinateTransform`)."""
+        return self.molecular_system.constraints
+
     def _reduced_energy(self, x: Tensor) -> Tensor:
         """U(x)/kT, shape (B,), in the dtype and on the device of x (U from the chosen backend)."""
         if self.forcefield is not None:
@@ -153,6 +159,9 @@ def preset_target(
 aldp_implicit = partial(preset_target, "aldp_implicit")
 aldp_vacuum = partial(preset_target, "aldp_vacuum")
 aldp_amber14 = partial(preset_target, "aldp_amber14")
+#: Ace-(Ala)3-Nme and Ace-(Ala)5-Nme, amber99sbildn + OBC, X–H bonds constrained (the TA-BG / CMT targets).
+ala4_implicit = partial(preset_target, "ala4_implicit")
+ala6_implicit = partial(preset_target, "ala6_implicit")
 
 
 def molecule_from_files(
@@ -161,6 +170,7 @@ def molecule_from_files(
     forcefield: Sequence[str] = (),
     implicit_solvent: str | None = None,
     system_xml: str | Path | None = None,
+    constraints: str | None = None,
     backend: str = "torch",
     temperature: float = 300.0,
     platform: str | None = None,
@@ -173,15 +183,17 @@ def molecule_from_files(
     PDB/mmCIF + force-field XMLs, or a PDB/mmCIF + a serialized OpenMM System XML; ``temperature`` in K.
 
     See :func:`~flowcg.targets.systems.load_system_from_files` for ``path``, ``coordinates``,
-    ``forcefield``, ``implicit_solvent`` and ``system_xml``, and :class:`MolecularTarget` for the rest.
+    ``forcefield``, ``implicit_solvent``, ``system_xml`` and ``constraints``, and
+    :class:`MolecularTarget` for the rest.
     """
     molecular_system = load_system_from_files(
         path, coordinates=coordinates, forcefield=forcefield, implicit_solvent=implicit_solvent, system_xml=system_xml,
-        temperature=temperature,
+        constraints=constraints, temperature=temperature,
     )
     return MolecularTarget(
         molecular_system, backend=backend, platform=platform, n_workers=n_workers, dtype=dtype, device=device, compile=compile
     )
 
 
-__all__ = ["MolecularTarget", "preset_target", "aldp_implicit", "aldp_vacuum", "aldp_amber14", "molecule_from_files"]
+__all__ = ["MolecularTarget", "preset_target", "aldp_implicit", "aldp_vacuum", "aldp_amber14", "ala4_implicit", "ala6_implicit",
+           "molecule_from_files"]

@@ -1,12 +1,15 @@
 """Molecular systems: OpenMM ``System`` + topology + reference positions, from files or presets.
 
 A :class:`MolecularSystem` is everything a molecular target needs from the outside world. It is
-built by OpenMM's own readers (``AmberPrmtopFile``, ``PDBFile``/``PDBxFile``, ``ForceField``) and
-always with ``constraints=None``, ``rigidWater=False`` and ``NoCutoff``: a Boltzmann generator
-samples all 3N Cartesian degrees of freedom of a finite molecule, so nothing may be constrained or
-cut off. A ``System`` serialized elsewhere (``openmm.XmlSerializer``, as openmmtools and
-openmmforcefields produce) is taken as it is and refused if it breaks these rules (constraints,
-periodic boundaries, virtual sites).
+built by OpenMM's own readers (``AmberPrmtopFile``, ``PDBFile``/``PDBxFile``, ``ForceField``) with
+``rigidWater=False`` and ``NoCutoff`` (a finite molecule), and without constraints unless asked:
+``constraints="hbonds"`` fixes every X–H bond length (OpenMM's ``HBonds``; the published peptide
+targets are defined so). A constrained bond is not a degree of freedom: the internal-coordinate
+map leaves it out at its constraint length (:class:`~flowcg.coordinates.InternalCoordinateTransform`),
+so only constraints on bonded pairs are accepted (:attr:`MolecularSystem.constraints`). A ``System``
+serialized elsewhere (``openmm.XmlSerializer``, as openmmtools and openmmforcefields produce) is
+taken as it is and refused if it breaks these rules (constraints between unbonded atoms, periodic
+boundaries, virtual sites).
 
 Bad user input (missing, unreadable or inconsistent files) raises
 :class:`~flowcg.targets.base.TargetInputError` with a one-line message naming the file.
@@ -22,6 +25,10 @@ Presets (the bundled files are openmmtools' ``alanine-dipeptide-gbsa``, see ``da
     the same prmtop without solvent.
 ``aldp_amber14``
     the bundled PDB with ``amber14-all.xml`` + ``implicit/obc2.xml``.
+``ala4_implicit``, ``ala6_implicit``
+    Ace-(Ala)3-Nme (42 atoms) and Ace-(Ala)5-Nme (62 atoms), the published tetra- and hexapeptide
+    targets (TA-BG, CMT; ``data/peptides/PROVENANCE.md``): ``amber99sbildn.xml`` + ``amber99_obc.xml``
+    (a ``GBSAOBCForce``), ``constraints="hbonds"`` (22 and 32 X–H bonds fixed).
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ from flowcg.targets.base import TargetInputError
 
 DATA_DIR = Path(__file__).parent / "data"
 ALDP_DIR = DATA_DIR / "alanine-dipeptide-gbsa"
+PEPTIDE_DIR = DATA_DIR / "peptides"
+
+#: Constraint options by name (OpenMM's ``constraints`` argument of ``createSystem``).
+CONSTRAINTS = {"none": None, "hbonds": app.HBonds}
 
 #: Generalised-Born models that ``AmberPrmtopFile.createSystem`` accepts, by name.
 AMBER_IMPLICIT_SOLVENTS = {"HCT": app.HCT, "OBC1": app.OBC1, "OBC2": app.OBC2, "GBn": app.GBn, "GBn2": app.GBn2}
@@ -58,7 +69,7 @@ class MolecularSystem:
     """An OpenMM system with its topology and reference positions.
 
     Attributes:
-        system: the ``openmm.System`` (kJ/mol, nm; no constraints, no cutoff).
+        system: the ``openmm.System`` (kJ/mol, nm; no cutoff; constraints only on bonds).
         omm_topology: the ``openmm.app.Topology`` it was built from.
         topology: the same topology as an ``mdtraj.Topology`` (for analysis code).
         positions: reference positions, ``(n_atoms, 3)`` float64 in nm.
@@ -76,6 +87,27 @@ class MolecularSystem:
     @property
     def n_atoms(self) -> int:
         return self.system.getNumParticles()
+
+    @property
+    def constraints(self) -> tuple[tuple[int, int, float], ...]:
+        """The system's distance constraints as (atom i, atom j, length in nm); empty if none."""
+        return _constraints(self.system)
+
+
+def _constraints(system: openmm.System) -> tuple[tuple[int, int, float], ...]:
+    out = []
+    for k in range(system.getNumConstraints()):
+        i, j, length = system.getConstraintParameters(k)
+        out.append((int(i), int(j), float(length.value_in_unit(unit.nanometer))))
+    return tuple(out)
+
+
+def _constraint_option(constraints: str | None, origin: str):
+    """OpenMM's ``constraints`` argument for the option ``constraints`` (none | hbonds)."""
+    key = "none" if constraints is None else str(constraints).lower()
+    if key not in CONSTRAINTS:
+        raise TargetInputError(f"{origin}: unknown constraints '{constraints}'; choose one of {', '.join(CONSTRAINTS)}")
+    return CONSTRAINTS[key]
 
 
 def _positions_nm(positions) -> np.ndarray:
@@ -139,7 +171,8 @@ def _read_system_xml(path: Path) -> openmm.System:
 
 
 def _from_prmtop(
-    prmtop_path: Path, coordinates_path: Path, implicit_solvent: str | None, temperature: float, name: str
+    prmtop_path: Path, coordinates_path: Path, implicit_solvent: str | None, temperature: float, name: str,
+    constraints: str | None = None,
 ) -> MolecularSystem:
     if implicit_solvent is not None and implicit_solvent not in AMBER_IMPLICIT_SOLVENTS:
         raise TargetInputError(
@@ -150,10 +183,10 @@ def _from_prmtop(
         prmtop = app.AmberPrmtopFile(str(prmtop_path))
     except Exception as error:  # OpenMM's reader fails on a malformed file with assorted exception types
         raise TargetInputError(f"{prmtop_path.name}: not a readable Amber topology ({_one_line(error)})") from None
-    # Same arguments as openmmtools' AlanineDipeptideImplicit, with constraints switched off.
+    # Same arguments as openmmtools' AlanineDipeptideImplicit, with constraints off unless asked.
     system = prmtop.createSystem(
         implicitSolvent=AMBER_IMPLICIT_SOLVENTS.get(implicit_solvent) if implicit_solvent else None,
-        constraints=None,
+        constraints=_constraint_option(constraints, prmtop_path.name),
         rigidWater=False,
         nonbondedCutoff=None,
         nonbondedMethod=app.NoCutoff,
@@ -162,7 +195,8 @@ def _from_prmtop(
 
 
 def _from_forcefield_files(
-    structure_path: Path, forcefield: Sequence[str], implicit_solvent: str | None, temperature: float, name: str
+    structure_path: Path, forcefield: Sequence[str], implicit_solvent: str | None, temperature: float, name: str,
+    constraints: str | None = None,
 ) -> MolecularSystem:
     """A PDB/mmCIF structure parameterised by OpenMM ``ForceField`` XML files (+ an implicit-solvent XML)."""
     if not forcefield:
@@ -176,7 +210,8 @@ def _from_forcefield_files(
         raise TargetInputError(f"cannot read force field {' + '.join(xml_files)} ({_one_line(error)})") from None
     topology, positions = _read_structure(structure_path)
     try:
-        system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
+        system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=_constraint_option(constraints, structure_path.name),
+                                 rigidWater=False)
     except ValueError:
         # OpenMM's message is a multi-line essay; name the offending residue(s) in one line instead.
         unmatched = ff.getUnmatchedResidues(topology)
@@ -196,13 +231,16 @@ def _from_system_xml(xml_path: Path, structure_path: Path, temperature: float, n
     return _assemble(system, topology, positions, temperature, name, origin=f"{structure_path.name} + {xml_path.name}")
 
 
-def _check_samplable(system: openmm.System, origin: str) -> None:
-    """Refuse a system whose Boltzmann density over all 3N Cartesian coordinates is not the one it
-    describes: constrained distances, periodic boundaries (a solvated box), virtual sites."""
-    if system.getNumConstraints():
+def _check_samplable(system: openmm.System, omm_topology: app.Topology, origin: str) -> None:
+    """Refuse a system flowcg cannot sample as it is described: a constrained distance that is not a
+    bond (a rigid water, an angle constraint: not a coordinate the internal-coordinate map can fix),
+    periodic boundaries (a solvated box), virtual sites."""
+    bonds = {frozenset((a.index, b.index)) for a, b in omm_topology.bonds()}
+    unbonded = [(i, j) for i, j, _ in _constraints(system) if frozenset((i, j)) not in bonds]
+    if unbonded:
         raise TargetInputError(
-            f"{origin}: the system has {system.getNumConstraints()} constraints; flowcg samples every Cartesian "
-            "coordinate, so build it with constraints=None"
+            f"{origin}: {len(unbonded)} of the system's {system.getNumConstraints()} constraints join unbonded atoms "
+            f"(atoms {unbonded[0][0]} and {unbonded[0][1]} first); flowcg can fix bond lengths only (constraints=hbonds or none)"
         )
     if system.usesPeriodicBoundaryConditions():
         raise TargetInputError(
@@ -229,7 +267,7 @@ def _assemble(
         raise TargetInputError(
             f"{origin}: the coordinates hold {positions.shape[0]} atoms but the system has {system.getNumParticles()} particles"
         )
-    _check_samplable(system, origin)
+    _check_samplable(system, omm_topology, origin)
     return MolecularSystem(
         system=system,
         omm_topology=omm_topology,
@@ -247,6 +285,7 @@ def load_system_from_files(
     forcefield: Sequence[str] = (),
     implicit_solvent: str | None = None,
     system_xml: str | Path | None = None,
+    constraints: str | None = None,
     temperature: float = 300.0,
     name: str | None = None,
 ) -> MolecularSystem:
@@ -265,6 +304,9 @@ def load_system_from_files(
       constraints, periodic boundaries or virtual sites; it already holds the force field and any
       implicit solvent, so ``forcefield``, ``implicit_solvent`` and ``coordinates`` must be left unset.
 
+    ``constraints`` (``none`` | ``hbonds``) applies to the first two routes; a serialized system
+    brings its own (bond constraints only).
+
     Raises:
         TargetInputError: (a ``ValueError``) for a missing, unreadable or inconsistent input (atom
             counts that differ, a residue the force field cannot parameterise, ...), in one line
@@ -276,7 +318,8 @@ def load_system_from_files(
         raise TargetInputError(f"no such file: {path}")
     suffix = path.suffix.lower()
     if system_xml is not None:
-        given = [k for k, v in (("forcefield", forcefield), ("implicit_solvent", implicit_solvent), ("coordinates", coordinates)) if v]
+        given = [k for k, v in (("forcefield", forcefield), ("implicit_solvent", implicit_solvent), ("coordinates", coordinates),
+                                ("constraints", constraints not in (None, "none"))) if v]
         if given:
             raise TargetInputError(
                 f"system_xml={Path(system_xml).name} already defines the system and its positions come from {path.name}; "
@@ -288,9 +331,9 @@ def load_system_from_files(
     if suffix in _AMBER_SUFFIXES:
         if coordinates is None:
             raise TargetInputError(f"{path.name}: an Amber topology needs coordinates=<crd/inpcrd/pdb file>")
-        return _from_prmtop(path, Path(coordinates), implicit_solvent, temperature, name)
+        return _from_prmtop(path, Path(coordinates), implicit_solvent, temperature, name, constraints)
     if suffix in _STRUCTURE_READERS:
-        return _from_forcefield_files(path, list(forcefield), implicit_solvent, temperature, name)
+        return _from_forcefield_files(path, list(forcefield), implicit_solvent, temperature, name, constraints)
     raise TargetInputError(
         f"{path.name}: expected an Amber topology ({', '.join(_AMBER_SUFFIXES)}) or a structure file ({', '.join(_STRUCTURE_READERS)})"
     )
@@ -305,6 +348,12 @@ PRESETS: dict[str, Callable[[float], MolecularSystem]] = {
     "aldp_vacuum": lambda t: _from_prmtop(_ALDP_PRMTOP, _ALDP_CRD, None, t, "aldp_vacuum"),
     "aldp_amber14": lambda t: _from_forcefield_files(
         _ALDP_PDB, ["amber14-all.xml"], "implicit/obc2.xml", t, "aldp_amber14"
+    ),
+    "ala4_implicit": lambda t: _from_forcefield_files(
+        PEPTIDE_DIR / "AAA.pdb", ["amber99sbildn.xml"], "amber99_obc.xml", t, "ala4_implicit", constraints="hbonds"
+    ),
+    "ala6_implicit": lambda t: _from_forcefield_files(
+        PEPTIDE_DIR / "AAAAA.pdb", ["amber99sbildn.xml"], "amber99_obc.xml", t, "ala6_implicit", constraints="hbonds"
     ),
 }
 

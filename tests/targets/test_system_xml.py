@@ -71,8 +71,9 @@ def test_unreadable_or_foreign_xml(tmp_path):
 
 def test_unsamplable_or_unsupported_systems(tmp_path):
     constrained = _aldp_implicit().system
-    constrained.addConstraint(0, 1, 0.109)
-    _one_line_error("the system has 1 constraints", path=str(PDB), system_xml=str(_write_xml(constrained, tmp_path / "c.xml")))
+    constrained.addConstraint(0, 2, 0.18)  # two methyl hydrogens: not a bond, so not a coordinate that can be fixed
+    _one_line_error(r"1 of the system.s 1 constraints join unbonded atoms \(atoms 0 and 2 first\)",
+                    path=str(PDB), system_xml=str(_write_xml(constrained, tmp_path / "c.xml")))
     restrained = _aldp_implicit().system
     restrained.addForce(openmm.CustomExternalForce("x^2"))
     _one_line_error("does not implement CustomExternalForce; use backend='openmm'",

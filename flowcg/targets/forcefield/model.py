@@ -72,8 +72,8 @@ class TorchForceField(nn.Module):
         self, system: openmm.System, positions: np.ndarray | None = None, dtype=torch.float64, device="cpu", compile: bool = False
     ):
         super().__init__()
-        if system.getNumConstraints():
-            raise _unsupported("systems with constraints (build it with constraints=None)")
+        # Constraints are not energy terms: U(x) is the sum of the forces at any x, and fixing the
+        # constrained bond lengths is the coordinate map's job (flowcg.coordinates.internal).
         terms = {}
         for force in system.getForces():
             if isinstance(force, _IGNORED):
