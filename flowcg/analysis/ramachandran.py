@@ -59,6 +59,16 @@ def backbone_torsion_atoms(topology: md.Topology) -> tuple[np.ndarray, np.ndarra
     return phi[0], psi[0]
 
 
+def residue_torsion_atoms(topology: md.Topology) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Atom indices (4,) of (φ, ψ) of every residue that has both, in chain order: φ_k = C(k−1)–N–CA–C
+    and ψ_k = N–CA–C–N(k+1) paired by their CA. A dipeptide has one pair, Ace-(Ala)n-Nme n."""
+    psi_by_ca = {int(q[1]): q for q in indices_psi(topology)}
+    pairs = [(phi, psi_by_ca[int(phi[2])]) for phi in indices_phi(topology) if int(phi[2]) in psi_by_ca]
+    if not pairs:
+        raise ConfigError("no residue with both a φ and a ψ torsion (not a peptide?)")
+    return pairs
+
+
 def phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     """φ, ψ (rad, (−π, π]) of frames x (B, N, 3) in nm (numpy or torch), each of shape (B,)."""
     x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))

@@ -13,13 +13,16 @@ One step of the BAOAB splitting (Leimkuhler & Matthews 2013) with timestep Δt, 
     B: v ← v + (Δt/2) F(x) / m
 
 Its configurational distribution is exact for a harmonic potential at any stable Δt and
-accurate to O(Δt²) in general, which is why it is the default for sampling.
+accurate to O(Δt²) in general, which is why it is the default for sampling. With fixed bond
+lengths (``constraints``, :class:`~flowcg.md.constraints.BondConstraints`) every A step is followed
+by a SHAKE projection and the velocity correction Δx / (Δt/2), and every velocity change by a
+RATTLE projection (constrained BAOAB, Leimkuhler & Matthews 2016).
 
 Stopping. A learned CG potential can be wrong far from its data: a replica may collapse or
 fly apart, and NaNs would otherwise spread through any batch-wide statistic. After every step
 each replica is checked (finite positions and forces, largest bead force ≤ ``max_force``,
 largest bead displacement in the step ≤ ``max_displacement``, closest bead pair ≥
-``min_distance``). A replica that fails is frozen at its last good state and never integrated
+``min_distance``, constraints restored). A replica that fails is frozen at its last good state and never integrated
 again; the others carry on. The noise ξ is drawn for all replicas every step, so a live
 replica's trajectory does not depend on whether others were stopped.
 """
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor
 
 from flowcg.errors import ConfigError
+from flowcg.md.constraints import BondConstraints
 from flowcg.units import kT
 
 __all__ = ["LangevinBAOAB", "LangevinResult"]
@@ -54,7 +58,7 @@ class LangevinResult:
             last good state (its starting state if it failed the check at step 0).
         stopped_step: (B,) step at which each replica failed (0: already at the start), −1 if never.
         stop_reason: per replica, the failed check (``"non-finite"``, ``"force"``,
-            ``"displacement"``, ``"overlap"``), or ``""``.
+            ``"displacement"``, ``"overlap"``, ``"constraints"``), or ``""``.
     """
 
     frames: Tensor
@@ -85,6 +89,7 @@ class LangevinBAOAB:
         max_force: largest allowed bead force norm in kJ/mol/nm (None: no check).
         max_displacement: largest allowed bead move in one step, in nm (None: no check).
         min_distance: smallest allowed bead–bead distance in nm (None: no check).
+        constraints: fixed bond lengths (None: every coordinate free); the starting positions must satisfy them.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class LangevinBAOAB:
         max_force: float | None = 1.0e5,
         max_displacement: float | None = 0.05,
         min_distance: float | None = 0.05,
+        constraints: BondConstraints | None = None,
     ):
         masses = torch.as_tensor(masses_amu, dtype=torch.float64)
         if masses.ndim != 1 or not bool((masses > 0).all()):
@@ -111,6 +117,7 @@ class LangevinBAOAB:
         self.max_force = max_force
         self.max_displacement = max_displacement
         self.min_distance = min_distance
+        self.constraints = constraints
 
     def maxwell_boltzmann(self, n_replicas: int, generator: torch.Generator, like: Tensor) -> Tensor:
         """Velocities (B, n_beads, 3) in nm/ps drawn from exp(−m v² / 2kT)."""
@@ -125,7 +132,20 @@ class LangevinBAOAB:
         # Detached: the trajectory is data, never part of a training graph.
         return self.force_fn(x).detach()
 
-    def _check(self, x: Tensor, forces: Tensor, previous: Tensor | None) -> list[str]:
+    def _drift(self, x: Tensor, v: Tensor, dt: float) -> tuple[Tensor, Tensor, Tensor]:
+        """A step x ← x + dt v, projected onto the constraints (SHAKE, then the velocity correction
+        and RATTLE); returns positions, velocities and whether each replica's SHAKE converged."""
+        moved = x + dt * v
+        if self.constraints is None:
+            return moved, v, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        projected, converged = self.constraints.project_positions(x, moved)
+        return projected, self.constraints.project_velocities(projected, v + (projected - moved) / dt), converged
+
+    def _tangent(self, x: Tensor, v: Tensor) -> Tensor:
+        """v without its components along the constraints (RATTLE), or v itself without constraints."""
+        return v if self.constraints is None else self.constraints.project_velocities(x, v)
+
+    def _check(self, x: Tensor, forces: Tensor, previous: Tensor | None, constrained: Tensor | None = None) -> list[str]:
         """Failed check per replica ('' if healthy), in order of precedence."""
         reasons = [""] * x.shape[0]
 
@@ -134,6 +154,8 @@ class LangevinBAOAB:
                 reasons[r] = reasons[r] or reason
 
         flag(~(torch.isfinite(x).all(dim=(1, 2)) & torch.isfinite(forces).all(dim=(1, 2))), "non-finite")
+        if constrained is not None:
+            flag(~constrained.cpu(), "constraints")
         with torch.no_grad():
             if self.max_force is not None:
                 flag(torch.linalg.vector_norm(forces, dim=-1).amax(-1) > self.max_force, "force")
@@ -166,7 +188,7 @@ class LangevinBAOAB:
         generator = seed if isinstance(seed, torch.Generator) else torch.Generator(device=x0.device).manual_seed(seed)
         n_replicas = x0.shape[0]
         x = x0.detach().clone()
-        v = self.maxwell_boltzmann(n_replicas, generator, x) if v0 is None else v0.detach().clone().to(x)
+        v = self._tangent(x, self.maxwell_boltzmann(n_replicas, generator, x) if v0 is None else v0.detach().clone().to(x))
         inv_mass = (1.0 / self.masses.to(x)).view(1, -1, 1)
         half_dt = 0.5 * self.timestep
         c1 = math.exp(-self.friction * self.timestep)
@@ -185,13 +207,13 @@ class LangevinBAOAB:
             running = torch.nonzero(alive).squeeze(1).to(x.device)
             if running.numel():
                 x_old = x[running]
-                v_new = v[running] + half_dt * forces[running] * inv_mass
-                x_new = x_old + half_dt * v_new
-                v_new = c1 * v_new + noise_scale * noise[running]
-                x_new = x_new + half_dt * v_new
+                v_new = self._tangent(x_old, v[running] + half_dt * forces[running] * inv_mass)
+                x_new, v_new, first_ok = self._drift(x_old, v_new, half_dt)
+                v_new = self._tangent(x_new, c1 * v_new + noise_scale * noise[running])
+                x_new, v_new, second_ok = self._drift(x_new, v_new, half_dt)
                 f_new = self._forces(x_new)
-                v_new = v_new + half_dt * f_new * inv_mass
-                reasons = self._check(x_new, f_new, x_old)
+                v_new = self._tangent(x_new, v_new + half_dt * f_new * inv_mass)
+                reasons = self._check(x_new, f_new, x_old, first_ok & second_ok if self.constraints is not None else None)
                 ok = torch.tensor([not r for r in reasons], dtype=torch.bool, device=x.device)
                 keep = running[ok]
                 x[keep], v[keep], forces[keep] = x_new[ok], v_new[ok], f_new[ok]

@@ -18,10 +18,17 @@ OpenMM's LangevinMiddleIntegrator) at the target's temperature:
 2. ``equilibrate``: the bias is frozen; walkers relax in it, nothing is recorded;
 3. ``production``: φ, ψ and V of every walker every ``save_interval_fs``.
 
-Files in the run folder: ``bias.npy`` (the Fourier coefficients; frozen after the build),
-``state.pt`` (positions, velocities, RNG state, phase, steps done), ``reference.npz`` (per frame
-``phi``, ``psi`` in rad, ``bias_kj_mol``, ``log_weight`` = V/kT, ``walker``, ``time_ps``) and
-``metrics.json``. Frames are buffered in memory between commits. After each chunk
+Peptides with several residues (Ace-(Ala)n-Nme) get one bias per residue, V = Σ_k V_k(φ_k, ψ_k),
+each grown from its own residue's torsions with its own well-tempered heights; the frozen sum
+reweights exactly as before. Targets with bond constraints (``constraints=hbonds``) are integrated
+with SHAKE/RATTLE (:mod:`flowcg.md.constraints`).
+
+Files in the run folder: ``bias.npy`` (the Fourier coefficients, (2K+1, 2K+1) or one such matrix
+per residue; frozen after the build), ``state.pt`` (positions, velocities, RNG state, phase, steps
+done), ``reference.npz`` (per frame ``phi``, ``psi`` in rad (one column per residue; a dipeptide's
+single column stored flat), ``bias_kj_mol``, ``log_weight`` = V/kT, ``walker``, ``time_ps``),
+``ramachandran_reference.npz`` (a dipeptide) or ``ramachandran_reference_residue<k>.npz`` (k = 1 …
+per residue) and ``metrics.json``. Frames are buffered in memory between commits. After each chunk
 ``reference.npz``, then ``bias.npy`` (only while the bias grows), then ``state.pt`` (which holds the
 bias too) are replaced atomically; the state is the commit record, so a kill between the two only repeats a chunk, with the same
 random numbers, and a rerun with a larger ``production_ps`` extends the run.
@@ -39,10 +46,11 @@ import torch
 from openmm import unit
 from torch import Tensor
 
-from flowcg.analysis.ramachandran import RamachandranReference, backbone_torsion_atoms
+from flowcg.analysis.ramachandran import RamachandranReference, residue_torsion_atoms
 from flowcg.coordinates.geometry import dihedral
 from flowcg.errors import ConfigError, UnreadableFileError
-from flowcg.io import load_torch, save_atomic, save_json_atomic, save_npz_atomic
+from flowcg.io import load_torch, save_atomic, save_json_atomic, save_npz_atomic, write_atomic
+from flowcg.md.constraints import BondConstraints
 from flowcg.md.langevin import LangevinBAOAB
 from flowcg.md.torsion_bias import TorsionBias
 from flowcg.sampling.importance import kish_ess, normalized_weights
@@ -91,20 +99,19 @@ class BiasedWalkers:
     """A resumable multiple-walker biased MD run of ``target`` in ``run_dir`` (see the module docstring)."""
 
     def __init__(self, target: MolecularTarget, run_dir: str | Path, settings: WalkerSettings):
-        if getattr(target, "constraints", ()):
-            raise ConfigError(
-                f"{target.name} has {len(target.constraints)} bond constraints, and the walkers' BAOAB integrator moves every "
-                "Cartesian coordinate (no RATTLE yet); use method=md, where OpenMM applies the constraints"
-            )
         self.target, self.settings = target, settings
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json", "ramachandran_reference.npz")}
-        self.torsion_atoms = [torch.as_tensor(a, dtype=torch.long) for a in backbone_torsion_atoms(target.topology)]
+        # (R, 2, 4): the φ and ψ atoms of every residue
+        self.torsion_atoms = torch.as_tensor(np.array(residue_torsion_atoms(target.topology)), dtype=torch.long)
+        self.n_residues = len(self.torsion_atoms)
         masses = [target.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(target.system.getNumParticles())]
+        constraints = getattr(target, "constraints", ())
         self.integrator = LangevinBAOAB(
             self._forces, masses, timestep_ps=settings.timestep_fs / 1000.0, friction_per_ps=settings.friction_per_ps,
             temperature_K=target.temperature, min_distance=None,
+            constraints=BondConstraints(constraints, masses) if constraints else None,
         )
         self.kT = target.kT  # kJ/mol
         self.dtype = torch.float32 if target.forcefield is None else target.forcefield.dtype
@@ -124,10 +131,11 @@ class BiasedWalkers:
         self.v = self.integrator.maxwell_boltzmann(self.settings.n_walkers, self.generator, self.x)
         self.alive = torch.ones(self.settings.n_walkers, dtype=torch.bool)
         self.steps_done = dict.fromkeys(PHASES, 0)
-        self.bias = TorsionBias.zeros(self.settings.fourier_order)
+        self.biases = [TorsionBias.zeros(self.settings.fourier_order) for _ in range(self.n_residues)]
         self.wall_time_s = 0.0
-        self.records = {"phi": np.zeros(0, np.float32), "psi": np.zeros(0, np.float32), "bias_kj_mol": np.zeros(0, np.float32),
-                        "walker": np.zeros(0, np.int32), "time_ps": np.zeros(0, np.float32)}
+        torsion_shape = (0,) if self.n_residues == 1 else (0, self.n_residues)
+        self.records = {"phi": np.zeros(torsion_shape, np.float32), "psi": np.zeros(torsion_shape, np.float32),
+                        "bias_kj_mol": np.zeros(0, np.float32), "walker": np.zeros(0, np.int32), "time_ps": np.zeros(0, np.float32)}
         self.pending: list[dict] = []
 
     def _restore(self) -> None:
@@ -139,7 +147,10 @@ class BiasedWalkers:
         self.generator = torch.Generator()
         self.generator.set_state(state["rng"])
         self.steps_done, self.wall_time_s = state["steps_done"], state["wall_time_s"]
-        self.bias = TorsionBias(state["bias"])
+        coefficients = state["bias"]
+        self.biases = [TorsionBias(c) for c in (coefficients[None] if coefficients.ndim == 2 else coefficients)]
+        if len(self.biases) != self.n_residues:
+            raise UnreadableFileError(f"{self.run_dir}: state.pt holds {len(self.biases)} residue biases, the target has {self.n_residues}")
         frames = state["frames"]
         with np.load(self.paths["reference.npz"]) as data:
             self.records = {key: data[key][:frames] for key in ("phi", "psi", "bias_kj_mol", "walker", "time_ps")}
@@ -159,22 +170,35 @@ class BiasedWalkers:
             self.records = {k: np.concatenate([self.records[k], *(frame[k] for frame in self.pending)]) for k in self.records}
             self.pending = []
         save_npz_atomic(self.paths["reference.npz"], **self.records, log_weight=self.log_weights(), temperature_K=self.target.temperature)
+        coefficients = self._bias_coefficients()
         if phase == "build" or not self.paths["bias.npy"].exists():
-            self.bias.save(self.paths["bias.npy"])
+            write_atomic(self.paths["bias.npy"], lambda handle: np.save(handle, coefficients.numpy()))
         save_atomic({
             "settings": asdict(self.settings), "x": self.x, "v": self.v, "alive": self.alive, "rng": self.generator.get_state(),
-            "steps_done": self.steps_done, "wall_time_s": self.wall_time_s, "bias": self.bias.coefficients.clone(),
+            "steps_done": self.steps_done, "wall_time_s": self.wall_time_s, "bias": coefficients,
             "frames": len(self.records["phi"]),
         }, self.paths["state.pt"])
 
     # ---- dynamics ----------------------------------------------------------------------------
 
+    def _bias_coefficients(self) -> Tensor:
+        """The Fourier coefficients, (2K+1, 2K+1) for a dipeptide, else (R, 2K+1, 2K+1)."""
+        stacked = torch.stack([b.coefficients for b in self.biases])
+        return (stacked[0] if self.n_residues == 1 else stacked).clone()
+
     def torsions(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """φ, ψ (B,) in rad of positions x (B, N, 3) nm."""
-        return tuple(dihedral(*(x[:, a] for a in atoms)) for atoms in self.torsion_atoms)
+        """φ, ψ in rad of positions x (B, N, 3) nm: (B,) each for a dipeptide, else (B, R)."""
+        phi, psi = (dihedral(*(x[:, self.torsion_atoms[:, kind, k]] for k in range(4))) for kind in (0, 1))
+        return (phi[:, 0], psi[:, 0]) if self.n_residues == 1 else (phi, psi)
+
+    def bias(self, phi: Tensor, psi: Tensor) -> Tensor:
+        """V in kJ/mol, (B,): the sum of the residues' biases at torsions shaped as :meth:`torsions` returns them."""
+        if self.n_residues == 1:
+            return self.biases[0](phi, psi)
+        return sum(b(phi[:, k], psi[:, k]) for k, b in enumerate(self.biases))
 
     def _forces(self, x: Tensor) -> Tensor:
-        """−∇(U + V) in kJ/(mol nm): force field plus the current bias on (φ, ψ)."""
+        """−∇(U + V) in kJ/(mol nm): force field plus the current bias on the backbone torsions."""
         _, forces = self.target.energy_and_forces(x)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
@@ -191,12 +215,13 @@ class BiasedWalkers:
             self.alive[live[local]] = False
 
     def _deposit(self) -> None:
-        """Well-tempered hills at every live walker: h = h₀ exp(−V / (k_B ΔT)), ΔT = (γ − 1) T."""
+        """Well-tempered hills at every live walker, per residue k: h = h₀ exp(−V_k / (k_B ΔT)), ΔT = (γ − 1) T."""
         with torch.no_grad():
-            phi, psi = (t.double() for t in self.torsions(self.x[self.alive]))
+            phi, psi = (t.double().reshape(len(t), -1) for t in self.torsions(self.x[self.alive]))
             delta_kT = (self.settings.bias_factor - 1.0) * self.kT
-            heights = self.settings.hill_height_kj_mol * torch.exp(-self.bias(phi, psi) / delta_kT)
-        self.bias.add_hills(phi, psi, heights, self.settings.hill_width_rad)
+            for k, bias in enumerate(self.biases):
+                heights = self.settings.hill_height_kj_mol * torch.exp(-bias(phi[:, k], psi[:, k]) / delta_kT)
+                bias.add_hills(phi[:, k], psi[:, k], heights, self.settings.hill_width_rad)
 
     def _record(self) -> None:
         with torch.no_grad():
@@ -234,30 +259,39 @@ class BiasedWalkers:
                     log.info("%s: %.1f of %.1f ps per walker (%d walkers live), %.0f s", phase,
                              self.steps_done[phase] * s.timestep_fs / 1000.0, targets[phase] * s.timestep_fs / 1000.0,
                              int(self.alive.sum()), self.wall_time_s)
-        reference = self.ramachandran_reference() if len(self.records["phi"]) else None
-        if reference is not None:
-            reference.save(self.paths["ramachandran_reference.npz"])
-        metrics = self.metrics(reference)
+        references = self.ramachandran_references() if len(self.records["phi"]) else None
+        for path, reference in zip(self._reference_paths(), references or ()):
+            reference.save(path)
+        metrics = self.metrics(references)
         save_json_atomic(metrics, self.paths["metrics.json"])
         return metrics
 
-    def ramachandran_reference(self) -> RamachandranReference:
-        """The reweighted frames as a compact yardstick (histograms, basins), with the disagreement
-        of two independent halves of the walkers (not of time) as its noise floor."""
-        r = self.records
-        return RamachandranReference.from_frames(
-            r["phi"], r["psi"], normalized_weights(self.log_weights()), self.target.temperature,
-            f"{self.settings.n_walkers} biased walkers x {self.steps_done['production'] * self.settings.timestep_fs / 1000.0:g} ps "
-            f"({self.target.name}, {self.target.temperature:g} K), reweighted", halves=r["walker"] < self.settings.n_walkers // 2)
+    def _reference_paths(self) -> list[Path]:
+        if self.n_residues == 1:
+            return [self.paths["ramachandran_reference.npz"]]
+        return [self.run_dir / f"ramachandran_reference_residue{k + 1}.npz" for k in range(self.n_residues)]
 
-    def metrics(self, reference: RamachandranReference | None = None) -> dict:
+    def ramachandran_references(self) -> list[RamachandranReference]:
+        """Per residue, the reweighted frames' (φ_k, ψ_k) as a compact yardstick (histograms, basins),
+        with the disagreement of two independent halves of the walkers (not of time) as its noise floor."""
+        r, weights = self.records, normalized_weights(self.log_weights())
+        phi, psi = (r[k].reshape(len(r[k]), -1) for k in ("phi", "psi"))
+        length_ps = self.steps_done["production"] * self.settings.timestep_fs / 1000.0
+        return [RamachandranReference.from_frames(
+            phi[:, k], psi[:, k], weights, self.target.temperature,
+            f"{self.settings.n_walkers} biased walkers x {length_ps:g} ps ({self.target.name}, {self.target.temperature:g} K"
+            f"{'' if self.n_residues == 1 else f', residue {k + 1} of {self.n_residues}'}), reweighted",
+            halves=r["walker"] < self.settings.n_walkers // 2) for k in range(self.n_residues)]
+
+    def metrics(self, references: list[RamachandranReference] | None = None) -> dict:
         """Run summary: aggregate length and speed, weight ESS, reweighted basins, walker-split KL / TV
-        (``reference``: :meth:`ramachandran_reference`, if already computed)."""
+        (per residue ``res<k>_…`` for peptides; ``references``: :meth:`ramachandran_references`, if
+        already computed)."""
         s, r = self.settings, self.records
         steps = sum(self.steps_done.values())
         aggregate_ns = steps * s.timestep_fs * 1e-6 * s.n_walkers
         log_w = self.log_weights()
-        bias_grid = self.bias.grid(72)
+        bias_ranges = [float(grid.max() - grid.min()) for grid in (b.grid(72) for b in self.biases)]
         metrics = {
             "target": self.target.name, "temperature_K": self.target.temperature, "backend": self.target.backend,
             "settings": asdict(s), "frames": int(len(r["phi"])), "walkers_live": int(self.alive.sum()),
@@ -265,11 +299,13 @@ class BiasedWalkers:
             "production_ns_aggregate": self.steps_done["production"] * s.timestep_fs * 1e-6 * s.n_walkers,
             "ns_aggregate": aggregate_ns, "wall_time_s": self.wall_time_s,
             "ns_per_day_aggregate": aggregate_ns / self.wall_time_s * 86400 if self.wall_time_s > 0 else None,
-            "bias_max_kj_mol": float(bias_grid.max() - bias_grid.min()),  # the bias's range, its minimum taken as 0
+            "bias_max_kj_mol": max(bias_ranges),  # the largest residue bias's range, its minimum taken as 0
         }
         if len(log_w):
-            reference = reference or self.ramachandran_reference()
+            references = references or self.ramachandran_references()
             metrics["weight_ess"] = kish_ess(log_w)
-            metrics.update({f"basin_{k}": v for k, v in reference.basins.items()})
-            metrics.update({f"{k}_walker_halves": v for k, v in reference.noise_floor.items()})
+            for k, reference in enumerate(references):
+                prefix = "" if self.n_residues == 1 else f"res{k + 1}_"
+                metrics.update({f"{prefix}basin_{name}": v for name, v in reference.basins.items()})
+                metrics.update({f"{prefix}{name}_walker_halves": v for name, v in reference.noise_floor.items()})
         return metrics

@@ -71,3 +71,25 @@ def test_cli_method_walkers(tmp_path):
     assert metrics["frames"] == 2 * 3 and metrics["backend"] == "torch"
     bad = subprocess.run([*base, "method=replica_exchange"], env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "unknown method 'replica_exchange'" in bad.stderr
+
+
+def test_peptide_walkers_bias_every_residue_and_keep_the_constraints(tmp_path):
+    """Ace-(Ala)3-Nme with X–H bonds constrained: one bias per residue, the constraints held through
+    SHAKE/RATTLE, and a per-residue reference with its noise floor."""
+    from flowcg.analysis.ramachandran import RamachandranReference
+
+    peptide = load_target("ala4_implicit", dtype="float64")
+    walkers = BiasedWalkers(peptide, tmp_path, SETTINGS)
+    metrics = walkers.run(0.05)
+    assert walkers.n_residues == 3 and metrics["walkers_live"] == 4 and metrics["frames"] == 4 * 5
+    assert all(0 < sum(metrics[f"res{k}_basin_{b}"] for b in ("beta", "alpha_R", "alpha_L")) <= 1 + 1e-9 for k in (1, 2, 3))
+    assert all(b.coefficients.abs().sum() > 0 for b in walkers.biases)  # every residue's bias grew
+    assert float(walkers.integrator.constraints.violation(walkers.x).max()) < 1e-10
+    with np.load(tmp_path / "reference.npz") as data:
+        assert data["phi"].shape == data["psi"].shape == (20, 3)
+        frozen = walkers.bias(*(torch.as_tensor(data[k].astype(np.float64)) for k in ("phi", "psi"))).numpy()
+        np.testing.assert_allclose(data["bias_kj_mol"], frozen, rtol=1e-5, atol=1e-4)
+    for k in (1, 2, 3):
+        reference = RamachandranReference.load(tmp_path / f"ramachandran_reference_residue{k}.npz")
+        assert f"residue {k} of 3" in reference.description
+    assert np.load(tmp_path / "bias.npy").shape == (3, 2 * SETTINGS.fourier_order + 1, 2 * SETTINGS.fourier_order + 1)

@@ -78,10 +78,3 @@ def test_unknown_constraints_option_is_named():
     with pytest.raises(TargetInputError, match="unknown constraints 'hangles'; choose one of none, hbonds"):
         load_system_from_files(PEPTIDE_DIR / "AAA.pdb", forcefield=["amber99sbildn.xml"], constraints="hangles")
 
-
-def test_walkers_refuse_a_constrained_target(tmp_path):
-    from flowcg.errors import ConfigError
-    from flowcg.md.walkers import BiasedWalkers, WalkerSettings
-
-    with pytest.raises(ConfigError, match="22 bond constraints.*use method=md"):
-        BiasedWalkers(load_target("ala4_implicit"), tmp_path, WalkerSettings())
