@@ -21,9 +21,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from flowcg.analysis.ramachandran import RamachandranReference, basin_populations, phi_psi, plot_ramachandran, ramachandran_metrics
+from flowcg.analysis.ramachandran import (
+    RamachandranReference,
+    basin_populations,
+    plot_ramachandran,
+    ramachandran_metrics,
+    residue_phi_psi,
+)
 from flowcg.coordinates.chirality import CAChirality
-from flowcg.errors import UnreadableFileError
+from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz
 from flowcg.sampling.importance import normalized_weights
 from flowcg.sampling.sampler import SampleSet
@@ -65,16 +71,19 @@ def load_reference(path: str | Path) -> Reference | RamachandranReference:
 SHIPPED_REFERENCES = Path(__file__).resolve().parents[1] / "targets" / "data" / "references"
 
 
-def shipped_reference(target_name: str, temperature_K: float) -> RamachandranReference | None:
-    """The walker reference shipped for ``target_name`` at ``temperature_K``, or None (none shipped,
-    or shipped for another temperature: a different ensemble)."""
-    path = SHIPPED_REFERENCES / f"{target_name}.npz"
-    if not path.is_file():
+def shipped_reference(target_name: str, temperature_K: float) -> RamachandranReference | list[RamachandranReference] | None:
+    """The walker reference shipped for ``target_name`` at ``temperature_K``: ``<name>.npz`` (one
+    (φ, ψ) pair), or the list of ``<name>_residue<k>.npz``, k = 1 … (a peptide); None when none is
+    shipped, or it is for another temperature (a different ensemble)."""
+    single = SHIPPED_REFERENCES / f"{target_name}.npz"
+    paths = [single] if single.is_file() else sorted(SHIPPED_REFERENCES.glob(f"{target_name}_residue*.npz"),
+                                                     key=lambda p: int(p.stem.rsplit("residue", 1)[1]))
+    if not paths:
         return None
-    reference = RamachandranReference.load(path)
-    if reference.temperature_K is not None and abs(reference.temperature_K - temperature_K) > 1e-6:
+    references = [RamachandranReference.load(path) for path in paths]
+    if any(r.temperature_K is not None and abs(r.temperature_K - temperature_K) > 1e-6 for r in references):
         return None
-    return reference
+    return references[0] if single.is_file() else references
 
 
 def resolve_reference(setting: str | None, target) -> Reference | RamachandranReference | None:
@@ -105,27 +114,53 @@ def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
     return ~chirality.is_d(x).numpy()
 
 
-def molecular_metrics(topology, samples: SampleSet, reference: Reference | RamachandranReference | None = None, reject_d: bool = True) -> dict:
-    """Chirality, basin populations and (with a reference) Ramachandran metrics."""
+def per_residue_references(reference, n_residues: int) -> list:
+    """``reference`` as one entry per residue: a list of per-residue references as it is, a single
+    reference for a single residue, None for none; a ConfigError if the counts differ."""
+    if reference is None:
+        return [None] * n_residues
+    references = list(reference) if isinstance(reference, list) else [reference]
+    if len(references) != n_residues:
+        raise ConfigError(f"the molecule has {n_residues} residues with (φ, ψ), the reference {len(references)}")
+    return references
+
+
+def molecular_metrics(topology, samples: SampleSet, reference=None, reject_d: bool = True) -> dict:
+    """Chirality, basin populations and (with a reference) Ramachandran metrics, for each residue
+    with (φ, ψ) (prefixed ``res<k>_`` for peptides, which also get the mean over residues of every
+    Ramachandran KL / TV as ``<metric>_mean``). ``reference``: a Reference or RamachandranReference
+    (one residue), or a list of them, one per residue."""
     keep = keep_l_mask(topology, samples.x)
     metrics: dict = {"fraction_d": float(1.0 - keep.mean())}
     chosen = keep if reject_d else np.ones_like(keep)
-    phi, psi = phi_psi(samples.x[chosen], topology)
+    phi, psi = residue_phi_psi(samples.x[chosen], topology)
     log_w = samples.log_w[chosen]
-    if reference is not None:
-        rama = ramachandran_metrics(as_yardstick(reference), phi, psi, log_weights=log_w)
-        rama.pop("ess"), rama.pop("ess_clipped")  # the sample summary reports ESS over all samples
-        metrics.update(rama)
-    else:
-        metrics.update({f"basin_{k}": v for k, v in basin_populations(phi, psi).items()})
-        metrics.update({f"basin_{k}_rw": v for k, v in basin_populations(phi, psi, normalized_weights(log_w)).items()})
+    n_residues = phi.shape[1]
+    per_residue = []
+    for k, ref in enumerate(per_residue_references(reference, n_residues)):
+        if ref is not None:
+            rama = ramachandran_metrics(as_yardstick(ref), phi[:, k], psi[:, k], log_weights=log_w)
+            rama.pop("ess"), rama.pop("ess_clipped")  # the sample summary reports ESS over all samples
+        else:
+            rama = {f"basin_{name}": v for name, v in basin_populations(phi[:, k], psi[:, k]).items()}
+            rama.update({f"basin_{name}_rw": v for name, v in basin_populations(phi[:, k], psi[:, k], normalized_weights(log_w)).items()})
+        per_residue.append(rama)
+        metrics.update({(f"res{k + 1}_" if n_residues > 1 else "") + name: v for name, v in rama.items()})
+    if n_residues > 1:
+        for name in (n for n in per_residue[0] if n.startswith(("kl_", "tv_"))):
+            metrics[f"{name}_mean"] = float(np.mean([r[name] for r in per_residue]))
     return metrics
 
 
-def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference: Reference | RamachandranReference | None = None) -> Path:
-    """Ramachandran PNG: model, reweighted model and (if given) the reference; L samples only."""
+def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference=None) -> list[Path]:
+    """Ramachandran PNG per residue (``path``, or ``<stem>_residue<k>.png`` for peptides): model,
+    reweighted model and (if given) the reference; L samples only."""
     keep = keep_l_mask(topology, samples.x)
-    return plot_ramachandran(path, phi_psi(samples.x[keep], topology), reference, log_weights=samples.log_w[keep])
+    phi, psi = residue_phi_psi(samples.x[keep], topology)
+    n_residues = phi.shape[1]
+    paths = [path] if n_residues == 1 else [path.with_name(f"{path.stem}_residue{k + 1}{path.suffix}") for k in range(n_residues)]
+    return [plot_ramachandran(p, (phi[:, k], psi[:, k]), ref, log_weights=samples.log_w[keep])
+            for k, (p, ref) in enumerate(zip(paths, per_residue_references(reference, n_residues)))]
 
 
 def torsion_table(transform, topology, x: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -122,5 +122,5 @@ def plot_run(target: Target, state: dict, samples: SampleSet, folder: Path, refe
     folder.mkdir(parents=True, exist_ok=True)
     paths = [plot_training(state, folder / "training.png"), plot_beta_schedule(state, folder / "beta_schedule.png")]
     if getattr(target, "topology", None) is not None:
-        return paths + [plot_molecular_sample(target.topology, samples, folder / "ramachandran.png", reference)]
+        return paths + plot_molecular_sample(target.topology, samples, folder / "ramachandran.png", reference)
     return paths + [plot_marginals(target, samples, folder / "marginals.png"), plot_samples(target, samples, folder / "samples.png")]

@@ -78,6 +78,14 @@ def phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     return as_numpy(phi), as_numpy(psi)
 
 
+def residue_phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
+    """φ, ψ (rad) of every residue of :func:`residue_torsion_atoms` for frames x (B, N, 3) nm, each (B, R)."""
+    x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    atoms = torch.as_tensor(np.array(residue_torsion_atoms(topology)), dtype=torch.long)  # (R, 2, 4)
+    phi, psi = (dihedral(*(x[:, atoms[:, kind, k]] for k in range(4))) for kind in (0, 1))
+    return as_numpy(phi), as_numpy(psi)
+
+
 def ramachandran_histogram(phi, psi, bins: int = 64, weights=None) -> np.ndarray:
     """(Weighted) counts (bins, bins) over (−π, π]², φ along axis 0."""
     counts, _, _ = np.histogram2d(as_numpy(phi), as_numpy(psi), bins=bins, range=RAMACHANDRAN_RANGE, weights=weights)

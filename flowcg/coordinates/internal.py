@@ -224,6 +224,8 @@ class InternalCoordinateTransform(Transform):
             torsions are proper (free rotors).
         phi_index, psi_index: position of the backbone φ / ψ torsion in the vector, when the
             topology has exactly one φ and one ψ that appear as torsion coordinates; else None.
+        backbone_indices: positions of every residue's φ and ψ (φ₁, ψ₁, φ₂, ψ₂, …; residues with
+            both as torsion coordinates, paired by their CA), empty without a topology.
         fixed_bonds: the constrained bonds left out of the vector, as (atom, bond_ref, length nm).
         full_dim: 3N − 6, the vector's length with the fixed bonds in it.
     """
@@ -272,9 +274,16 @@ class InternalCoordinateTransform(Transform):
         self._level_bounds = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
         self.phi_index = self.psi_index = None
+        self.backbone_indices: list[int] = []
         if topology is not None:
-            self.phi_index = self._find_torsion(indices_phi(topology))
-            self.psi_index = self._find_torsion(indices_psi(topology))
+            phis, psis = indices_phi(topology), indices_psi(topology)
+            self.phi_index = self._find_torsion(phis)
+            self.psi_index = self._find_torsion(psis)
+            psi_by_ca = {int(q[1]): q for q in psis}
+            for phi in phis:
+                pair = [self._find_torsion(phi[None]), self._find_torsion(psi_by_ca[int(phi[2])][None])] if int(phi[2]) in psi_by_ca else [None]
+                if None not in pair:
+                    self.backbone_indices += pair
 
     @classmethod
     def from_topology(

@@ -86,11 +86,12 @@ def build_flow(
 def slow_coordinate_indices(transform: InternalCoordinateTransform, rotor_mask: torch.Tensor, slow_dim: int, slow_coordinates) -> list[int]:
     """Internal coordinates that receive the slow latents.
 
-    ``"backbone"``: φ and ψ first (when the topology has them), then the other rotor torsions in
+    ``"backbone"``: every residue's φ and ψ first (φ₁, ψ₁, φ₂, …: a dipeptide's φ, ψ; a peptide of
+    R residues with ``slow_dim = 2R`` puts a slow latent on each), then the other rotor torsions in
     Z-matrix order; or an explicit list of coordinate indices.
     """
     if slow_coordinates == "backbone":
-        backbone = [i for i in (transform.phi_index, transform.psi_index) if i is not None]
+        backbone = list(transform.backbone_indices)
         rotors = backbone + [i for i in rotor_mask.nonzero().ravel().tolist() if i not in backbone]
         indices = rotors[:slow_dim]
     else:

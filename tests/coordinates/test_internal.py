@@ -123,6 +123,11 @@ def test_constrained_bonds_are_left_out_and_restored(tetrapeptide):
     assert constrained.full_dim == free.dim == 120 and constrained.dim == 120 - 22
     assert len(constrained.fixed_bonds) == 22 and constrained.kind.count("bond") == 41 - 22
     assert constrained.periodic_mask.shape == constrained.improper_mask.shape == (98,)
+    from flowcg.analysis.ramachandran import residue_torsion_atoms
+
+    expected = [set(q.tolist()) for pair in residue_torsion_atoms(system.topology) for q in pair]  # φ1, ψ1, φ2, …
+    assert [set(constrained.atom_indices[i]) for i in constrained.backbone_indices] == expected
+    assert all(constrained.kind[i] == "torsion" for i in constrained.backbone_indices)
     ic, log_det_inverse = constrained.inverse(random_rigid_motion(x))
     y, log_det_forward = constrained.forward(ic)
     assert (y - constrained.canonicalize(x)).abs().max() <= 1e-6  # the MD's constraint tolerance

@@ -78,3 +78,27 @@ def test_unknown_constraints_option_is_named():
     with pytest.raises(TargetInputError, match="unknown constraints 'hangles'; choose one of none, hbonds"):
         load_system_from_files(PEPTIDE_DIR / "AAA.pdb", forcefield=["amber99sbildn.xml"], constraints="hangles")
 
+
+
+def test_a_tiny_training_run_on_the_tetrapeptide(tmp_path):
+    """flowcg-train experiment=ala4_implicit end to end, shrunk: per-residue basins in metrics.json and a
+    Ramachandran plot per residue."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=ala4_implicit", "recipe=plain", "model.n_couplings=2", "model.hidden=16", "model.fast_hidden=8",
+                 "train.batch_size=64", "train.steps_per_stage=2", "train.final_steps=4", "train.eval_batch_size=64", "n_samples=200",
+                 "compile=false", "logger=none", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    program = Path(sys.executable).parent / "flowcg-train"
+    done = subprocess.run([str(program), *overrides], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for k in (1, 2, 3):
+        assert sum(metrics[f"res{k}_basin_{b}"] for b in ("beta", "alpha_R", "alpha_L")) == pytest.approx(1.0)
+        assert (run_dir / "plots" / f"ramachandran_residue{k}.png").is_file()
+    assert metrics["nonfinite_energies"] == 0
