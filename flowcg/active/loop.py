@@ -57,7 +57,9 @@ class ModelOptions:
     n_rbf: int = 16
     cutoff: float = 1.2
     n_interactions: int = 2
-    dihedral_prior: bool = False
+    # Signed dihedral terms: CGSchNet sees bead distances only, which are the same for a frame and
+    # its mirror image, so without them the model cannot tell αR (φ < 0) from αL (φ > 0).
+    dihedral_prior: bool = True
     dtype: str = "float32"
 
 

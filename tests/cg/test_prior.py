@@ -121,3 +121,15 @@ def test_prior_fit_rejects_bad_input(backbone):
     with pytest.raises(ValueError, match="does not fluctuate"):
         fit_prior(frozen, backbone, TEMPERATURE)
     assert isinstance(fit_prior(chain_frames(10)[0], backbone, TEMPERATURE, bonds=False, angles=False), CGPrior)
+
+
+def test_the_dihedral_prior_tells_a_frame_from_its_mirror_image(backbone):
+    """Bead distances (all CGSchNet sees) are those of the mirror image too; the signed dihedral
+    terms are not: a prior fitted to right-handed frames (φ < 0) costs more for their mirror images."""
+    x, *_ = chain_frames(20000, seed=5, phi_sampler=lambda rng, n: rng.vonmises(-1.2, 4.0, n))
+    mirror = x * np.array([1.0, 1.0, -1.0])
+    chiral = fit_prior(x, backbone, TEMPERATURE, dihedrals=True)
+    achiral = fit_prior(x, backbone, TEMPERATURE, dihedrals=False)
+    frames, mirrored = torch.as_tensor(x[:500]), torch.as_tensor(mirror[:500])
+    torch.testing.assert_close(achiral(frames), achiral(mirrored))  # distances and angles only: blind to handedness
+    assert float((chiral(mirrored) - chiral(frames)).mean()) > 5 * KT
