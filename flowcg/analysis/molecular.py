@@ -166,14 +166,17 @@ def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference=No
 def torsion_table(transform, topology, x: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Names and values (N, T) in rad of every torsion coordinate of ``transform`` for frames x (N, atoms, 3).
 
-    Names are the four atoms (``RES:ATOM``) with ``phi`` / ``psi`` marked, e.g. ``phi(ACE:C-ALA:N-ALA:CA-ALA:C)``.
+    Names are the four atoms (``RESn:ATOM``, n the residue number) with the backbone torsions marked,
+    e.g. ``phi(ACE1:C-ALA2:N-ALA2:CA-ALA2:C)`` for a dipeptide, ``phi2(…)`` for residue 2 of a peptide.
     """
     atoms = list(topology.atoms)
     columns = transform.periodic_mask.nonzero().ravel().tolist()
-    labels = {transform.phi_index: "phi", transform.psi_index: "psi"}
+    backbone = transform.backbone_indices
+    single = len(backbone) == 2
+    labels = {index: f"{'psi' if k % 2 else 'phi'}{'' if single else k // 2 + 1}" for k, index in enumerate(backbone)}
     names = []
     for k in columns:
-        quad = "-".join(f"{atoms[a].residue.name}:{atoms[a].name}" for a in transform.atom_indices[k])
+        quad = "-".join(f"{atoms[a].residue.name}{atoms[a].residue.resSeq}:{atoms[a].name}" for a in transform.atom_indices[k])
         names.append(f"{labels[k]}({quad})" if k in labels else quad)
     with torch.no_grad():
         ic, _ = transform.inverse(torch.as_tensor(x, dtype=torch.float64))

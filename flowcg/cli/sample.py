@@ -23,9 +23,9 @@ from omegaconf import DictConfig
 
 from flowcg.analysis.cv import cv_discovery, cv_markdown, plot_free_energy
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.analysis.molecular import Reference, keep_l_mask, resolve_reference, torsion_table
+from flowcg.analysis.molecular import Reference, keep_l_mask, plot_molecular_sample, resolve_reference, torsion_table
 from flowcg.analysis.plots import plot_marginals, plot_samples
-from flowcg.analysis.ramachandran import RamachandranReference, phi_psi, plot_ramachandran
+from flowcg.analysis.ramachandran import RamachandranReference, residue_phi_psi
 from flowcg.builders import Run, configure_compile, describe_device, load_run, seed_everything
 from flowcg.cli.common import clean_errors, entry_point, write_json
 from flowcg.errors import ConfigError
@@ -54,12 +54,16 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: Reference | Rama
     topology = run.target.topology
     md.Trajectory(samples.x.astype("float32"), topology).save_dcd(str(out_dir / "samples.dcd"))
     md.Trajectory(run.target.positions[None].astype("float32"), topology).save_pdb(str(out_dir / "topology.pdb"))
-    phi, psi = phi_psi(samples.x, topology)
+    phi, psi = residue_phi_psi(samples.x, topology)  # (N, residues)
+    dipeptide = phi.shape[1] == 1
     keep = keep_l_mask(topology, samples.x)
-    samples.save(out_dir / "samples.npz", include_x=False, phi=phi, psi=psi, is_d=~keep)
-    plot_ramachandran(out_dir / "ramachandran.png", (phi[keep], psi[keep]), reference, log_weights=samples.log_w[keep])
+    stored = {"phi": phi[:, 0], "psi": psi[:, 0]} if dipeptide else {"phi": phi, "psi": psi}
+    samples.save(out_dir / "samples.npz", include_x=False, is_d=~keep, **stored)
+    plot_molecular_sample(topology, samples, out_dir / "ramachandran.png", reference)
     names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
-    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi, psi, md_series, lag_frames=lag_frames)
+    # TICA is fitted on a dipeptide's (φ, ψ) MD series; a peptide's slow latents are reported against every torsion
+    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi[:, 0], psi[:, 0], md_series if dipeptide else None,
+                          lag_frames=lag_frames)
     (out_dir / "cv_report.md").write_text(cv_markdown(report))
     plot_free_energy(samples.z_slow, samples.log_w, out_dir / "free_energy.png")
     return report

@@ -81,8 +81,8 @@ def test_unknown_constraints_option_is_named():
 
 
 def test_a_tiny_training_run_on_the_tetrapeptide(tmp_path):
-    """flowcg-train experiment=ala4_implicit end to end, shrunk: per-residue basins in metrics.json and a
-    Ramachandran plot per residue."""
+    """flowcg-train experiment=ala4_implicit end to end, shrunk, then flowcg-sample on it: per-residue
+    basins, (φ, ψ) and Ramachandran plots, the slow latents reported against every residue's torsions."""
     import json
     import os
     import subprocess
@@ -102,3 +102,11 @@ def test_a_tiny_training_run_on_the_tetrapeptide(tmp_path):
         assert sum(metrics[f"res{k}_basin_{b}"] for b in ("beta", "alpha_R", "alpha_L")) == pytest.approx(1.0)
         assert (run_dir / "plots" / f"ramachandran_residue{k}.png").is_file()
     assert metrics["nonfinite_energies"] == 0
+    out = tmp_path / "sample"
+    done = subprocess.run([str(program.parent / "flowcg-sample"), f"run={run_dir}", "n=128", "compile=false", f"hydra.run.dir={out}"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out / "samples.npz") as data:
+        assert data["phi"].shape == data["psi"].shape == (128, 3)
+    assert all((out / f"ramachandran_residue{k}.png").is_file() for k in (1, 2, 3))
+    assert "phi1(ACE1:C-ALA2:N-ALA2:CA-ALA2:C)" in json.loads((out / "metrics.json").read_text())["cv_discovery"]["latents"][0]["circular_correlation"]
