@@ -1,14 +1,16 @@
-"""The shipped aldp_implicit model against the walker reference, over independent sample sets.
+"""A shipped model (or a training run's model) against the walker reference, over independent sample sets.
 
     .venv/bin/python data_free_benchmarks/aldp_shipped.py [--name aldp_implicit] [--seeds 0 1 2] [--n 1000000]
+    .venv/bin/python data_free_benchmarks/aldp_shipped.py --run runs/aldp_plain_equal_budget --label aldp_plain_equal_budget
 
-Each set is one real ``flowcg-sample pretrained=<name> n=<n> seed=<s>`` run (its folder in
-``data_free_benchmarks/runs/shipped/<name>/seed<s>``, git-ignored; a finished set is not drawn again). Its
+Each set is one real ``flowcg-sample pretrained=<name> n=<n> seed=<s>`` run (``run=<folder>`` with
+``--run``; its folder in ``data_free_benchmarks/runs/shipped/<label>/seed<s>``, git-ignored; a
+finished set is not drawn again). Its
 saved (φ, ψ, log w, is_d) are scored against the walker reference shipped for the target
 (``flowcg.analysis.molecular.shipped_reference``; the same numbers ``flowcg-sample`` reports when the
 reference was shipped before it ran): Kish ESS, reweighted KL / TV on 64² and 100², basin
 populations and their relative errors, next to the reference's own noise floor (two independent
-halves of its walkers). Results: ``results/<name>_shipped.{json,md}``.
+halves of its walkers). Results: ``results/<label>_shipped.{json,md}`` (label: the name, or ``--label``).
 """
 
 from __future__ import annotations
@@ -26,17 +28,19 @@ from flowcg.analysis.molecular import shipped_reference
 from flowcg.analysis.ramachandran import ramachandran_metrics
 from flowcg.builders import cpu_model
 from flowcg.io import load_json, load_npz
+from flowcg.builders import load_run
 from flowcg.pretrained import load_pretrained
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
 
-def draw_set(name: str, seed: int, n: int) -> Path:
-    """The folder of ``flowcg-sample`` set ``seed`` (drawn now unless already finished)."""
-    out = HERE / "runs" / "shipped" / name / f"seed{seed}"
+def draw_set(model: str, label: str, seed: int, n: int) -> Path:
+    """The folder of ``flowcg-sample`` set ``seed`` of ``model`` (``pretrained=…`` or ``run=…``),
+    drawn now unless already finished."""
+    out = HERE / "runs" / "shipped" / label / f"seed{seed}"
     if not (out / "metrics.json").is_file():
-        subprocess.run([str(BIN / "flowcg-sample"), f"pretrained={name}", f"n={n}", f"seed={seed}", f"hydra.run.dir={out}"],
+        subprocess.run([str(BIN / "flowcg-sample"), model, f"n={n}", f"seed={seed}", f"hydra.run.dir={out}"],
                        check=True, env={**os.environ, "WANDB_MODE": "offline"}, timeout=3600)
     return out
 
@@ -54,21 +58,25 @@ def score(folder: Path, reference) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", default="aldp_implicit")
+    parser.add_argument("--name", default="aldp_implicit", help="a shipped model")
+    parser.add_argument("--run", type=Path, default=None, help="a flowcg-train run folder instead of a shipped model")
+    parser.add_argument("--label", default=None, help="results name (default: --name, or the run folder's name)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=1_000_000)
     args = parser.parse_args()
-    folders = {seed: draw_set(args.name, seed, args.n) for seed in args.seeds}
-    run = load_pretrained(args.name)
+    model = f"run={args.run.resolve()}" if args.run else f"pretrained={args.name}"
+    label = args.label or (args.run.name if args.run else args.name)
+    folders = {seed: draw_set(model, label, seed, args.n) for seed in args.seeds}
+    run = load_run(args.run) if args.run else load_pretrained(args.name)
     reference = shipped_reference(run.target.name, run.target.temperature)
     if reference is None:
-        sys.exit(f"sets drawn in {HERE / 'runs' / 'shipped' / args.name}; no walker reference is shipped for {run.target.name} to score them against")
+        sys.exit(f"sets drawn in {HERE / 'runs' / 'shipped' / label}; no walker reference is shipped for {run.target.name} to score them against")
     sets = {seed: score(folder, reference) for seed, folder in folders.items()}
-    result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": args.name,
+    result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": model, "label": label,
               "cpu": cpu_model(), "reference": reference.description, "reference_noise_floor": reference.noise_floor,
               "reference_basins": reference.basins, "sets": sets}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{args.name}_shipped.json").write_text(json.dumps(result, indent=2) + "\n")
+    (HERE / "results" / f"{label}_shipped.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = ["| seed | n | ESS | ESS clipped | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in reference.basins) + " | max basin error |",
             "|---|---|---|---|---|---|---|" + "---|" * len(reference.basins) + "---|"]
     for seed, m in sets.items():
@@ -78,7 +86,7 @@ def main() -> None:
     floor = reference.noise_floor
     rows.append(f"\nReference noise floor (walker halves): KL64 {floor.get('kl_64', float('nan')):.4f}, TV64 {floor.get('tv_64', float('nan')):.4f}, "
                 f"KL100 {floor.get('kl_100', float('nan')):.4f}. Reference: {reference.description}.")
-    (HERE / "results" / f"{args.name}_shipped.md").write_text("\n".join(rows) + "\n")
+    (HERE / "results" / f"{label}_shipped.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
 
 
