@@ -1,10 +1,12 @@
 """How good is a CG model's ensemble: W1 in reference TICA space and Ramachandran KL.
 
-The yardstick is a reference all-atom MD mapped to CG. TICA (deeptime) is fitted on its
-pairwise bead distances at ``lag_frames`` saved frames (with the 1 ps frames of
-``flowcg-reference`` the default 20 frames is 20 ps, the lag of the CGSchNet AL benchmark); the
-model's CG frames and the reference are projected on the first two TICs and compared by W1
-(:mod:`flowcg.analysis.w1`). φ, ψ of CG frames are the dihedrals of the backbone beads, so the
+The yardstick is a reference all-atom ensemble mapped to CG. TICA (deeptime) is fitted on the
+pairwise bead distances of a reference MD *time series* at ``lag_frames`` saved frames (with the
+1 ps frames of ``flowcg-reference`` the default 20 frames is 20 ps, the lag of the CGSchNet AL
+benchmark); the model's CG frames and the reference ensemble are projected on the first two TICs
+and compared by W1 (:mod:`flowcg.analysis.w1`). The ensemble is that MD itself
+(:func:`save_cg_reference`), or, far more accurate, frames of the biased walkers resampled by their
+weights (:func:`save_walker_cg_reference`), which keep the plain MD only for the TICA. φ, ψ of CG frames are the dihedrals of the backbone beads, so the
 Ramachandran KL(ref‖model) on 64×64 bins and the basin populations need no backmapping.
 """
 
@@ -20,14 +22,16 @@ from flowcg.active.backmap import TorsionBackmapper
 from flowcg.analysis.ramachandran import basin_populations, plot_ramachandran, ramachandran_kl
 from flowcg.analysis.w1 import fit_cg_tica, w1_tica
 from flowcg.cg.mapping import CGMapping
-from flowcg.errors import ConfigError, MissingFileError
+from flowcg.errors import ConfigError, MissingFileError, UnreadableFileError
+from flowcg.io import load_npz, save_npz_atomic
 
-__all__ = ["CGReference", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference"]
+__all__ = ["CGReference", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference",
+           "save_walker_cg_reference"]
 
 
 @dataclass
 class CGReference:
-    """Reference CG frames (T, n_beads, 3) nm in time order, their TICA model and (φ, ψ)."""
+    """Reference CG frames (T, n_beads, 3) nm, the TICA model (fitted on a time series) and their (φ, ψ)."""
 
     frames_nm: np.ndarray
     tica: object
@@ -64,17 +68,47 @@ def save_cg_reference(folder: str | Path, mapping: CGMapping, path: str | Path, 
     return Path(path)
 
 
+def save_walker_cg_reference(walker_folder: str | Path, mapping: CGMapping, tica_reference: str | Path, path: str | Path,
+                             n_frames: int = 50_000, seed: int = 0) -> Path:
+    """A CG yardstick from a biased-walker run (``flowcg-reference method=walkers
+    walkers.positions_every=n``): ``n_frames`` of its stored frames drawn with probability ∝ their
+    weight exp(V/kT) (systematic resampling: an unweighted sample of the Boltzmann ensemble), mapped
+    to CG, saved with the time-ordered CG frames of ``tica_reference`` (a :func:`save_cg_reference`
+    file) that TICA is fitted on. Returns ``path``."""
+    walker_folder = Path(walker_folder)
+    positions = load_npz(walker_folder / "positions.npz", what="walker positions", keys=["positions_nm", "frame"])
+    frames = load_npz(walker_folder / "reference.npz", what="walker frames", keys=["log_weight"])
+    log_w = frames["log_weight"][positions["frame"]].astype(np.float64)
+    weights = np.exp(log_w - log_w.max())
+    cumulative = np.cumsum(weights / weights.sum())
+    offsets = (np.random.default_rng(seed).uniform() + np.arange(n_frames)) / n_frames
+    chosen = np.minimum(np.searchsorted(cumulative, offsets), len(cumulative) - 1)
+    if positions["positions_nm"].shape[1] != mapping.n_atoms:
+        raise ConfigError(f"the walkers hold {positions['positions_nm'].shape[1]} atoms, the mapping expects {mapping.n_atoms}")
+    time_series = load_npz(tica_reference, what="CG reference", keys=["cg_frames_nm", "bead_atoms"])
+    if not np.array_equal(time_series["bead_atoms"], mapping.bead_atoms):
+        raise ConfigError(f"the TICA reference {tica_reference} maps atoms {time_series['bead_atoms'].tolist()}, not {mapping.bead_atoms.tolist()}")
+    save_npz_atomic(path, cg_frames_nm=mapping.map_positions(positions["positions_nm"][chosen].astype(np.float64)).astype(np.float32),
+                    tica_frames_nm=time_series["cg_frames_nm"], bead_atoms=mapping.bead_atoms,
+                    resampled_from=np.array(len(weights)), weight_ess=np.array(float(weights.sum() ** 2 / (weights**2).sum() / len(weights))))
+    return Path(path)
+
+
 def load_cg_reference(path: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, lag_frames: int = 20) -> CGReference:
-    """The CG reference saved by :func:`save_cg_reference`, with its TICA and (φ, ψ)."""
+    """The CG reference saved by :func:`save_cg_reference` or :func:`save_walker_cg_reference`, with
+    its TICA (on ``tica_frames_nm`` where the file has them, else on its frames) and (φ, ψ)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no CG reference at {path} (write one with flowcg.active.evaluate.save_cg_reference)")
-    with np.load(path) as saved:
-        frames, bead_atoms = saved["cg_frames_nm"].astype(np.float64), saved["bead_atoms"]
+    saved = load_npz(path, what="CG reference")
+    if not {"cg_frames_nm", "bead_atoms"} <= saved.keys():
+        raise UnreadableFileError(f"{path}: not a CG reference (needs cg_frames_nm and bead_atoms)")
+    frames, bead_atoms = saved["cg_frames_nm"].astype(np.float64), saved["bead_atoms"]
     if not np.array_equal(bead_atoms, mapping.bead_atoms):
         raise ConfigError(f"the CG reference {path} maps atoms {bead_atoms.tolist()}, the loop's mapping {mapping.bead_atoms.tolist()}")
+    tica_frames = saved["tica_frames_nm"].astype(np.float64) if "tica_frames_nm" in saved else frames
     phi, psi = backmapper.torsions(frames).numpy().T
-    return CGReference(frames, fit_cg_tica(frames, lag_frames), phi, psi, lag_frames)
+    return CGReference(frames, fit_cg_tica(tica_frames, lag_frames), phi, psi, lag_frames)
 
 
 def plot_w1_per_round(metrics: list[dict], path: str | Path) -> Path | None:

@@ -28,7 +28,9 @@ per residue; frozen after the build), ``state.pt`` (positions, velocities, RNG s
 done), ``reference.npz`` (per frame ``phi``, ``psi`` in rad (one column per residue; a dipeptide's
 single column stored flat), ``bias_kj_mol``, ``log_weight`` = V/kT, ``walker``, ``time_ps``),
 ``ramachandran_reference.npz`` (a dipeptide) or ``ramachandran_reference_residue<k>.npz`` (k = 1 …
-per residue) and ``metrics.json``. Frames are buffered in memory between commits. After each chunk
+per residue), ``metrics.json``, and with ``positions_every`` = n > 0 ``positions.npz``: the all-atom
+``positions_nm`` (float32) of every walker at every n-th recorded frame and the ``frame`` rows of
+``reference.npz`` they belong to (their weights), for yardsticks beyond (φ, ψ) such as a CG ensemble. Frames are buffered in memory between commits. After each chunk
 ``reference.npz``, then ``bias.npy`` (only while the bias grows), then ``state.pt`` (which holds the
 bias too) are replaced atomically; the state is the commit record, so a kill between the two only repeats a chunk, with the same
 random numbers, and a rerun with a larger ``production_ps`` extends the run.
@@ -49,7 +51,7 @@ from torch import Tensor
 from flowcg.analysis.ramachandran import RamachandranReference, residue_torsion_atoms
 from flowcg.coordinates.geometry import dihedral
 from flowcg.errors import ConfigError, UnreadableFileError
-from flowcg.io import load_torch, save_atomic, save_json_atomic, save_npz_atomic, write_atomic
+from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic, write_atomic
 from flowcg.md.constraints import BondConstraints
 from flowcg.md.langevin import LangevinBAOAB
 from flowcg.md.torsion_bias import TorsionBias
@@ -81,6 +83,7 @@ class WalkerSettings:
     save_interval_fs: float = 250.0
     chunk_ps: float = 10.0           # production frames are committed this often (per walker)
     seed: int = 0
+    positions_every: int = 0         # also keep all-atom positions at every n-th recorded frame (0: none), positions.npz
 
     def __post_init__(self):
         for name in ("n_walkers", "timestep_fs", "deposit_fs", "hill_width_rad", "save_interval_fs", "chunk_ps"):
@@ -88,8 +91,8 @@ class WalkerSettings:
                 raise ConfigError(f"walkers.{name} must be positive, got {getattr(self, name)}")
         if self.bias_factor <= 1:
             raise ConfigError(f"walkers.bias_factor must be > 1, got {self.bias_factor}")
-        if min(self.build_ps, self.equilibration_ps, self.hill_height_kj_mol, self.friction_per_ps) < 0:
-            raise ConfigError("walkers.build_ps, equilibration_ps, hill_height_kj_mol and friction_per_ps must be ≥ 0")
+        if min(self.build_ps, self.equilibration_ps, self.hill_height_kj_mol, self.friction_per_ps, self.positions_every) < 0:
+            raise ConfigError("walkers.build_ps, equilibration_ps, hill_height_kj_mol, friction_per_ps and positions_every must be ≥ 0")
 
     def steps(self, fs: float) -> int:
         return max(1, round(fs / self.timestep_fs))
@@ -102,7 +105,8 @@ class BiasedWalkers:
         self.target, self.settings = target, settings
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json", "ramachandran_reference.npz")}
+        self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json", "ramachandran_reference.npz",
+                                                             "positions.npz")}
         # (R, 2, 4): the φ and ψ atoms of every residue
         self.torsion_atoms = torch.as_tensor(np.array(residue_torsion_atoms(target.topology)), dtype=torch.long)
         self.n_residues = len(self.torsion_atoms)
@@ -137,11 +141,16 @@ class BiasedWalkers:
         self.records = {"phi": np.zeros(torsion_shape, np.float32), "psi": np.zeros(torsion_shape, np.float32),
                         "bias_kj_mol": np.zeros(0, np.float32), "walker": np.zeros(0, np.int32), "time_ps": np.zeros(0, np.float32)}
         self.pending: list[dict] = []
+        self.positions = self._no_positions()
+
+    def _no_positions(self) -> dict[str, np.ndarray]:
+        return {"positions_nm": np.zeros((0, self.target.system.getNumParticles(), 3), np.float32), "frame": np.zeros(0, np.int64)}
 
     def _restore(self) -> None:
         state = load_torch(self.paths["state.pt"], what="walker state")
-        if state["settings"] != asdict(self.settings):
-            changed = sorted(k for k, v in asdict(self.settings).items() if state["settings"].get(k) != v)
+        saved = {**asdict(WalkerSettings()), **state["settings"]}  # a setting added since the run began has its default
+        if saved != asdict(self.settings):
+            changed = sorted(k for k, v in asdict(self.settings).items() if saved.get(k) != v)
             raise ConfigError(f"{self.run_dir}: walker settings differ from the run being resumed ({', '.join(changed)})")
         self.x, self.v, self.alive = state["x"], state["v"], state["alive"]
         self.generator = torch.Generator()
@@ -156,6 +165,13 @@ class BiasedWalkers:
             self.records = {key: data[key][:frames] for key in ("phi", "psi", "bias_kj_mol", "walker", "time_ps")}
         if len(self.records["phi"]) != frames:
             raise UnreadableFileError(f"{self.run_dir}: reference.npz holds {len(self.records['phi'])} frames, state.pt {frames}")
+        kept = state.get("position_frames", 0)
+        self.positions = self._no_positions()
+        if kept:
+            data = load_npz(self.paths["positions.npz"], what="walker positions", keys=["positions_nm", "frame"])
+            self.positions = {key: data[key][:kept] for key in self.positions}
+            if len(self.positions["frame"]) != kept:
+                raise UnreadableFileError(f"{self.run_dir}: positions.npz holds {len(self.positions['frame'])} frames, state.pt {kept}")
         self.pending = []
         log.info("resumed %s: %s steps done, %d frames", self.run_dir, self.steps_done, frames)
 
@@ -168,15 +184,20 @@ class BiasedWalkers:
         still changes) bias.npy, then state.pt are replaced atomically."""
         if self.pending:
             self.records = {k: np.concatenate([self.records[k], *(frame[k] for frame in self.pending)]) for k in self.records}
+            positions = [frame["positions"] for frame in self.pending if "positions" in frame]
+            if positions:
+                self.positions = {k: np.concatenate([self.positions[k], *(p[k] for p in positions)]) for k in self.positions}
             self.pending = []
         save_npz_atomic(self.paths["reference.npz"], **self.records, log_weight=self.log_weights(), temperature_K=self.target.temperature)
+        if len(self.positions["frame"]):
+            save_npz_atomic(self.paths["positions.npz"], **self.positions)
         coefficients = self._bias_coefficients()
         if phase == "build" or not self.paths["bias.npy"].exists():
             write_atomic(self.paths["bias.npy"], lambda handle: np.save(handle, coefficients.numpy()))
         save_atomic({
             "settings": asdict(self.settings), "x": self.x, "v": self.v, "alive": self.alive, "rng": self.generator.get_state(),
             "steps_done": self.steps_done, "wall_time_s": self.wall_time_s, "bias": coefficients,
-            "frames": len(self.records["phi"]),
+            "frames": len(self.records["phi"]), "position_frames": len(self.positions["frame"]),
         }, self.paths["state.pt"])
 
     # ---- dynamics ----------------------------------------------------------------------------
@@ -232,6 +253,12 @@ class BiasedWalkers:
         new = {k: v.numpy().astype(np.float32) for k, v in values.items()}
         new["walker"] = walkers.numpy().astype(np.int32)
         new["time_ps"] = np.full(len(walkers), time_ps, np.float32)
+        every = self.settings.positions_every
+        record_index = self.steps_done["production"] // self.settings.steps(self.settings.save_interval_fs) - 1
+        if every and record_index % every == 0:
+            first_row = len(self.records["phi"]) + sum(len(frame["walker"]) for frame in self.pending)
+            new["positions"] = {"positions_nm": self.x[walkers].numpy().astype(np.float32),
+                                "frame": np.arange(first_row, first_row + len(walkers), dtype=np.int64)}
         self.pending.append(new)
 
     def run(self, production_ps: float) -> dict:
