@@ -12,7 +12,6 @@ from openmm import app
 from flowcg.targets.systems import (
     ALDP_DIR,
     DATA_DIR,
-    PRESETS,
     MolecularSystem,
     langevin_frames,
     load_system,
@@ -26,8 +25,9 @@ FORCES = {
 }
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted(FORCES))
 def test_presets(preset):
+    """The alanine-dipeptide presets (the peptides: tests/targets/test_peptides.py)."""
     ms = load_system(preset, temperature=330.0)
     assert isinstance(ms, MolecularSystem) and ms.name == preset and ms.temperature == 330.0
     assert ms.positions.shape == (22, 3) and ms.positions.dtype == np.float64
