@@ -335,4 +335,25 @@ class BiasedWalkers:
                 prefix = "" if self.n_residues == 1 else f"res{k + 1}_"
                 metrics.update({f"{prefix}basin_{name}": v for name, v in reference.basins.items()})
                 metrics.update({f"{prefix}{name}_walker_halves": v for name, v in reference.noise_floor.items()})
+            metrics.update(self._time_halves())
         return metrics
+
+    def _time_halves(self) -> dict:
+        """The first half of the production against the second, per residue: KL / TV and the basins
+        of each half (``…_time_halves``, ``basin_<b>_first_half`` / ``_second_half``). The walker
+        halves share their history (one start, one bias), so they cannot see a drift in time; these
+        can (the vacuum run's φ > 0 weight doubled from the first half to the second)."""
+        r, weights = self.records, normalized_weights(self.log_weights())
+        late = r["time_ps"] >= np.median(r["time_ps"])
+        if late.all() or not late.any():
+            return {}
+        phi, psi = (r[k].reshape(len(r[k]), -1) for k in ("phi", "psi"))
+        out = {}
+        for k in range(self.n_residues):
+            prefix = "" if self.n_residues == 1 else f"res{k + 1}_"
+            split = RamachandranReference.from_frames(phi[:, k], psi[:, k], weights, halves=~late)
+            out.update({f"{prefix}{name}_time_halves": v for name, v in split.noise_floor.items()})
+            for half, mask in (("first_half", ~late), ("second_half", late)):
+                basins = RamachandranReference.from_frames(phi[mask, k], psi[mask, k], weights[mask]).basins
+                out.update({f"{prefix}basin_{name}_{half}": v for name, v in basins.items()})
+        return out
