@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,38 +34,21 @@ SETTINGS = ("default", "1", "2")
 BATCH = 1024
 
 
-def _rate(call, seconds: float) -> float:
-    """Calls per second over ≥ 3 calls and ≥ ``seconds`` of wall time."""
-    calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < seconds:
-        call()
-        calls += 1
-    return calls / (time.perf_counter() - start)
-
-
 def worker(seconds: float) -> dict:
+    """Both rates in this process, at whatever thread count it was started with."""
     import torch
 
+    from flow_throughput import _timed, worker as flow_worker  # this folder is on sys.path when run as a script
     from flowcg import load_target
-    from flowcg.builders import load_run
-    from flowcg.training import TrainConfig, Trainer, build_schedule
 
+    threads = torch.get_num_threads()
     target = load_target("aldp_implicit", compile=True)
     x = torch.as_tensor(target.positions, dtype=torch.float32).expand(BATCH, -1, -1) + 0.002 * torch.randn(BATCH, 22, 3)
     for _ in range(2):
         target.energy_and_forces(x)  # compile, warm up
-    forcefield = _rate(lambda: target.energy_and_forces(x), seconds) * BATCH
-    run = load_run(ROOT / "flowcg" / "pretrained" / "aldp_implicit")
-    model = run.model.use_compile()
-    config = TrainConfig(batch_size=BATCH, lr=1e-6, final_steps=10**9, show_progress=False)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model, target, build_schedule("constant"), config, run_dir)
-        trainer.state["beta"] = 1.0
-        model.train()
-        for _ in range(3):
-            trainer.train_step()
-        steps = _rate(trainer.train_step, seconds)
-    return {"torch_threads": torch.get_num_threads(), "forcefield_per_s": forcefield, "train_steps_per_s": steps}
+    call_s, _ = _timed(lambda: target.energy_and_forces(x), seconds)
+    step = flow_worker(threads, BATCH, True, seconds)  # the shipped flow's training step, compiled fast path
+    return {"torch_threads": threads, "forcefield_per_s": BATCH / call_s, "train_steps_per_s": step["steps_per_s"]}
 
 
 def main() -> None:

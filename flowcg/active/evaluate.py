@@ -24,6 +24,7 @@ from flowcg.analysis.w1 import fit_cg_tica, w1_tica
 from flowcg.cg.mapping import CGMapping
 from flowcg.errors import ConfigError, MissingFileError, UnreadableFileError
 from flowcg.io import load_npz, save_npz_atomic
+from flowcg.sampling.importance import kish_ess, normalized_weights
 
 __all__ = ["CGReference", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference",
            "save_walker_cg_reference"]
@@ -79,8 +80,7 @@ def save_walker_cg_reference(walker_folder: str | Path, mapping: CGMapping, tica
     positions = load_npz(walker_folder / "positions.npz", what="walker positions", keys=["positions_nm", "frame"])
     frames = load_npz(walker_folder / "reference.npz", what="walker frames", keys=["log_weight"])
     log_w = frames["log_weight"][positions["frame"]].astype(np.float64)
-    weights = np.exp(log_w - log_w.max())
-    cumulative = np.cumsum(weights / weights.sum())
+    cumulative = np.cumsum(normalized_weights(log_w))
     offsets = (np.random.default_rng(seed).uniform() + np.arange(n_frames)) / n_frames
     chosen = np.minimum(np.searchsorted(cumulative, offsets), len(cumulative) - 1)
     if positions["positions_nm"].shape[1] != mapping.n_atoms:
@@ -90,7 +90,7 @@ def save_walker_cg_reference(walker_folder: str | Path, mapping: CGMapping, tica
         raise ConfigError(f"the TICA reference {tica_reference} maps atoms {time_series['bead_atoms'].tolist()}, not {mapping.bead_atoms.tolist()}")
     save_npz_atomic(path, cg_frames_nm=mapping.map_positions(positions["positions_nm"][chosen].astype(np.float64)).astype(np.float32),
                     tica_frames_nm=time_series["cg_frames_nm"], bead_atoms=mapping.bead_atoms,
-                    resampled_from=np.array(len(weights)), weight_ess=np.array(float(weights.sum() ** 2 / (weights**2).sum() / len(weights))))
+                    resampled_from=np.array(len(log_w)), weight_ess=np.array(kish_ess(log_w)))
     return Path(path)
 
 

@@ -27,6 +27,7 @@ from flowcg.analysis.ramachandran import (
     plot_ramachandran,
     ramachandran_metrics,
     residue_phi_psi,
+    residue_prefix,
 )
 from flowcg.coordinates.chirality import CAChirality
 from flowcg.errors import ConfigError, UnreadableFileError
@@ -145,7 +146,7 @@ def molecular_metrics(topology, samples: SampleSet, reference=None, reject_d: bo
             rama = {f"basin_{name}": v for name, v in basin_populations(phi[:, k], psi[:, k]).items()}
             rama.update({f"basin_{name}_rw": v for name, v in basin_populations(phi[:, k], psi[:, k], normalized_weights(log_w)).items()})
         per_residue.append(rama)
-        metrics.update({(f"res{k + 1}_" if n_residues > 1 else "") + name: v for name, v in rama.items()})
+        metrics.update({residue_prefix(k, n_residues) + name: v for name, v in rama.items()})
     if n_residues > 1:
         for name in (n for n in per_residue[0] if n.startswith(("kl_", "tv_"))):
             metrics[f"{name}_mean"] = float(np.mean([r[name] for r in per_residue]))
@@ -153,13 +154,18 @@ def molecular_metrics(topology, samples: SampleSet, reference=None, reject_d: bo
 
 
 def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference=None) -> list[Path]:
-    """Ramachandran PNG per residue (``path``, or ``<stem>_residue<k>.png`` for peptides): model,
-    reweighted model and (if given) the reference; L samples only."""
+    """Ramachandran PNG per residue of the L samples (:func:`plot_residue_ramachandrans`)."""
     keep = keep_l_mask(topology, samples.x)
     phi, psi = residue_phi_psi(samples.x[keep], topology)
+    return plot_residue_ramachandrans(path, phi, psi, samples.log_w[keep], reference)
+
+
+def plot_residue_ramachandrans(path: Path, phi: np.ndarray, psi: np.ndarray, log_w: np.ndarray, reference=None) -> list[Path]:
+    """Ramachandran PNG per residue of (φ, ψ) (N, R) — ``path``, or ``<stem>_residue<k>.png`` for
+    peptides: model, reweighted model (``log_w``) and (if given) the reference."""
     n_residues = phi.shape[1]
     paths = [path] if n_residues == 1 else [path.with_name(f"{path.stem}_residue{k + 1}{path.suffix}") for k in range(n_residues)]
-    return [plot_ramachandran(p, (phi[:, k], psi[:, k]), ref, log_weights=samples.log_w[keep])
+    return [plot_ramachandran(p, (phi[:, k], psi[:, k]), ref, log_weights=log_w)
             for k, (p, ref) in enumerate(zip(paths, per_residue_references(reference, n_residues)))]
 
 

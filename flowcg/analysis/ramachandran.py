@@ -38,7 +38,7 @@ import torch
 from mdtraj.geometry.dihedral import indices_phi, indices_psi
 
 from flowcg.analysis.histograms import kl_divergence, normalize, total_variation
-from flowcg.coordinates.geometry import dihedral
+from flowcg.coordinates.backbone import backbone_dihedrals, backbone_torsion_pairs
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz, save_npz_atomic
 from flowcg.sampling.importance import as_numpy, kish_ess, normalized_weights
@@ -59,30 +59,31 @@ def backbone_torsion_atoms(topology: md.Topology) -> tuple[np.ndarray, np.ndarra
     return phi[0], psi[0]
 
 
-def residue_torsion_atoms(topology: md.Topology) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Atom indices (4,) of (φ, ψ) of every residue that has both, in chain order: φ_k = C(k−1)–N–CA–C
-    and ψ_k = N–CA–C–N(k+1) paired by their CA. A dipeptide has one pair, Ace-(Ala)n-Nme n."""
-    psi_by_ca = {int(q[1]): q for q in indices_psi(topology)}
-    pairs = [(phi, psi_by_ca[int(phi[2])]) for phi in indices_phi(topology) if int(phi[2]) in psi_by_ca]
-    if not pairs:
+def residue_torsion_atoms(topology: md.Topology) -> np.ndarray:
+    """Atom indices (R, 2, 4) of every residue's (φ, ψ) (:func:`~flowcg.coordinates.backbone.backbone_torsion_pairs`);
+    a ConfigError for a molecule without any, which has no Ramachandran plot."""
+    pairs = backbone_torsion_pairs(topology)
+    if not len(pairs):
         raise ConfigError("no residue with both a φ and a ψ torsion (not a peptide?)")
     return pairs
+
+
+def residue_prefix(k: int, n_residues: int) -> str:
+    """The prefix of residue k's (0-based) metric names: none for a dipeptide, ``res<k+1>_`` for a peptide."""
+    return "" if n_residues == 1 else f"res{k + 1}_"
 
 
 def phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     """φ, ψ (rad, (−π, π]) of frames x (B, N, 3) in nm (numpy or torch), each of shape (B,)."""
     x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    phi_atoms, psi_atoms = backbone_torsion_atoms(topology)
-    phi = dihedral(*(x[:, a] for a in phi_atoms))
-    psi = dihedral(*(x[:, a] for a in psi_atoms))
-    return as_numpy(phi), as_numpy(psi)
+    phi, psi = backbone_dihedrals(x, np.array([backbone_torsion_atoms(topology)]))
+    return as_numpy(phi[:, 0]), as_numpy(psi[:, 0])
 
 
 def residue_phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     """φ, ψ (rad) of every residue of :func:`residue_torsion_atoms` for frames x (B, N, 3) nm, each (B, R)."""
     x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    atoms = torch.as_tensor(np.array(residue_torsion_atoms(topology)), dtype=torch.long)  # (R, 2, 4)
-    phi, psi = (dihedral(*(x[:, atoms[:, kind, k]] for k in range(4))) for kind in (0, 1))
+    phi, psi = backbone_dihedrals(x, residue_torsion_atoms(topology))
     return as_numpy(phi), as_numpy(psi)
 
 
@@ -170,10 +171,17 @@ class RamachandranReference:
         floor = {}
         if halves is not None and halves.any() and (~halves).any():
             first, second = (cls.from_frames(phi[h], psi[h], None if weights is None else weights[h]) for h in (halves, ~halves))
-            for bins in GRIDS:
-                floor[f"kl_{bins}"] = kl_of_histograms(second.masses[bins], first.masses[bins])
-                floor[f"tv_{bins}"] = total_variation(second.masses[bins], first.masses[bins])
+            floor = second.disagreement(first)
         return cls(masses, basin_populations(phi, psi, weights), temperature_K, description, floor)
+
+    def disagreement(self, other: RamachandranReference) -> dict[str, float]:
+        """KL(self ‖ other) and TV on every grid (``kl_64``, ``tv_64``, …): a noise floor when the two
+        are independent halves of one reference."""
+        out = {}
+        for bins in GRIDS:
+            out[f"kl_{bins}"] = kl_of_histograms(self.masses[bins], other.masses[bins])
+            out[f"tv_{bins}"] = total_variation(self.masses[bins], other.masses[bins])
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write the reference as an ``.npz`` atomically (no pickles)."""

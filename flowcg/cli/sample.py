@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from flowcg.analysis.cv import cv_discovery, cv_markdown, plot_free_energy
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.analysis.molecular import Reference, keep_l_mask, plot_molecular_sample, resolve_reference, torsion_table
+from flowcg.analysis.molecular import Reference, keep_l_mask, plot_residue_ramachandrans, resolve_reference, torsion_table
 from flowcg.analysis.plots import plot_marginals, plot_samples
 from flowcg.analysis.ramachandran import RamachandranReference, residue_phi_psi
 from flowcg.builders import Run, configure_compile, describe_device, load_run, seed_everything
@@ -59,7 +59,7 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: Reference | Rama
     keep = keep_l_mask(topology, samples.x)
     stored = {"phi": phi[:, 0], "psi": psi[:, 0]} if dipeptide else {"phi": phi, "psi": psi}
     samples.save(out_dir / "samples.npz", include_x=False, is_d=~keep, **stored)
-    plot_molecular_sample(topology, samples, out_dir / "ramachandran.png", reference)
+    plot_residue_ramachandrans(out_dir / "ramachandran.png", phi[keep], psi[keep], samples.log_w[keep], reference)
     names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
     # TICA is fitted on a dipeptide's (φ, ψ) MD series; a peptide's slow latents are reported against every torsion
     report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi[:, 0], psi[:, 0], md_series if dipeptide else None,

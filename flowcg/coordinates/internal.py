@@ -56,6 +56,7 @@ from mdtraj.geometry.dihedral import indices_phi, indices_psi
 from nflows.transforms.base import Transform
 from torch import Tensor
 
+from flowcg.coordinates.backbone import backbone_torsion_pairs
 from flowcg.coordinates.geometry import bond_angle, dihedral, distance
 from flowcg.errors import ConfigError
 
@@ -276,12 +277,10 @@ class InternalCoordinateTransform(Transform):
         self.phi_index = self.psi_index = None
         self.backbone_indices: list[int] = []
         if topology is not None:
-            phis, psis = indices_phi(topology), indices_psi(topology)
-            self.phi_index = self._find_torsion(phis)
-            self.psi_index = self._find_torsion(psis)
-            psi_by_ca = {int(q[1]): q for q in psis}
-            for phi in phis:
-                pair = [self._find_torsion(phi[None]), self._find_torsion(psi_by_ca[int(phi[2])][None])] if int(phi[2]) in psi_by_ca else [None]
+            self.phi_index = self._find_torsion(indices_phi(topology))
+            self.psi_index = self._find_torsion(indices_psi(topology))
+            for quads in backbone_torsion_pairs(topology):
+                pair = [self._find_torsion(quad[None]) for quad in quads]
                 if None not in pair:
                     self.backbone_indices += pair
 

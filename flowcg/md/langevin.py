@@ -133,13 +133,15 @@ class LangevinBAOAB:
         return self.force_fn(x).detach()
 
     def _drift(self, x: Tensor, v: Tensor, dt: float) -> tuple[Tensor, Tensor, Tensor]:
-        """A step x ← x + dt v, projected onto the constraints (SHAKE, then the velocity correction
-        and RATTLE); returns positions, velocities and whether each replica's SHAKE converged."""
+        """A step x ← x + dt v, projected onto the constraints (SHAKE and the velocity correction
+        Δx / dt); returns positions, velocities and whether each replica's SHAKE converged. The
+        velocities are not RATTLE-projected here: every drift is followed by a velocity update that
+        projects at the same positions, and the projection is linear (P(Pv + a) = P(v + a))."""
         moved = x + dt * v
         if self.constraints is None:
             return moved, v, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         projected, converged = self.constraints.project_positions(x, moved)
-        return projected, self.constraints.project_velocities(projected, v + (projected - moved) / dt), converged
+        return projected, v + (projected - moved) / dt, converged
 
     def _tangent(self, x: Tensor, v: Tensor) -> Tensor:
         """v without its components along the constraints (RATTLE), or v itself without constraints."""
@@ -154,7 +156,7 @@ class LangevinBAOAB:
                 reasons[r] = reasons[r] or reason
 
         flag(~(torch.isfinite(x).all(dim=(1, 2)) & torch.isfinite(forces).all(dim=(1, 2))), "non-finite")
-        if constrained is not None:
+        if constrained is not None:  # whether SHAKE converged in the step (all True without constraints)
             flag(~constrained.cpu(), "constraints")
         with torch.no_grad():
             if self.max_force is not None:
@@ -213,7 +215,7 @@ class LangevinBAOAB:
                 x_new, v_new, second_ok = self._drift(x_new, v_new, half_dt)
                 f_new = self._forces(x_new)
                 v_new = self._tangent(x_new, v_new + half_dt * f_new * inv_mass)
-                reasons = self._check(x_new, f_new, x_old, first_ok & second_ok if self.constraints is not None else None)
+                reasons = self._check(x_new, f_new, x_old, first_ok & second_ok)
                 ok = torch.tensor([not r for r in reasons], dtype=torch.bool, device=x.device)
                 keep = running[ok]
                 x[keep], v[keep], forces[keep] = x_new[ok], v_new[ok], f_new[ok]

@@ -48,8 +48,8 @@ import torch
 from openmm import unit
 from torch import Tensor
 
-from flowcg.analysis.ramachandran import RamachandranReference, residue_torsion_atoms
-from flowcg.coordinates.geometry import dihedral
+from flowcg.analysis.ramachandran import RamachandranReference, residue_prefix, residue_torsion_atoms
+from flowcg.coordinates.backbone import backbone_dihedrals
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic, write_atomic
 from flowcg.md.constraints import BondConstraints
@@ -108,7 +108,7 @@ class BiasedWalkers:
         self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json", "ramachandran_reference.npz",
                                                              "positions.npz")}
         # (R, 2, 4): the φ and ψ atoms of every residue
-        self.torsion_atoms = torch.as_tensor(np.array(residue_torsion_atoms(target.topology)), dtype=torch.long)
+        self.torsion_atoms = torch.as_tensor(residue_torsion_atoms(target.topology), dtype=torch.long)
         self.n_residues = len(self.torsion_atoms)
         masses = [target.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(target.system.getNumParticles())]
         constraints = getattr(target, "constraints", ())
@@ -182,14 +182,13 @@ class BiasedWalkers:
     def _commit(self, phase: str) -> None:
         """Frames recorded since the last commit join the records; reference.npz, then (while the bias
         still changes) bias.npy, then state.pt are replaced atomically."""
+        positions = [frame["positions"] for frame in self.pending if "positions" in frame]
         if self.pending:
             self.records = {k: np.concatenate([self.records[k], *(frame[k] for frame in self.pending)]) for k in self.records}
-            positions = [frame["positions"] for frame in self.pending if "positions" in frame]
-            if positions:
-                self.positions = {k: np.concatenate([self.positions[k], *(p[k] for p in positions)]) for k in self.positions}
             self.pending = []
         save_npz_atomic(self.paths["reference.npz"], **self.records, log_weight=self.log_weights(), temperature_K=self.target.temperature)
-        if len(self.positions["frame"]):
+        if positions:  # rewritten only when it grows (most commits add none)
+            self.positions = {k: np.concatenate([self.positions[k], *(p[k] for p in positions)]) for k in self.positions}
             save_npz_atomic(self.paths["positions.npz"], **self.positions)
         coefficients = self._bias_coefficients()
         if phase == "build" or not self.paths["bias.npy"].exists():
@@ -208,14 +207,12 @@ class BiasedWalkers:
         return (stacked[0] if self.n_residues == 1 else stacked).clone()
 
     def torsions(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """φ, ψ in rad of positions x (B, N, 3) nm: (B,) each for a dipeptide, else (B, R)."""
-        phi, psi = (dihedral(*(x[:, self.torsion_atoms[:, kind, k]] for k in range(4))) for kind in (0, 1))
-        return (phi[:, 0], psi[:, 0]) if self.n_residues == 1 else (phi, psi)
+        """φ, ψ in rad of positions x (B, N, 3) nm, each (B, R)."""
+        return backbone_dihedrals(x, self.torsion_atoms)
 
     def bias(self, phi: Tensor, psi: Tensor) -> Tensor:
-        """V in kJ/mol, (B,): the sum of the residues' biases at torsions shaped as :meth:`torsions` returns them."""
-        if self.n_residues == 1:
-            return self.biases[0](phi, psi)
+        """V = Σ_k V_k(φ_k, ψ_k) in kJ/mol, (B,), at torsions (B, R) (or (B,) for a dipeptide, as recorded)."""
+        phi, psi = phi.reshape(len(phi), -1), psi.reshape(len(psi), -1)
         return sum(b(phi[:, k], psi[:, k]) for k, b in enumerate(self.biases))
 
     def _forces(self, x: Tensor) -> Tensor:
@@ -238,7 +235,7 @@ class BiasedWalkers:
     def _deposit(self) -> None:
         """Well-tempered hills at every live walker, per residue k: h = h₀ exp(−V_k / (k_B ΔT)), ΔT = (γ − 1) T."""
         with torch.no_grad():
-            phi, psi = (t.double().reshape(len(t), -1) for t in self.torsions(self.x[self.alive]))
+            phi, psi = (t.double() for t in self.torsions(self.x[self.alive]))
             delta_kT = (self.settings.bias_factor - 1.0) * self.kT
             for k, bias in enumerate(self.biases):
                 heights = self.settings.hill_height_kj_mol * torch.exp(-bias(phi[:, k], psi[:, k]) / delta_kT)
@@ -248,7 +245,8 @@ class BiasedWalkers:
         with torch.no_grad():
             walkers = torch.nonzero(self.alive).squeeze(1)
             phi, psi = self.torsions(self.x[walkers].double())
-            values = {"phi": phi, "psi": psi, "bias_kj_mol": self.bias(phi, psi)}
+            flat = self.n_residues == 1  # a dipeptide's single column is stored flat (the reference.npz format)
+            values = {"phi": phi[:, 0] if flat else phi, "psi": psi[:, 0] if flat else psi, "bias_kj_mol": self.bias(phi, psi)}
         time_ps = self.steps_done["production"] * self.settings.timestep_fs / 1000.0
         new = {k: v.numpy().astype(np.float32) for k, v in values.items()}
         new["walker"] = walkers.numpy().astype(np.int32)
@@ -302,7 +300,7 @@ class BiasedWalkers:
         """Per residue, the reweighted frames' (φ_k, ψ_k) as a compact yardstick (histograms, basins),
         with the disagreement of two independent halves of the walkers (not of time) as its noise floor."""
         r, weights = self.records, normalized_weights(self.log_weights())
-        phi, psi = (r[k].reshape(len(r[k]), -1) for k in ("phi", "psi"))
+        phi, psi = self._recorded_torsions()
         length_ps = self.steps_done["production"] * self.settings.timestep_fs / 1000.0
         return [RamachandranReference.from_frames(
             phi[:, k], psi[:, k], weights, self.target.temperature,
@@ -332,7 +330,7 @@ class BiasedWalkers:
             references = references or self.ramachandran_references()
             metrics["weight_ess"] = kish_ess(log_w)
             for k, reference in enumerate(references):
-                prefix = "" if self.n_residues == 1 else f"res{k + 1}_"
+                prefix = residue_prefix(k, self.n_residues)
                 metrics.update({f"{prefix}basin_{name}": v for name, v in reference.basins.items()})
                 metrics.update({f"{prefix}{name}_walker_halves": v for name, v in reference.noise_floor.items()})
             metrics.update(self._time_halves())
@@ -343,17 +341,22 @@ class BiasedWalkers:
         of each half (``…_time_halves``, ``basin_<b>_first_half`` / ``_second_half``). The walker
         halves share their history (one start, one bias), so they cannot see a drift in time; these
         can (the vacuum run's φ > 0 weight doubled from the first half to the second)."""
-        r, weights = self.records, normalized_weights(self.log_weights())
-        late = r["time_ps"] >= np.median(r["time_ps"])
+        weights, time_ps = normalized_weights(self.log_weights()), self.records["time_ps"]
+        late = time_ps >= np.median(time_ps)
         if late.all() or not late.any():
             return {}
-        phi, psi = (r[k].reshape(len(r[k]), -1) for k in ("phi", "psi"))
+        phi, psi = self._recorded_torsions()
         out = {}
         for k in range(self.n_residues):
-            prefix = "" if self.n_residues == 1 else f"res{k + 1}_"
-            split = RamachandranReference.from_frames(phi[:, k], psi[:, k], weights, halves=~late)
-            out.update({f"{prefix}{name}_time_halves": v for name, v in split.noise_floor.items()})
-            for half, mask in (("first_half", ~late), ("second_half", late)):
-                basins = RamachandranReference.from_frames(phi[mask, k], psi[mask, k], weights[mask]).basins
-                out.update({f"{prefix}basin_{name}_{half}": v for name, v in basins.items()})
+            prefix = residue_prefix(k, self.n_residues)
+            halves = {half: RamachandranReference.from_frames(phi[mask, k], psi[mask, k], weights[mask])
+                      for half, mask in (("first_half", ~late), ("second_half", late))}
+            floor = halves["second_half"].disagreement(halves["first_half"])
+            out.update({f"{prefix}{name}_time_halves": v for name, v in floor.items()})
+            for half, reference in halves.items():
+                out.update({f"{prefix}basin_{name}_{half}": v for name, v in reference.basins.items()})
         return out
+
+    def _recorded_torsions(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recorded φ, ψ, each (frames, R)."""
+        return tuple(self.records[k].reshape(len(self.records[k]), -1) for k in ("phi", "psi"))
