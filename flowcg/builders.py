@@ -7,6 +7,7 @@ target and model from them.
 
 from __future__ import annotations
 
+import logging
 import platform
 import random
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowcg.coordinates.harmonic import harmonic_reference, minimized_positions, unfitted_reference
 from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.coordinates.slow_torsions import SlowTorsionDiscovery, discover_slow_torsions
 from flowcg.errors import ConfigError, MissingFileError, build_from_options
 from flowcg.flows import StructuredFlow, build_flow
 from flowcg.flows.build import build_internal_flow
 from flowcg.io import load_torch, save_atomic
 from flowcg.targets import Target, load_target
 from flowcg.training.recipe import build_phases
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONFIG_NAME = "config.yaml"
@@ -86,17 +90,50 @@ MODEL_KINDS = ("structured", "internal")
 def build_internal_model(target: Target, fit_reference: bool = True, **options) -> StructuredFlow:
     """Internal-coordinate flow for a molecular target: Z-matrix from its topology, stiff
     coordinates standardised at the force field's minimum (see :mod:`flowcg.coordinates.harmonic`).
+    ``slow_coordinates="auto"`` places the slow latents on the torsions that
+    :func:`~flowcg.coordinates.slow_torsions.discover_slow_torsions` finds.
 
     ``fit_reference=False`` skips the minimisation and the curvature evaluations, for a model
     whose weights (standardisation included) are loaded next."""
-    if getattr(target, "topology", None) is None:
-        raise ConfigError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
-    transform = InternalCoordinateTransform.from_topology(target.topology, constraints=getattr(target, "constraints", ()))
+    transform = _internal_transform(target)
     if fit_reference:
-        reference = harmonic_reference(target.energy, transform, minimized_positions(target.system, target.positions))
+        x_min = minimized_positions(target.system, target.positions)
+        reference = harmonic_reference(target.energy, transform, x_min)
+        if options.get("slow_coordinates") == AUTO:
+            options["slow_coordinates"] = _discover(target, transform, x_min, options.get("slow_dim", 2)).selected
     else:
+        if options.get("slow_coordinates") == AUTO:
+            raise ConfigError("slow_coordinates: auto needs the force field's minimum (fit_reference=True); a run's config.yaml names the indices found")
         reference = unfitted_reference(transform)
     return build_from_options(build_internal_flow, "model", options, transform, reference)
+
+
+AUTO = "auto"
+
+
+def _internal_transform(target: Target) -> InternalCoordinateTransform:
+    if getattr(target, "topology", None) is None:
+        raise ConfigError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
+    return InternalCoordinateTransform.from_topology(target.topology, constraints=getattr(target, "constraints", ()))
+
+
+def _discover(target: Target, transform: InternalCoordinateTransform, x_min_nm: np.ndarray, slow_dim: int) -> SlowTorsionDiscovery:
+    discovery = discover_slow_torsions(target.system, target.topology, transform, x_min_nm, int(slow_dim), target.temperature)
+    log.info("slow_coordinates: auto chose %s (%d relaxed minimisations, %.1f s):\n%s",
+             discovery.selected, discovery.minimisations, discovery.wall_time_s, discovery.table())
+    return discovery
+
+
+def resolve_slow_coordinates(cfg_model: DictConfig, target: Target) -> SlowTorsionDiscovery | None:
+    """For ``model.slow_coordinates: auto`` (internal models): discover the slow torsions and write
+    their indices into ``cfg_model``, so that the run's config.yaml names them and rebuilds the same
+    model without a scan. Returns the discovery, or None for any other setting."""
+    if cfg_model.get("kind") != "internal" or cfg_model.get("slow_coordinates") != AUTO:
+        return None
+    transform = _internal_transform(target)
+    discovery = _discover(target, transform, minimized_positions(target.system, target.positions), cfg_model.get("slow_dim", 2))
+    cfg_model.slow_coordinates = discovery.selected
+    return discovery
 
 
 def build_model(cfg_model, target: Target, fit_reference: bool = True) -> StructuredFlow:
@@ -117,13 +154,17 @@ def build_model(cfg_model, target: Target, fit_reference: bool = True) -> Struct
     return build_from_options(build_flow, "model", {"dim": target.dim, **options})
 
 
+def build_run_target(cfg, device: str | None = None) -> tuple[Target, torch.device]:
+    """The target of a run config, on ``device`` (default: the config's) in its dtype."""
+    torch_device, dtype = resolve_device(device or cfg.device), resolve_dtype(cfg.dtype)
+    return build_target(cfg.target).to(device=torch_device, dtype=dtype), torch_device
+
+
 def build_target_and_model(cfg, device: str | None = None, fit_reference: bool = True) -> tuple[Target, StructuredFlow, torch.device]:
     """Target and (untrained) model of a run config, on ``device`` (default: the config's) in its
     dtype (``fit_reference``: see :func:`build_internal_model`)."""
-    torch_device, dtype = resolve_device(device or cfg.device), resolve_dtype(cfg.dtype)
-    target = build_target(cfg.target).to(device=torch_device, dtype=dtype)
-    model = build_model(cfg.model, target, fit_reference).to(device=torch_device, dtype=dtype)
-    return target, model, torch_device
+    target, torch_device = build_run_target(cfg, device)
+    return target, build_model(cfg.model, target, fit_reference).to(device=torch_device, dtype=resolve_dtype(cfg.dtype)), torch_device
 
 
 COMPILE_SETTINGS = ("auto", True, False)

@@ -10,8 +10,8 @@ multiple correlation of z with (cos τ, sin τ), so it is invariant to where the
 Model samples are importance-weighted (self-normalised weights), so the figures describe the
 target distribution, not the flow's errors.
 
-TICA (deeptime) is fitted on the reference MD time series of (cos φ, sin φ, cos ψ, sin ψ) at a
-lag of ``lag_frames`` frames (default 10 ps for frames saved every ps, beyond the ~1 ps librations
+TICA (deeptime) is fitted on the reference MD time series of (cos φ, sin φ, cos ψ, sin ψ) (every
+residue's, for a peptide: 4R features) at a lag of ``lag_frames`` frames (default 10 ps for frames saved every ps, beyond the ~1 ps librations
 and below the ~100 ps–ns basin hops). Its leading TICs are then evaluated on the model samples'
 torsions, which pairs every TIC value with a latent value: their Pearson correlation (weighted)
 is the TIC–latent agreement.
@@ -47,13 +47,25 @@ def linear_circular_correlation(z: np.ndarray, tau: np.ndarray, weights: np.ndar
     return float(np.sqrt(np.clip(r2, 0.0, 1.0)))
 
 
+def _by_residue(angles: np.ndarray) -> np.ndarray:
+    angles = np.asarray(angles)
+    return angles[:, None] if angles.ndim == 1 else angles
+
+
 def torsion_features(phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
-    """(cos φ, sin φ, cos ψ, sin ψ), shape (T, 4): the TICA features."""
-    return np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], axis=1)
+    """The TICA features, shape (T, 4R): per residue k (cos φ_k, sin φ_k, cos ψ_k, sin ψ_k), for
+    φ, ψ of shape (T,) (a dipeptide) or (T, R)."""
+    phi, psi = _by_residue(phi), _by_residue(psi)
+    return np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], axis=2).reshape(len(phi), -1)
+
+
+def torsion_labels(n_residues: int) -> list[str]:
+    """Names of the backbone torsions in residue order: φ, ψ for a dipeptide, φ1, ψ1, … for a peptide."""
+    return ["phi", "psi"] if n_residues == 1 else [f"{kind}{k + 1}" for k in range(n_residues) for kind in ("phi", "psi")]
 
 
 def fit_tica(ref_phi: np.ndarray, ref_psi: np.ndarray, lag_frames: int = 10, dim: int = 2):
-    """deeptime TICA model on the reference φ/ψ time series (kinetic-map scaling)."""
+    """deeptime TICA model on the reference φ/ψ time series ((T,) or (T, R); kinetic-map scaling)."""
     if len(ref_phi) <= 2 * lag_frames:
         raise ConfigError(f"reference MD has {len(ref_phi)} frames, too few for TICA at lag {lag_frames}")
     return TICA(lagtime=lag_frames, dim=dim).fit(torsion_features(ref_phi, ref_psi)).fetch_model()
@@ -67,9 +79,10 @@ def cv_discovery(z_slow: np.ndarray, torsions: np.ndarray, torsion_names: list[s
         z_slow: (N, ds) slow latents of the model samples.
         torsions: (N, T) torsion angles (rad) of the same samples; ``torsion_names`` labels them.
         log_w: (N,) log importance weights; non-finite ones get zero weight.
-        phi, psi: (N,) backbone torsions of the samples (rad).
-        reference: reference MD (φ, ψ) time series for TICA, or None; TICA is skipped (and the
-            report says why) for a weighted reference, whose frames are not a time series.
+        phi, psi: (N,) backbone torsions of the samples (rad), (N, R) for a peptide.
+        reference: reference MD (φ, ψ) time series for TICA (same layout), or None; TICA is skipped
+            (and the report says why) for a weighted reference, whose frames are not a time series.
+            It keeps as many TICs as there are slow latents (at least 2).
     """
     w = normalized_weights(log_w)
     report: dict = {"latents": []}
@@ -81,18 +94,19 @@ def cv_discovery(z_slow: np.ndarray, torsions: np.ndarray, torsion_names: list[s
     if reference is not None and not reference.is_time_series:
         report["tica"] = {"skipped": "the reference frames are weighted (biased walkers), not an MD time series"}
     elif reference is not None:
-        tica = fit_tica(reference.phi, reference.psi, lag_frames=lag_frames)
+        tica = fit_tica(reference.phi, reference.psi, lag_frames=lag_frames, dim=max(2, z_slow.shape[1]))
         tics_ref = tica.transform(torsion_features(reference.phi, reference.psi))
         tics_model = tica.transform(torsion_features(phi, psi))
+        ref_angles = np.stack([_by_residue(reference.phi), _by_residue(reference.psi)], axis=2).reshape(len(tics_ref), -1)
+        labels = torsion_labels(ref_angles.shape[1] // 2)
         report["tica"] = {
             "lag_frames": lag_frames,
-            "features": ["cos_phi", "sin_phi", "cos_psi", "sin_psi"],
+            "features": [f"{f}_{name}" for pair in zip(labels[::2], labels[1::2]) for name in pair for f in ("cos", "sin")],
             "timescales_frames": [float(t) for t in tica.timescales()[: tics_ref.shape[1]]],
             "tics": [
                 {
                     "tic": i,
-                    "corr_phi_psi_reference": {"phi": linear_circular_correlation(tics_ref[:, i], reference.phi),
-                                               "psi": linear_circular_correlation(tics_ref[:, i], reference.psi)},
+                    "corr_phi_psi_reference": {name: linear_circular_correlation(tics_ref[:, i], ref_angles[:, k]) for k, name in enumerate(labels)},
                     "corr_slow_latents": [_weighted_corr(tics_model[:, i], z_slow[:, j], w) for j in range(z_slow.shape[1])],
                 }
                 for i in range(tics_ref.shape[1])
@@ -111,12 +125,14 @@ def cv_markdown(report: dict) -> str:
         lines += ["", f"TICA skipped: {report['tica']['skipped']}."]
     elif "tica" in report:
         tica = report["tica"]
-        lines += ["", f"TICA on the reference MD ((cos, sin) of φ, ψ; lag {tica['lag_frames']} frames):", "",
-                  "| TIC | timescale (frames) | R(φ) ref | R(ψ) ref | corr with z_slow |", "|---|---|---|---|---|"]
+        labels = list(tica["tics"][0]["corr_phi_psi_reference"]) if tica["tics"] else []
+        lines += ["", f"TICA on the reference MD ((cos, sin) of the backbone torsions; lag {tica['lag_frames']} frames):", "",
+                  "| TIC | timescale (frames) | " + " | ".join(f"R({name}) ref" for name in labels) + " | corr with z_slow |",
+                  "|---|---|" + "---|" * len(labels) + "---|"]
         for tic, timescale in zip(tica["tics"], tica["timescales_frames"]):
             corr = ", ".join(f"{c:+.2f}" for c in tic["corr_slow_latents"])
-            lines.append(f"| {tic['tic']} | {timescale:.1f} | {tic['corr_phi_psi_reference']['phi']:.2f} | "
-                         f"{tic['corr_phi_psi_reference']['psi']:.2f} | {corr} |")
+            refs = " | ".join(f"{tic['corr_phi_psi_reference'][name]:.2f}" for name in labels)
+            lines.append(f"| {tic['tic']} | {timescale:.1f} | {refs} | {corr} |")
     return "\n".join(lines) + "\n"
 
 

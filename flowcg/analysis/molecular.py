@@ -50,6 +50,13 @@ class Reference(NamedTuple):
     def is_time_series(self) -> bool:
         return self.weights is None
 
+    def residues(self) -> list[Reference]:
+        """One (φ_k, ψ_k) reference per residue: itself for a dipeptide ((F,) arrays), the columns of
+        a peptide's (F, R) arrays."""
+        if np.ndim(self.phi) == 1:
+            return [self]
+        return [Reference(self.phi[:, k], self.psi[:, k], self.weights) for k in range(self.phi.shape[1])]
+
 
 def load_reference(path: str | Path) -> Reference | RamachandranReference:
     """A reference from a file or folder: a ``flowcg-reference`` run (its ``reference.npz``, frames)
@@ -116,11 +123,12 @@ def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
 
 
 def per_residue_references(reference, n_residues: int) -> list:
-    """``reference`` as one entry per residue: a list of per-residue references as it is, a single
-    reference for a single residue, None for none; a ConfigError if the counts differ."""
+    """``reference`` as one entry per residue: a list of per-residue references as it is, a peptide's
+    MD record split by residue (:meth:`Reference.residues`), a single reference for a single residue,
+    None for none; a ConfigError if the counts differ."""
     if reference is None:
         return [None] * n_residues
-    references = list(reference) if isinstance(reference, list) else [reference]
+    references = list(reference) if isinstance(reference, list) else reference.residues() if isinstance(reference, Reference) else [reference]
     if len(references) != n_residues:
         raise ConfigError(f"the molecule has {n_residues} residues with (φ, ψ), the reference {len(references)}")
     return references

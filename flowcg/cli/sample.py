@@ -61,9 +61,9 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: Reference | Rama
     samples.save(out_dir / "samples.npz", include_x=False, is_d=~keep, **stored)
     plot_residue_ramachandrans(out_dir / "ramachandran.png", phi[keep], psi[keep], samples.log_w[keep], reference)
     names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
-    # TICA is fitted on a dipeptide's (φ, ψ) MD series; a peptide's slow latents are reported against every torsion
-    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, phi[:, 0], psi[:, 0], md_series if dipeptide else None,
-                          lag_frames=lag_frames)
+    # TICA on the backbone torsions of the MD series (every residue's, for a peptide)
+    sample_phi, sample_psi = (phi[:, 0], psi[:, 0]) if dipeptide else (phi, psi)
+    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, sample_phi, sample_psi, md_series, lag_frames=lag_frames)
     (out_dir / "cv_report.md").write_text(cv_markdown(report))
     plot_free_energy(samples.z_slow, samples.log_w, out_dir / "free_energy.png")
     return report

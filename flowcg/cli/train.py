@@ -5,7 +5,8 @@
     flowcg-train ... init_from=RUN train.final_steps=0 prior_refit.n_components=24    # refit its slow prior only
 
 Writes into the run folder: config.yaml, checkpoint.pt, model.pt, training.json, samples.npz,
-metrics.json and plots/*.png.
+metrics.json and plots/*.png; with ``model.slow_coordinates=auto`` also slow_discovery.json (the
+torsion scans and the choice; config.yaml then names the chosen indices).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from flowcg.analysis.evaluate import evaluate_samples
 from flowcg.analysis.molecular import resolve_reference
 from flowcg.analysis.plots import plot_run
-from flowcg.builders import CONFIG_NAME, MODEL_NAME, build_target_and_model, configure_compile, describe_device, save_model, seed_everything
+from flowcg.builders import (CONFIG_NAME, MODEL_NAME, build_model, build_run_target, configure_compile, describe_device, resolve_dtype,
+                             resolve_slow_coordinates, save_model, seed_everything)
 from flowcg.cli.common import clean_errors, entry_point, log, write_json
 from flowcg.errors import ConfigError
 from flowcg.io import load_torch
@@ -28,6 +30,8 @@ from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
 from flowcg.training.recipe import build_phases, run_recipe
 from flowcg.training.trainer import CHECKPOINT_NAME
+
+DISCOVERY_NAME = "slow_discovery.json"
 
 
 def _warm_start(model, init_from, load_weights: bool) -> int:
@@ -51,7 +55,9 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     seed_everything(cfg.seed)
-    target, model, device = build_target_and_model(cfg)
+    target, device = build_run_target(cfg)
+    discovery = resolve_slow_coordinates(cfg.model, target)  # config.yaml then names the torsions found
+    model = build_model(cfg.model, target).to(device=device, dtype=resolve_dtype(cfg.dtype))
     configure_compile(model, cfg.compile, cfg.model.kind)
     phases = build_phases(OmegaConf.to_container(cfg.recipe.phases, resolve=True),
                           OmegaConf.to_container(cfg.train, resolve=True), OmegaConf.to_container(cfg.prior_refit, resolve=True))
@@ -62,6 +68,8 @@ def train(cfg: DictConfig) -> dict:
         raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, or choose a new hydra.run.dir")
     inherited_evaluations = _warm_start(model, cfg.init_from, load_weights=not has_checkpoint)
     OmegaConf.save(cfg, run_dir / CONFIG_NAME)
+    if discovery is not None:
+        write_json(discovery.to_dict(), run_dir / DISCOVERY_NAME)
 
     logger = build_logger(cfg.logger.kind, run_dir, OmegaConf.to_container(cfg, resolve=True), **OmegaConf.to_container(cfg.logger.options, resolve=True))
     setup_s = time.perf_counter() - started
@@ -91,6 +99,8 @@ def train(cfg: DictConfig) -> dict:
             "final_beta": final["beta"],
             "skipped_steps": result.total("skipped_steps"),
             "nonfinite_energies_training": result.total("nonfinite_energies"),
+            **({"slow_discovery": {"selected": discovery.selected, "wall_time_s": discovery.wall_time_s,
+                                   "minimisations": discovery.minimisations}} if discovery is not None else {}),
             "seed": cfg.seed,
             "dtype": cfg.dtype,
             "device": describe_device(device),

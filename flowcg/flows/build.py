@@ -88,8 +88,12 @@ def slow_coordinate_indices(transform: InternalCoordinateTransform, rotor_mask: 
 
     ``"backbone"``: every residue's φ and ψ first (φ₁, ψ₁, φ₂, …: a dipeptide's φ, ψ; a peptide of
     R residues with ``slow_dim = 2R`` puts a slow latent on each), then the other rotor torsions in
-    Z-matrix order; or an explicit list of coordinate indices.
+    Z-matrix order; or an explicit list of coordinate indices. (``"auto"``, the torsions the force
+    field says are softest, needs the force field: :func:`flowcg.builders.build_internal_model`
+    resolves it into such a list.)
     """
+    if slow_coordinates == "auto":
+        raise ConfigError("slow_coordinates 'auto' needs the force field: build the model with flowcg.builders.build_internal_model")
     if slow_coordinates == "backbone":
         backbone = list(transform.backbone_indices)
         rotors = backbone + [i for i in rotor_mask.nonzero().ravel().tolist() if i not in backbone]

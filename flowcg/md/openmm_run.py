@@ -4,11 +4,16 @@ Writes into its run directory:
 
 * ``topology.pdb`` — the starting structure (topology for reading the trajectory).
 * ``trajectory.dcd`` — one frame every ``save_interval_fs`` of production (Å in the file, as DCD).
-* ``reference.npz`` — per frame: ``phi``, ``psi`` (rad, (−π, π]), ``energy`` (potential, kJ/mol);
-  plus the run bookkeeping (``production_start_step``, ``save_interval_steps``, ``wall_time_s``).
+* ``reference.npz`` — per frame: ``phi``, ``psi`` (rad, (−π, π]; shape (F,) for a dipeptide,
+  (F, R) for a peptide of R residues, residue k's φ_k, ψ_k in column k), ``energy`` (potential,
+  kJ/mol); plus the run bookkeeping (``production_start_step``, ``save_interval_steps``, ``wall_time_s``).
+* ``ramachandran_reference.npz`` (a dipeptide) or ``ramachandran_reference_residue<k>.npz`` (k = 1 … R):
+  the compact yardstick of :class:`~flowcg.analysis.ramachandran.RamachandranReference` (the same
+  files the biased walkers write), its noise floor the disagreement of the two halves in time.
 * ``checkpoint.chk`` — OpenMM checkpoint (positions, velocities, step count, integrator RNG).
 * ``metrics.json`` — ns simulated, frames, wall time, steps/s, ns/day, basin populations and the
-  half-vs-half Ramachandran KL (the reference's own noise floor, see docs/metrics.md).
+  half-vs-half Ramachandran KL (the reference's own noise floor, see docs/metrics.md); per residue
+  (``res<k>_…``) for a peptide.
 
 Resuming. Frames are produced in chunks of ``chunk_ps``. After each chunk the frames are appended
 to the DCD, then checkpoint and ``reference.npz`` are written to temporary files and moved into
@@ -34,7 +39,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from flowcg.analysis.ramachandran import basin_populations, phi_psi, ramachandran_kl
+from flowcg.analysis.ramachandran import RamachandranReference, basin_populations, ramachandran_kl, residue_phi_psi, residue_prefix, residue_torsion_atoms
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz, save_json_atomic, save_npz_atomic, write_atomic
 from flowcg.targets.openmm_bridge import available_platforms, default_platform
@@ -63,6 +68,7 @@ class ReferenceRun:
         self.chunk_frames = max(1, round(chunk_ps * 1000.0 / save_interval_fs))
         self.equilibration_steps = round(equilibration_ps * 1000.0 / timestep_fs)
         self.seed = int(seed)
+        self.n_residues = len(residue_torsion_atoms(system.topology))
 
         if platform != "auto" and platform not in available_platforms():
             raise ConfigError(f"unknown OpenMM platform '{platform}'; available: auto, {', '.join(available_platforms())}")
@@ -78,11 +84,14 @@ class ReferenceRun:
             app.PDBFile.writeFile(self.system.omm_topology, self.system.positions * unit.nanometer, handle)
         self.paths["trajectory.dcd"].unlink(missing_ok=True)
         return {
-            "phi": np.zeros(0), "psi": np.zeros(0), "energy": np.zeros(0),
+            "phi": self._no_torsions(), "psi": self._no_torsions(), "energy": np.zeros(0),
             "production_start_step": self.context.getStepCount(),
             "save_interval_steps": self.save_interval_steps,
             "wall_time_s": 0.0,
         }
+
+    def _no_torsions(self) -> np.ndarray:
+        return np.zeros(0) if self.n_residues == 1 else np.zeros((0, self.n_residues))
 
     def _restore(self) -> dict:
         """Load checkpoint and npz, check they agree, trim the DCD to the committed frames."""
@@ -132,7 +141,9 @@ class ReferenceRun:
                 state = self.context.getState(getPositions=True, getEnergy=True)
                 positions[i] = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
                 energies[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-            phi, psi = phi_psi(positions, self.system.topology)
+            phi, psi = residue_phi_psi(positions, self.system.topology)
+            if self.n_residues == 1:
+                phi, psi = phi[:, 0], psi[:, 0]
             self._append_dcd(positions)
             self.records.update(
                 phi=np.concatenate([self.records["phi"], phi]),
@@ -143,8 +154,33 @@ class ReferenceRun:
             started = time.perf_counter()
             self._commit()
         metrics = self.metrics(self.n_frames - start_frames)
+        for reference, path in zip(self.ramachandran_references(), self._reference_paths()):
+            reference.save(path)
         save_json_atomic(metrics, self.paths["metrics.json"])
         return metrics
+
+    def _torsions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Recorded φ, ψ as (F, R)."""
+        return tuple(np.asarray(self.records[k]).reshape(self.n_frames, self.n_residues) for k in ("phi", "psi"))
+
+    def _reference_paths(self) -> list[Path]:
+        if self.n_residues == 1:
+            return [self.run_dir / "ramachandran_reference.npz"]
+        return [self.run_dir / f"ramachandran_reference_residue{k + 1}.npz" for k in range(self.n_residues)]
+
+    def ramachandran_references(self) -> list[RamachandranReference]:
+        """Per residue, the trajectory's (φ_k, ψ_k) as a compact yardstick, the first half in time
+        against the second as its noise floor."""
+        if not self.n_frames:
+            return []
+        phi, psi = self._torsions()
+        first_half = np.arange(self.n_frames) < self.n_frames // 2
+        length_ns = self.n_frames * self.save_interval_steps * self.timestep_ps / 1000.0
+        return [RamachandranReference.from_frames(
+            phi[:, k], psi[:, k], None, self.system.temperature,
+            f"plain OpenMM MD, {length_ns:g} ns ({self.system.name}, {self.system.temperature:g} K"
+            f"{'' if self.n_residues == 1 else f', residue {k + 1} of {self.n_residues}'})", halves=first_half)
+            for k in range(self.n_residues)]
 
     def _commit(self) -> None:
         checkpoint = self.context.createCheckpoint()
@@ -170,10 +206,11 @@ class ReferenceRun:
             "frames_this_session": new_frames,
         }
         if frames:
-            populations = basin_populations(self.records["phi"], self.records["psi"])
-            metrics.update({f"basin_{name}": p for name, p in populations.items()})
             metrics["mean_energy_kj_mol"] = float(np.mean(self.records["energy"]))
-        if half >= 1:
-            phi, psi = self.records["phi"], self.records["psi"]
-            metrics["kl_64_half_vs_half"] = ramachandran_kl(phi[:half], psi[:half], phi[half:], psi[half:], bins=64)
+        phi, psi = self._torsions()
+        for k in range(self.n_residues if frames else 0):
+            prefix = residue_prefix(k, self.n_residues)
+            metrics.update({f"{prefix}basin_{name}": p for name, p in basin_populations(phi[:, k], psi[:, k]).items()})
+            if half >= 1:
+                metrics[f"{prefix}kl_64_half_vs_half"] = ramachandran_kl(phi[:half, k], psi[:half, k], phi[half:, k], psi[half:, k], bins=64)
         return metrics

@@ -41,3 +41,24 @@ def test_cv_discovery_report_names_the_torsion_a_latent_encodes():
     assert report["latents"][0]["best_torsions"][0][0] == "phi"
     assert abs(report["tica"]["tics"][0]["corr_slow_latents"][0]) > 0.9
     assert "z_slow[0]: best explains phi" in cv_markdown(report)
+
+
+def test_peptide_tica_uses_every_residue_and_finds_the_slow_one():
+    """Two residues: residue 2's φ is the slow hop, residue 1 is fast noise; TICA on the 8 features
+    puts TIC 0 on φ2, and the report names it per residue."""
+    from flowcg.analysis.molecular import Reference, per_residue_references
+
+    slow_phi, fast_psi = _two_state_series(seed=3)
+    rng = np.random.default_rng(4)
+    phi = np.stack([-1.2 + rng.normal(scale=0.3, size=slow_phi.size), slow_phi], axis=1)
+    psi = np.stack([2.0 + rng.normal(scale=0.3, size=slow_phi.size), fast_psi], axis=1)
+    assert torsion_features(phi, psi).shape == (slow_phi.size, 8)
+    np.testing.assert_array_equal(torsion_features(phi[:, 1], psi[:, 1]), torsion_features(phi, psi)[:, 4:])
+    z_slow = np.stack([np.sin(slow_phi + 0.3), rng.normal(size=slow_phi.size)], axis=1)
+    report = cv_discovery(z_slow, phi, ["phi1", "phi2"], np.zeros(slow_phi.size), phi, psi, reference=(phi, psi))
+    tic0 = report["tica"]["tics"][0]
+    assert max(tic0["corr_phi_psi_reference"], key=tic0["corr_phi_psi_reference"].get) == "phi2"
+    assert abs(tic0["corr_slow_latents"][0]) > 0.9 and report["tica"]["features"][4:6] == ["cos_phi2", "sin_phi2"]
+    assert "R(psi2) ref" in cv_markdown(report)
+    split = per_residue_references(Reference(phi, psi), 2)
+    np.testing.assert_array_equal(split[1].phi, slow_phi)

@@ -7,6 +7,7 @@ import mdtraj as md
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from flowcg.pretrained import available, load_pretrained
 
@@ -24,7 +25,8 @@ TINY_MOLECULE = [
 @pytest.fixture(scope="module")
 def vacuum_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("aldp") / "run"
-    result = _run("flowcg-train", "experiment=aldp_vacuum", f"hydra.run.dir={run_dir}", *TINY_MOLECULE)
+    # slow latents where the force field's relaxed scans put them (phi, psi), not by name
+    result = _run("flowcg-train", "experiment=aldp_vacuum", "model.slow_coordinates=auto", f"hydra.run.dir={run_dir}", *TINY_MOLECULE)
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
 
@@ -34,6 +36,10 @@ def test_vacuum_training_runs_end_to_end_and_resumes(vacuum_run):
     assert metrics["phases"] == ["train", "refit", "train"] and metrics["steps"] == 3 + 6 + 2 and np.isfinite(metrics["log_z"])
     assert len(metrics["prior_refit"]) == 1
     assert {"fraction_d", "basin_beta_rw", "basin_alpha_L"} <= set(metrics)
+    # the discovery is recorded and the config names what it found, so the run reloads without a scan
+    assert metrics["slow_discovery"]["selected"] == [41, 45]
+    assert json.loads((vacuum_run / "slow_discovery.json").read_text())["selected"] == [41, 45]
+    assert list(OmegaConf.load(vacuum_run / "config.yaml").model.slow_coordinates) == [41, 45]
     (vacuum_run / "model.pt").unlink()  # as if killed after the final checkpoint, before the model was written
     result = _run("flowcg-train", "experiment=aldp_vacuum", f"hydra.run.dir={vacuum_run}", "resume=true", *TINY_MOLECULE)
     assert result.returncode == 0, result.stderr[-2000:]

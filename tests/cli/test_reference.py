@@ -5,6 +5,7 @@ import sys
 
 import mdtraj as md
 import numpy as np
+import pytest
 
 from flowcg.md.openmm_run import ReferenceRun
 from flowcg.targets.systems import load_system
@@ -61,3 +62,22 @@ def test_bad_input_fails_with_one_line(tmp_path):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode != 0 and message in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_peptide_reference_run_records_every_residue(tmp_path):
+    from flowcg.analysis.ramachandran import RamachandranReference, residue_phi_psi
+
+    system = load_system("ala4_implicit")
+    ReferenceRun(system, tmp_path, **SETTINGS).run(0.001)
+    run = ReferenceRun(system, tmp_path, **SETTINGS)  # resumed
+    metrics = run.run(0.002)
+    assert run.records["phi"].shape == run.records["psi"].shape == (20, 3)
+    traj = md.load(str(tmp_path / "trajectory.dcd"), top=str(tmp_path / "topology.pdb"))
+    phi, psi = residue_phi_psi(traj.xyz.astype(np.float64), system.topology)
+    np.testing.assert_allclose(phi, run.records["phi"], atol=1e-4)
+    np.testing.assert_allclose(psi, run.records["psi"], atol=1e-4)
+    for k in (1, 2, 3):
+        reference = RamachandranReference.load(tmp_path / f"ramachandran_reference_residue{k}.npz")
+        assert sum(reference.basins.values()) <= 1 + 1e-12 and "kl_64" in reference.noise_floor
+        assert reference.basins["beta"] == pytest.approx(metrics[f"res{k}_basin_beta"])
+        assert f"res{k}_kl_64_half_vs_half" in metrics
