@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 #: largest |Δφ|, |Δψ| (rad) tolerated between a query and its conditional draws.
 TORSION_TOLERANCE = 1e-3
 
+LABEL_KINDS = ("draws", "mean_force")
+
 
 class FlowOracle:
     """Labels from a trained :class:`StructuredFlow` (module docstring).
@@ -51,13 +53,19 @@ class FlowOracle:
         mapping: the CG mapping the labels are expressed in.
         backmapper: finds the all-atom structure, hence the slow latent, of a CG frame.
         samples_per_query: K, configurations (and energy evaluations) per query.
+        labels: ``"draws"`` (the K weighted configurations) or ``"mean_force"`` (one row per query,
+            their weighted mean force: :meth:`Labels.mean_force`).
     """
 
     name = "flow"
 
-    def __init__(self, model: StructuredFlow, target, mapping: CGMapping, backmapper: TorsionBackmapper, samples_per_query: int = 32):
+    def __init__(self, model: StructuredFlow, target, mapping: CGMapping, backmapper: TorsionBackmapper, samples_per_query: int = 32,
+                 labels: str = "draws"):
         if samples_per_query < 1:
             raise ConfigError(f"samples_per_query must be ≥ 1, got {samples_per_query}")
+        if labels not in LABEL_KINDS:
+            raise ConfigError(f"unknown flow-oracle labels '{labels}'; choose one of {', '.join(LABEL_KINDS)}")
+        self.labels = labels
         self.model = model.eval()
         self.target = target
         self.mapping = mapping
@@ -87,7 +95,7 @@ class FlowOracle:
         dropped = np.setdiff1d(np.arange(len(cg)), query[keep])
         if dropped.size:
             log.warning("flow oracle: no finite weight for queries %s; they get no labels", dropped.tolist())
-        return Labels(
+        labels = Labels(
             positions_nm=x.numpy()[keep],
             cg_positions_nm=cg_draws[keep],
             cg_forces_kJ_mol_nm=self.mapping.map_forces(forces.numpy()[keep]),
@@ -97,6 +105,7 @@ class FlowOracle:
             n_energy_evaluations=len(x),
             wall_s=time.perf_counter() - start,
         )
+        return labels.mean_force() if self.labels == "mean_force" else labels
 
     @staticmethod
     def _check_torsions(got: torch.Tensor, wanted: torch.Tensor) -> None:

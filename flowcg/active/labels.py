@@ -10,6 +10,14 @@ and a weight w_k ≥ 0 in units of independent frames, so that data from differe
 in one weighted force-matching loss: 1 per MD frame; for the K importance-weighted draws of a
 flow query, the self-normalised weights scaled to sum to their Kish effective sample size
 ESS_q = (Σ w)² / Σ w² ∈ [1, K], the number of independent frames they are worth.
+
+Mean-force labels (:meth:`Labels.mean_force`). Force matching estimates the conditional mean force
+E[D f(x) | C x = X]; a query's weighted draws can be collapsed into that estimate directly, one
+row per query: X̄ = Σ_k w_k X_k / W, F̄ = Σ_k w_k F_k / W, weight W = Σ_k w_k. When the draws share
+their CG configuration the force-matching loss is unchanged up to a constant,
+Σ_k w_k |F_θ(X) − F_k|² = W |F_θ(X) − F̄|² + Σ_k w_k |F_k − F̄|², at 1/K of the rows; when they
+differ (the flow oracle fixes (φ, ψ), not the stiff CG bonds and angles) the label is the mean
+force at the mean configuration.
 """
 
 from __future__ import annotations
@@ -86,6 +94,21 @@ class Labels:
             n_energy_evaluations=sum(p.n_energy_evaluations for p in parts),
             wall_s=sum(p.wall_s for p in parts),
         )
+
+    def mean_force(self) -> "Labels":
+        """One row per query: its rows' weighted mean CG position and force, their summed weight
+        (module docstring); the all-atom configuration and energy of its heaviest row stand for it.
+        Queries whose weights are all 0 are dropped."""
+        queries = np.unique(self.query[self.weights > 0])
+        rows = [np.flatnonzero((self.query == q) & (self.weights > 0)) for q in queries]
+        total = np.array([self.weights[r].sum() for r in rows])
+        heaviest = np.array([r[np.argmax(self.weights[r])] for r in rows], dtype=np.int64)
+
+        def mean(values: np.ndarray) -> np.ndarray:
+            return np.stack([np.tensordot(self.weights[r], values[r], axes=1) / w for r, w in zip(rows, total)]) if rows else values[:0]
+
+        return Labels(self.positions_nm[heaviest], mean(self.cg_positions_nm), mean(self.cg_forces_kJ_mol_nm), total, queries,
+                      self.energies_kJ_mol[heaviest], self.n_energy_evaluations, self.wall_s)
 
     def save(self, path: str | Path) -> None:
         """Atomic npz write: a kill leaves the old file or the new one, never half of one."""

@@ -59,7 +59,7 @@ def build_oracle(cfg_oracle, target, mapping, backmapper):
     run = load_run(options["run"]) if options["run"] is not None else load_pretrained(options["pretrained"])
     if run.target.name != target.name:
         raise ConfigError(f"the flow oracle's model was trained on '{run.target.name}', the loop's target is '{target.name}'")
-    return FlowOracle(run.model, run.target, mapping, backmapper, options["samples_per_query"]), options["pretrained"]
+    return FlowOracle(run.model, run.target, mapping, backmapper, options["samples_per_query"], options["labels"]), options["pretrained"]
 
 
 def _reference_path(cfg: DictConfig, pretrained: str | None) -> Path | None:
