@@ -63,7 +63,8 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: Reference | Rama
     names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
     # TICA on the backbone torsions of the MD series (every residue's, for a peptide)
     sample_phi, sample_psi = (phi[:, 0], psi[:, 0]) if dipeptide else (phi, psi)
-    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, sample_phi, sample_psi, md_series, lag_frames=lag_frames)
+    report = cv_discovery(samples.z_slow, torsions, names, samples.log_w, sample_phi, sample_psi, md_series, lag_frames=lag_frames,
+                          periodic_latents=bool(getattr(run.model.latent.slow, "periodic", False)))
     (out_dir / "cv_report.md").write_text(cv_markdown(report))
     plot_free_energy(samples.z_slow, samples.log_w, out_dir / "free_energy.png")
     return report

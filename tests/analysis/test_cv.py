@@ -62,3 +62,17 @@ def test_peptide_tica_uses_every_residue_and_finds_the_slow_one():
     assert "R(psi2) ref" in cv_markdown(report)
     split = per_residue_references(Reference(phi, psi), 2)
     np.testing.assert_array_equal(split[1].phi, slow_phi)
+
+
+def test_circular_latents_are_compared_on_the_circle():
+    """A latent equal to a torsion whose basin straddles the cut at ±π: ρ₁ = 1, Mardia's R is not."""
+    from flowcg.analysis.cv import circular_circular_correlation
+
+    rng = np.random.default_rng(5)
+    tau = np.angle(np.exp(1j * (math.pi + rng.normal(scale=0.6, size=20_000))))
+    assert circular_circular_correlation(tau, tau) == pytest.approx(1.0, abs=1e-9)
+    assert circular_circular_correlation(-tau, tau) == pytest.approx(1.0, abs=1e-9)  # a reflection is as good
+    assert linear_circular_correlation(tau, tau) < 0.95
+    assert circular_circular_correlation(rng.uniform(-math.pi, math.pi, tau.size), tau) < 0.05
+    report = cv_discovery(tau[:, None], tau[:, None], ["psi"], np.zeros(tau.size), tau, tau, periodic_latents=True)
+    assert report["latents"][0]["best_torsions"][0][1] == pytest.approx(1.0, abs=1e-9) and "circular-circular" in cv_markdown(report)
