@@ -1,4 +1,4 @@
-"""A shipped model (or a training run's model) against the walker reference, over independent sample sets.
+"""A shipped model (or a training run's model) against the shipped reference, over independent sample sets.
 
     .venv/bin/python data_free_benchmarks/aldp_shipped.py [--name aldp_implicit] [--seeds 0 1 2] [--n 1000000]
     .venv/bin/python data_free_benchmarks/aldp_shipped.py --run runs/aldp_plain_equal_budget --label aldp_plain_equal_budget
@@ -10,7 +10,9 @@ saved (φ, ψ, log w, is_d) are scored against the walker reference shipped for 
 (``flowcg.analysis.molecular.shipped_reference``; the same numbers ``flowcg-sample`` reports when the
 reference was shipped before it ran): Kish ESS, reweighted KL / TV on 64² and 100², basin
 populations and their relative errors, next to the reference's own noise floor (two independent
-halves of its walkers). Results: ``results/<label>_shipped.{json,md}`` (label: the name, or ``--label``).
+halves of its walkers, or of its time for a plain-MD reference). A peptide is scored residue by residue
+against its ``<target>_residue<k>.npz`` references (rows per residue). Results:
+``results/<label>_shipped.{json,md}`` (label: the name, or ``--label``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowcg.analysis.molecular import shipped_reference
+from flowcg.analysis.molecular import per_residue_references, shipped_reference
 from flowcg.analysis.ramachandran import ramachandran_metrics
 from flowcg.builders import cpu_model
 from flowcg.io import load_json, load_npz
@@ -46,14 +48,21 @@ def draw_set(model: str, label: str, seed: int, n: int) -> Path:
 
 
 def score(folder: Path, reference) -> dict:
+    """Kish ESS of the set and, per residue (one entry for a dipeptide), the reweighted Ramachandran
+    metrics and basins against its reference."""
     data = load_npz(folder / "samples.npz", what="flowcg-sample output", keys=["phi", "psi", "log_w", "is_d"])
     keep = ~data["is_d"]
+    phi, psi = (np.asarray(data[k]).reshape(len(keep), -1)[keep] for k in ("phi", "psi"))
     run = load_json(folder / "metrics.json")
-    metrics = ramachandran_metrics(reference, data["phi"][keep], data["psi"][keep], data["log_w"][keep])
-    metrics.pop("ess"), metrics.pop("ess_clipped")  # of the L samples only; the run's own ESS counts every sample
-    basin_error = {b: abs(metrics[f"basin_{b}_rw"] / metrics[f"ref_basin_{b}"] - 1.0) for b in reference.basins}
+    residues = []
+    for k, ref in enumerate(per_residue_references(reference, phi.shape[1])):
+        metrics = ramachandran_metrics(ref, phi[:, k], psi[:, k], data["log_w"][keep])
+        metrics.pop("ess"), metrics.pop("ess_clipped")  # of the L samples only; the run's own ESS counts every sample
+        metrics["basin_relative_error_rw"] = {b: abs(metrics[f"basin_{b}_rw"] / metrics[f"ref_basin_{b}"] - 1.0) if metrics[f"ref_basin_{b}"] > 0 else None
+                                              for b in ref.basins}
+        residues.append(metrics)
     return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "fraction_d": run["fraction_d"],
-            "wall_time_s": run["wall_time_s"], "device": run["device"], **metrics, "basin_relative_error_rw": basin_error}
+            "wall_time_s": run["wall_time_s"], "device": run["device"], "residues": residues}
 
 
 def main() -> None:
@@ -72,20 +81,25 @@ def main() -> None:
     if reference is None:
         sys.exit(f"sets drawn in {HERE / 'runs' / 'shipped' / label}; no walker reference is shipped for {run.target.name} to score them against")
     sets = {seed: score(folder, reference) for seed, folder in folders.items()}
+    references = per_residue_references(reference, len(next(iter(sets.values()))["residues"]))
     result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": model, "label": label,
-              "cpu": cpu_model(), "reference": reference.description, "reference_noise_floor": reference.noise_floor,
-              "reference_basins": reference.basins, "sets": sets}
+              "cpu": cpu_model(), "reference": [r.description for r in references], "reference_noise_floor": [r.noise_floor for r in references],
+              "reference_basins": [r.basins for r in references], "sets": sets}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{label}_shipped.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = ["| seed | n | ESS | ESS clipped | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in reference.basins) + " | max basin error |",
-            "|---|---|---|---|---|---|---|" + "---|" * len(reference.basins) + "---|"]
+    basins = list(references[0].basins)
+    rows = ["| seed | residue | n | ESS | ESS clipped | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
+            "|---|---|---|---|---|---|---|---|" + "---|" * len(basins) + "---|"]
     for seed, m in sets.items():
-        basins = " | ".join(f"{m[f'basin_{b}_rw']:.4g} ({reference.basins[b]:.4g})" for b in reference.basins)
-        rows.append(f"| {seed} | {m['n']} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {m['kl_64_rw']:.4f} | {m['tv_64_rw']:.4f} | "
-                    f"{m['kl_100_rw']:.4f} | {basins} | {max(m['basin_relative_error_rw'].values()):.1%} |")
-    floor = reference.noise_floor
-    rows.append(f"\nReference noise floor (walker halves): KL64 {floor.get('kl_64', float('nan')):.4f}, TV64 {floor.get('tv_64', float('nan')):.4f}, "
-                f"KL100 {floor.get('kl_100', float('nan')):.4f}. Reference: {reference.description}.")
+        for k, (r, ref) in enumerate(zip(m["residues"], references)):
+            cells = " | ".join(f"{r[f'basin_{b}_rw']:.4g} ({ref.basins[b]:.4g})" for b in basins)
+            errors = [e for e in r["basin_relative_error_rw"].values() if e is not None]
+            rows.append(f"| {seed} | {k + 1} | {m['n']} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {r['kl_64_rw']:.4f} | {r['tv_64_rw']:.4f} | "
+                        f"{r['kl_100_rw']:.4f} | {cells} | {max(errors):.1%} |")
+    for k, ref in enumerate(references):
+        floor = ref.noise_floor
+        rows.append(f"\nResidue {k + 1} reference noise floor: KL64 {floor.get('kl_64', float('nan')):.4f}, TV64 {floor.get('tv_64', float('nan')):.4f}, "
+                    f"KL100 {floor.get('kl_100', float('nan')):.4f}. Reference: {ref.description}.")
     (HERE / "results" / f"{label}_shipped.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
 
