@@ -65,7 +65,7 @@ class FlowOracle:
             raise ConfigError(f"samples_per_query must be ≥ 1, got {samples_per_query}")
         if labels not in LABEL_KINDS:
             raise ConfigError(f"unknown flow-oracle labels '{labels}'; choose one of {', '.join(LABEL_KINDS)}")
-        self.labels = labels
+        self.label_kind = labels
         self.model = model.eval()
         self.target = target
         self.mapping = mapping
@@ -105,7 +105,7 @@ class FlowOracle:
             n_energy_evaluations=len(x),
             wall_s=time.perf_counter() - start,
         )
-        return labels.mean_force() if self.labels == "mean_force" else labels
+        return labels.mean_force() if self.label_kind == "mean_force" else labels
 
     @staticmethod
     def _check_torsions(got: torch.Tensor, wanted: torch.Tensor) -> None:

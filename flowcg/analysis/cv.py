@@ -130,7 +130,7 @@ def cv_discovery(z_slow: np.ndarray, torsions: np.ndarray, torsion_names: list[s
         labels = torsion_labels(ref_angles.shape[1] // 2)
         report["tica"] = {
             "lag_frames": lag_frames,
-            "features": [f"{f}_{name}" for pair in zip(labels[::2], labels[1::2]) for name in pair for f in ("cos", "sin")],
+            "features": [f"{f}_{name}" for name in labels for f in ("cos", "sin")],
             "timescales_frames": [float(t) for t in tica.timescales()[: tics_ref.shape[1]]],
             "tics": [
                 {

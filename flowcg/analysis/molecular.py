@@ -29,6 +29,7 @@ from flowcg.analysis.ramachandran import (
     residue_phi_psi,
     residue_prefix,
 )
+from flowcg.coordinates.backbone import atom_path_name
 from flowcg.coordinates.chirality import CAChirality
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz
@@ -183,14 +184,13 @@ def torsion_table(transform, topology, x: np.ndarray) -> tuple[list[str], np.nda
     Names are the four atoms (``RESn:ATOM``, n the residue number) with the backbone torsions marked,
     e.g. ``phi(ACE1:C-ALA2:N-ALA2:CA-ALA2:C)`` for a dipeptide, ``phi2(…)`` for residue 2 of a peptide.
     """
-    atoms = list(topology.atoms)
     columns = transform.periodic_mask.nonzero().ravel().tolist()
     backbone = transform.backbone_indices
     single = len(backbone) == 2
     labels = {index: f"{'psi' if k % 2 else 'phi'}{'' if single else k // 2 + 1}" for k, index in enumerate(backbone)}
     names = []
     for k in columns:
-        quad = "-".join(f"{atoms[a].residue.name}{atoms[a].residue.resSeq}:{atoms[a].name}" for a in transform.atom_indices[k])
+        quad = atom_path_name(topology, transform.atom_indices[k])
         names.append(f"{labels[k]}({quad})" if k in labels else quad)
     with torch.no_grad():
         ic, _ = transform.inverse(torch.as_tensor(x, dtype=torch.float64))

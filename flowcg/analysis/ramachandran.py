@@ -73,6 +73,15 @@ def residue_prefix(k: int, n_residues: int) -> str:
     return "" if n_residues == 1 else f"res{k + 1}_"
 
 
+def reference_paths(folder, n_residues: int) -> list[Path]:
+    """Where a run in ``folder`` writes its :class:`RamachandranReference` files:
+    ``ramachandran_reference.npz`` for a dipeptide, ``ramachandran_reference_residue<k>.npz`` (k = 1 … R) for a peptide."""
+    folder = Path(folder)
+    if n_residues == 1:
+        return [folder / "ramachandran_reference.npz"]
+    return [folder / f"ramachandran_reference_residue{k + 1}.npz" for k in range(n_residues)]
+
+
 def phi_psi(x, topology: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     """φ, ψ (rad, (−π, π]) of frames x (B, N, 3) in nm (numpy or torch), each of shape (B,)."""
     x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))

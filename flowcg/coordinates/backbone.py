@@ -16,7 +16,7 @@ from torch import Tensor
 
 from flowcg.coordinates.geometry import dihedral
 
-__all__ = ["backbone_dihedrals", "backbone_torsion_pairs"]
+__all__ = ["atom_path_name", "backbone_dihedrals", "backbone_torsion_pairs"]
 
 
 def backbone_torsion_pairs(topology: md.Topology) -> np.ndarray:
@@ -31,3 +31,8 @@ def backbone_dihedrals(x: Tensor, pairs) -> tuple[Tensor, Tensor]:
     """φ, ψ in rad, each (B, R), of frames x (B, N, 3) nm at the atom quadruples ``pairs`` (R, 2, 4)."""
     atoms = torch.as_tensor(pairs, dtype=torch.long, device=x.device)
     return tuple(dihedral(*(x[:, atoms[:, kind, k]] for k in range(4))) for kind in (0, 1))
+
+
+def atom_path_name(topology: md.Topology, atoms) -> str:
+    """``RESn:ATOM`` of each atom, joined by ``-`` (n the residue number), e.g. ``ACE1:C-ALA2:N-ALA2:CA-ALA2:C``."""
+    return "-".join(f"{topology.atom(int(a)).residue.name}{topology.atom(int(a)).residue.resSeq}:{topology.atom(int(a)).name}" for a in atoms)

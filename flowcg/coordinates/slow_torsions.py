@@ -44,6 +44,7 @@ import openmm
 import torch
 from openmm import unit
 
+from flowcg.coordinates.backbone import atom_path_name
 from flowcg.coordinates.geometry import dihedral
 from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.errors import ConfigError
@@ -150,10 +151,6 @@ class SlowTorsionDiscovery:
         return "\n".join(lines)
 
 
-def _atom_names(topology: md.Topology, atoms) -> str:
-    return "-".join(f"{topology.atom(int(i)).residue.name}{topology.atom(int(i)).residue.resSeq}:{topology.atom(int(i)).name}" for i in atoms)
-
-
 def discover_slow_torsions(system: openmm.System, topology: md.Topology, transform: InternalCoordinateTransform,
                            x_min_nm: np.ndarray, slow_dim: int, temperature_K: float, n_points: int = 24) -> SlowTorsionDiscovery:
     """The ``slow_dim`` softest non-symmetric rotor torsions of the molecule (module docstring),
@@ -162,7 +159,7 @@ def discover_slow_torsions(system: openmm.System, topology: md.Topology, transfo
     candidates, symmetric = [], []
     for index in transform.rotor_mask.nonzero().ravel().tolist():
         atoms = [int(a) for a in transform.atom_indices[index]]  # (x, b, a, t): the rotation is about b–a
-        entry = {"index": index, "atoms": _atom_names(topology, atoms)}
+        entry = {"index": index, "atoms": atom_path_name(topology, atoms)}
         if symmetric_rotor(topology, atoms[1], atoms[2]):
             symmetric.append(entry)
             continue

@@ -39,7 +39,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from flowcg.analysis.ramachandran import RamachandranReference, basin_populations, ramachandran_kl, residue_phi_psi, residue_prefix, residue_torsion_atoms
+from flowcg.analysis.ramachandran import RamachandranReference, basin_populations, ramachandran_kl, reference_paths, residue_phi_psi, residue_prefix, residue_torsion_atoms
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz, save_json_atomic, save_npz_atomic, write_atomic
 from flowcg.targets.openmm_bridge import available_platforms, default_platform
@@ -154,7 +154,7 @@ class ReferenceRun:
             started = time.perf_counter()
             self._commit()
         metrics = self.metrics(self.n_frames - start_frames)
-        for reference, path in zip(self.ramachandran_references(), self._reference_paths()):
+        for reference, path in zip(self.ramachandran_references(), reference_paths(self.run_dir, self.n_residues)):
             reference.save(path)
         save_json_atomic(metrics, self.paths["metrics.json"])
         return metrics
@@ -162,11 +162,6 @@ class ReferenceRun:
     def _torsions(self) -> tuple[np.ndarray, np.ndarray]:
         """Recorded φ, ψ as (F, R)."""
         return tuple(np.asarray(self.records[k]).reshape(self.n_frames, self.n_residues) for k in ("phi", "psi"))
-
-    def _reference_paths(self) -> list[Path]:
-        if self.n_residues == 1:
-            return [self.run_dir / "ramachandran_reference.npz"]
-        return [self.run_dir / f"ramachandran_reference_residue{k + 1}.npz" for k in range(self.n_residues)]
 
     def ramachandran_references(self) -> list[RamachandranReference]:
         """Per residue, the trajectory's (φ_k, ψ_k) as a compact yardstick, the first half in time

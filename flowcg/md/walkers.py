@@ -48,7 +48,7 @@ import torch
 from openmm import unit
 from torch import Tensor
 
-from flowcg.analysis.ramachandran import RamachandranReference, residue_prefix, residue_torsion_atoms
+from flowcg.analysis.ramachandran import RamachandranReference, reference_paths, residue_prefix, residue_torsion_atoms
 from flowcg.coordinates.backbone import backbone_dihedrals
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic, write_atomic
@@ -105,8 +105,7 @@ class BiasedWalkers:
         self.target, self.settings = target, settings
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json", "ramachandran_reference.npz",
-                                                             "positions.npz")}
+        self.paths = {name: self.run_dir / name for name in ("bias.npy", "state.pt", "reference.npz", "metrics.json", "positions.npz")}
         # (R, 2, 4): the φ and ψ atoms of every residue
         self.torsion_atoms = torch.as_tensor(residue_torsion_atoms(target.topology), dtype=torch.long)
         self.n_residues = len(self.torsion_atoms)
@@ -285,16 +284,11 @@ class BiasedWalkers:
                              self.steps_done[phase] * s.timestep_fs / 1000.0, targets[phase] * s.timestep_fs / 1000.0,
                              int(self.alive.sum()), self.wall_time_s)
         references = self.ramachandran_references() if len(self.records["phi"]) else None
-        for path, reference in zip(self._reference_paths(), references or ()):
+        for path, reference in zip(reference_paths(self.run_dir, self.n_residues), references or ()):
             reference.save(path)
         metrics = self.metrics(references)
         save_json_atomic(metrics, self.paths["metrics.json"])
         return metrics
-
-    def _reference_paths(self) -> list[Path]:
-        if self.n_residues == 1:
-            return [self.paths["ramachandran_reference.npz"]]
-        return [self.run_dir / f"ramachandran_reference_residue{k + 1}.npz" for k in range(self.n_residues)]
 
     def ramachandran_references(self) -> list[RamachandranReference]:
         """Per residue, the reweighted frames' (φ_k, ψ_k) as a compact yardstick (histograms, basins),
