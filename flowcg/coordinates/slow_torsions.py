@@ -29,6 +29,13 @@ separates them by an order of magnitude (alanine dipeptide, 300 K: φ, ψ ≈ 0.
 
 The relaxed profile is a potential energy, not a free energy (no vibrational entropy), which is why
 it ranks rather than estimates: the flow learns the actual marginals.
+
+``slow_blocks: bonded`` then groups the chosen torsions for the slow prior
+(:func:`coupled_torsion_blocks`): two torsions whose rotation axes share an atom (a residue's φ
+about N–Cα and ψ about Cα–C) move the same atoms against each other and have a joint, non-product
+distribution (the Ramachandran plot); torsions about bonds that share no atom (ψ_i and φ_{i+1},
+across the planar peptide bond) are coupled only through the rest of the molecule, which the flow's
+couplings model. Each group gets its own mixture (:class:`~flowcg.latent.product.BlockMixture`).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.errors import ConfigError
 from flowcg.units import kT
 
-__all__ = ["SlowTorsionDiscovery", "discover_slow_torsions", "relaxed_torsion_scan", "symmetric_rotor"]
+__all__ = ["SlowTorsionDiscovery", "coupled_torsion_blocks", "discover_slow_torsions", "relaxed_torsion_scan", "symmetric_rotor"]
 
 
 def _neighbours(topology: md.Topology) -> list[set[int]]:
@@ -179,3 +186,29 @@ def discover_slow_torsions(system: openmm.System, topology: md.Topology, transfo
     selected = sorted(c["index"] for c in ranked[:slow_dim])
     return SlowTorsionDiscovery(selected, candidates, symmetric, float(temperature_K), n_points,
                                 2 * n_points * len(candidates), time.perf_counter() - started)
+
+
+def coupled_torsion_blocks(transform: InternalCoordinateTransform, indices: list[int]) -> list[list[int]]:
+    """Partition of the torsions ``indices`` (internal-coordinate indices) into groups connected by
+    shared rotation-axis atoms (module docstring), as lists of positions in ``indices``, ordered
+    by their first position.
+
+    Alanine dipeptide's φ (C–N–Cα–C, axis N–Cα) and ψ (N–Cα–C–N, axis Cα–C) share Cα: one
+    block; a peptide of R residues gives R (φ_i, ψ_i) blocks."""
+    axes = [{int(a) for a in transform.atom_indices[i][1:3]} for i in indices]
+    group = list(range(len(indices)))  # union-find over positions
+
+    def root(p: int) -> int:
+        while group[p] != p:
+            group[p] = group[group[p]]
+            p = group[p]
+        return p
+
+    for p in range(len(indices)):
+        for q in range(p):
+            if axes[p] & axes[q]:
+                group[root(p)] = root(q)
+    blocks: dict[int, list[int]] = {}
+    for p in range(len(indices)):
+        blocks.setdefault(root(p), []).append(p)
+    return sorted(blocks.values(), key=lambda block: block[0])

@@ -19,27 +19,35 @@ from flowcg.flows.circular import CircleEmbedding
 from flowcg.flows.couplings import MixedSplineCoupling, coupling_layer
 from flowcg.flows.mixing import LUMixing
 from flowcg.flows.model import StructuredFlow
-from flowcg.latent import ConditionalDiagonalGaussian, DiagonalGaussianMixture, StandardNormal, StructuredLatent
+from flowcg.coordinates.slow_torsions import coupled_torsion_blocks
+from flowcg.latent import BlockMixture, ConditionalDiagonalGaussian, DiagonalGaussianMixture, StandardNormal, StructuredLatent
 
 FAST_DENSITIES = {"conditional": ConditionalDiagonalGaussian, "standard": StandardNormal}
 
 
 def structured_latent(dim: int, slow_dim: int, n_components: int, fast: str, fast_hidden: int,
-                      prior_init_spread: float, prior_init_std: float, seed: int, periodic_slow: bool = False) -> StructuredLatent:
+                      prior_init_spread: float, prior_init_std: float, seed: int, periodic_slow: bool = False,
+                      slow_blocks: list[list[int]] | None = None) -> StructuredLatent:
     """Mixture prior on the first ``slow_dim`` latents (wrapped normals if ``periodic_slow``), a
-    ``fast`` density on the rest."""
+    ``fast`` density on the rest. ``slow_blocks`` (a partition of the slow latents into two or
+    more blocks) makes the prior a product of one mixture per block (:class:`BlockMixture`)."""
     if not 1 <= slow_dim <= dim:
         raise ConfigError(f"slow_dim must lie in [1, {dim}], got {slow_dim}")
     if fast not in FAST_DENSITIES:
         raise ConfigError(f"unknown fast density '{fast}'; choose one of {', '.join(FAST_DENSITIES)}")
     fast_kwargs = {"hidden": fast_hidden, "periodic_slow": periodic_slow} if fast == "conditional" else {}
+    mixture_options = dict(n_components=n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed, periodic=periodic_slow)
+    slow = (BlockMixture(slow_blocks, **mixture_options) if slow_blocks and len(slow_blocks) > 1
+            else DiagonalGaussianMixture(slow_dim, **mixture_options))
     return StructuredLatent(
-        DiagonalGaussianMixture(slow_dim, n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed, periodic=periodic_slow),
+        slow,
         FAST_DENSITIES[fast](slow_dim, dim - slow_dim, **fast_kwargs),
     )
 
 
 SLOW_PRIORS = ("gaussian", "wrapped")
+#: joint: one mixture over all slow latents | bonded: one per group of slow torsions whose rotation axes share an atom
+SLOW_BLOCKS = ("joint", "bonded")
 
 
 def build_flow(
@@ -111,6 +119,7 @@ def build_internal_flow(
     slow_dim: int = 2,
     slow_coordinates="backbone",
     slow_prior: str = "wrapped",
+    slow_blocks: str = "joint",
     transform_slow: bool = False,
     n_components: int = 6,
     fast: str = "conditional",
@@ -129,7 +138,9 @@ def build_internal_flow(
     latent → flow space: a fixed permutation puts the slow latents on ``slow_coordinates``;
     :class:`CircleEmbedding` maps rotor torsions onto the circle (all but the slow ones when
     ``slow_prior`` is ``"wrapped"``: then the slow prior is a mixture of wrapped normals, an
-    angle already, and the slow marginal has no seam); ``n_couplings``
+    angle already, and the slow marginal has no seam); ``slow_blocks="bonded"`` splits that prior
+    into one mixture per group of slow torsions with a shared rotation-axis atom
+    (:func:`~flowcg.coordinates.slow_torsions.coupled_torsion_blocks`); ``n_couplings``
     :class:`MixedSplineCoupling` layers (random halves, each followed by its complement) act on
     lines and circles, the slow coordinates only conditioning them unless ``transform_slow``; :class:`HarmonicStandardization` scales the stiff coordinates to internal
     coordinates; the internal-coordinate map places the atoms.
@@ -139,10 +150,14 @@ def build_internal_flow(
     slow = slow_coordinate_indices(transform, rotor_mask, slow_dim, slow_coordinates)
     if slow_prior not in SLOW_PRIORS:
         raise ConfigError(f"unknown slow_prior '{slow_prior}'; choose one of {', '.join(SLOW_PRIORS)}")
+    if slow_blocks not in SLOW_BLOCKS:
+        raise ConfigError(f"unknown slow_blocks '{slow_blocks}'; choose one of {', '.join(SLOW_BLOCKS)}")
     wrapped = slow_prior == "wrapped"
     if wrapped and not all(rotor_mask[i] for i in slow):
         raise ConfigError("slow_prior 'wrapped' needs every slow coordinate to be a rotor torsion")
-    latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed, periodic_slow=wrapped)
+    blocks = coupled_torsion_blocks(transform, slow) if slow_blocks == "bonded" else None
+    latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed,
+                               periodic_slow=wrapped, slow_blocks=blocks)
     # latent order [slow | fast] -> flow order: slow latents land on their coordinates
     flow_order = slow + [i for i in range(dim) if i not in slow]
     latent_of_coordinate = torch.empty(dim, dtype=torch.long)

@@ -93,7 +93,8 @@ class StructuredFlow(nn.Module):
         A prior refit (:mod:`flowcg.training.prior_refit`) changes the number; resuming a recipe or
         warm-starting from a refit run calls this explicitly (``load_state_dict`` itself refuses a
         mismatch). The parameters keep their identity, so an optimiser holding them stays valid."""
-        saved_logits = state_dict.get("latent.slow.logits")
+        saved_logits = next((value for key, value in state_dict.items()  # one mixture, or the first block of a BlockMixture
+                             if key in ("latent.slow.logits", "latent.slow.blocks.0.logits")), None)
         if saved_logits is not None and saved_logits.shape[0] != self.latent.slow.n_components:
             self.latent.slow.resize_(saved_logits.shape[0])
         return self

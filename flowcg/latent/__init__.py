@@ -2,6 +2,7 @@
 
 from flowcg.latent.conditional import ConditionalDiagonalGaussian, StandardNormal
 from flowcg.latent.mixture import DiagonalGaussianMixture
+from flowcg.latent.product import BlockMixture
 from flowcg.latent.structured import StructuredLatent
 
-__all__ = ["ConditionalDiagonalGaussian", "DiagonalGaussianMixture", "StandardNormal", "StructuredLatent"]
+__all__ = ["BlockMixture", "ConditionalDiagonalGaussian", "DiagonalGaussianMixture", "StandardNormal", "StructuredLatent"]

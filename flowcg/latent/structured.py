@@ -9,17 +9,18 @@ from torch import Tensor, nn
 
 from flowcg.errors import ConfigError
 from flowcg.latent.mixture import DiagonalGaussianMixture
+from flowcg.latent.product import BlockMixture
 
 
 class StructuredLatent(nn.Module):
     """Slow CVs with a mixture prior, fast variables with a conditional density.
 
     Args:
-        slow: prior over z_slow ∈ R^ds.
+        slow: prior over z_slow ∈ R^ds (one mixture, or a product of mixtures over blocks).
         fast: conditional density of z_fast ∈ R^df given z_slow (df may be 0).
     """
 
-    def __init__(self, slow: DiagonalGaussianMixture, fast: nn.Module):
+    def __init__(self, slow: DiagonalGaussianMixture | BlockMixture, fast: nn.Module):
         super().__init__()
         self.slow = slow
         self.fast = fast
@@ -62,7 +63,7 @@ class StructuredLatent(nn.Module):
         Only periodic (torsion) slow latents have a bounded domain to be uniform on."""
         if not self.slow.periodic:
             raise ConfigError("a uniform slow proposal needs periodic slow latents (model.slow_prior=wrapped)")
-        ref = self.slow.means
+        ref = next(self.slow.parameters())
         return (torch.rand(n, self.slow_dim, device=ref.device, dtype=ref.dtype) * 2 - 1) * torch.pi
 
     def uniform_slow_log_prob(self) -> float:

@@ -111,7 +111,7 @@ def _defensive_draws(model: StructuredFlow, target: Target, config: PriorRefitCo
     z_slow, log_w = np.concatenate([p.z_slow for p in parts]), np.concatenate([p.log_w for p in parts])
     if n_uniform:
         with torch.no_grad():
-            log_prior = model.latent.slow.log_prob(torch.as_tensor(z_slow).to(model.latent.slow.means)).cpu().double().numpy()
+            log_prior = model.latent.slow.log_prob(torch.as_tensor(z_slow).to(next(model.latent.slow.parameters()))).cpu().double().numpy()
         log_r = np.logaddexp(math.log1p(-config.uniform_fraction) + log_prior,
                              math.log(config.uniform_fraction) + model.latent.uniform_slow_log_prob())
         log_w = log_w + log_prior - log_r

@@ -10,7 +10,8 @@ import torch
 from flowcg.builders import build_internal_model
 from flowcg.coordinates import InternalCoordinateTransform
 from flowcg.coordinates.harmonic import minimized_positions
-from flowcg.coordinates.slow_torsions import circular_spread, discover_slow_torsions, relaxed_torsion_scan, symmetric_rotor
+from flowcg.coordinates.slow_torsions import (circular_spread, coupled_torsion_blocks, discover_slow_torsions, relaxed_torsion_scan,
+                                            symmetric_rotor)
 from flowcg.errors import ConfigError
 from flowcg.targets import load_target
 
@@ -74,3 +75,29 @@ def test_auto_builds_the_backbone_model(vacuum):
         assert torch.equal(a, b), key
     with pytest.raises(ConfigError, match="auto needs"):
         build_internal_model(vacuum, fit_reference=False, slow_coordinates="auto", n_couplings=2, hidden=16)
+
+
+def test_bonded_blocks_pair_each_residues_phi_and_psi():
+    """Torsions whose rotation axes share an atom form a block: (φ, ψ) per residue, never ψ_i with
+    φ_{i+1} across the peptide bond; alanine dipeptide keeps one joint mixture."""
+    from flowcg.flows.build import slow_coordinate_indices
+    from flowcg.latent import BlockMixture, DiagonalGaussianMixture
+
+    peptide = load_target("ala4_implicit")
+    transform = InternalCoordinateTransform.from_topology(peptide.topology, constraints=peptide.constraints)
+    backbone = slow_coordinate_indices(transform, transform.rotor_mask, 6, "backbone")  # φ1 ψ1 φ2 ψ2 φ3 ψ3
+    assert coupled_torsion_blocks(transform, backbone) == [[0, 1], [2, 3], [4, 5]]
+    shuffled = [backbone[i] for i in (5, 0, 3, 1, 2, 4)]
+    assert coupled_torsion_blocks(transform, shuffled) == [[0, 5], [1, 3], [2, 4]]
+    model = build_internal_model(peptide, fit_reference=False, slow_dim=6, slow_coordinates=backbone, slow_blocks="bonded",
+                                 n_couplings=2, hidden=8, fast_hidden=8)
+    assert isinstance(model.latent.slow, BlockMixture) and model.latent.slow.block_indices == [[0, 1], [2, 3], [4, 5]]
+    state = model.latent.slow.resize_(5) and model.state_dict()  # as a prior refit leaves it
+    reloaded = build_internal_model(peptide, fit_reference=False, slow_dim=6, slow_coordinates=backbone, slow_blocks="bonded",
+                                    n_couplings=2, hidden=8, fast_hidden=8)
+    reloaded.match_slow_prior(state).load_state_dict(state)
+    assert reloaded.latent.slow.n_components == 5
+    dipeptide = build_internal_model(load_target("aldp_vacuum"), fit_reference=False, slow_blocks="bonded", n_couplings=2, hidden=8)
+    assert isinstance(dipeptide.latent.slow, DiagonalGaussianMixture)
+    with pytest.raises(ConfigError, match="slow_blocks"):
+        build_internal_model(peptide, fit_reference=False, slow_dim=6, slow_coordinates=backbone, slow_blocks="residues", n_couplings=2)
