@@ -1,8 +1,9 @@
 """Run the synthetic benchmark suite and write its results table (markdown + JSON).
 
-    .venv/bin/python data_free_benchmarks/synthetic.py [--only NAME ...] [--seeds 0 1 2]
+    OMP_NUM_THREADS=1 .venv/bin/python data_free_benchmarks/synthetic.py [--only NAME ...] [--seeds 0 1 2] [--jobs 2]
 
-Each entry is a real ``flowcg-train`` run (experiment preset + overrides) in
+Each entry is a real ``flowcg-train`` run (experiment preset + overrides, and for the
+``*_2_threads`` entries two torch threads whatever ``OMP_NUM_THREADS`` says) in
 ``data_free_benchmarks/runs/<name>/seed<k>`` (git-ignored). Finished runs are reused, interrupted
 ones resumed, so the suite can be stopped and restarted at any point. Results go to
 ``results/synthetic.json`` and ``results/synthetic.md``.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -21,10 +24,14 @@ BIN = Path(sys.executable).parent
 
 SUITE = {
     "double_well": ["experiment=double_well"],
+    "double_well_2_threads": ["experiment=double_well"],
     "gmm40": ["experiment=gmm40"],
+    "gmm40_no_refit": ["experiment=gmm40", "prior_refit.n_components=0"],
     "gmm40_no_tempering": ["experiment=gmm40", "train/schedule=constant"],
     "gmm20": ["experiment=gmm20"],
 }
+#: Entries whose runs get an environment of their own (the thread-count check of the double well).
+ENVIRONMENT = {"double_well_2_threads": {"OMP_NUM_THREADS": "2"}}
 COLUMNS = ["ess", "log_z_error", "mass_left_error", "kl_x1", "modes_found", "n_modes", "max_mode_weight_error", "energy_evaluations", "wall_time_s"]
 
 
@@ -35,7 +42,7 @@ def run_one(name: str, overrides: list[str], seed: int) -> dict:
         resume = ["resume=true"] if (run_dir / "checkpoint.pt").is_file() else []
         command = [str(BIN / "flowcg-train"), *overrides, f"seed={seed}", "logger=none", "train.show_progress=false", f"hydra.run.dir={run_dir}", *resume]
         print("running:", " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env={**os.environ, **ENVIRONMENT.get(name, {})})
     return json.loads(metrics_path.read_text())
 
 
@@ -74,11 +81,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(SUITE), help="run only these entries")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (give each its share of the cores with OMP_NUM_THREADS)")
     args = parser.parse_args()
+    entries = [(name, seed) for name in (args.only or SUITE) for seed in args.seeds]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        metrics = list(pool.map(lambda entry: run_one(entry[0], SUITE[entry[0]], entry[1]), entries))
     rows = [
-        {"name": name, "seed": seed, "command": " ".join(["flowcg-train", *SUITE[name], f"seed={seed}"]), "metrics": run_one(name, SUITE[name], seed)}
-        for name in (args.only or SUITE)
-        for seed in args.seeds
+        {"name": name, "seed": seed, "command": " ".join([*(f"{k}={v}" for k, v in ENVIRONMENT.get(name, {}).items()), "flowcg-train", *SUITE[name], f"seed={seed}"]),
+         "metrics": m}
+        for (name, seed), m in zip(entries, metrics)
     ]
     results = HERE / "results"
     results.mkdir(exist_ok=True)

@@ -144,6 +144,27 @@ def test_weighted_em_statistics_equal_a_brute_force_sum_over_images():
         torch.testing.assert_close(square_sum, torch.einsum("bk,bkdm->kd", resp, rho * diff**2), rtol=1e-10, atol=1e-13)
 
 
+def test_weighted_em_statistics_of_euclidean_components_equal_direct_sums():
+    """The matrix-product E-step of non-periodic components against the direct (B, K, dim) sums,
+    with components far apart (responsibilities that underflow) and narrow ones."""
+    torch.manual_seed(5)
+    mixture = DiagonalGaussianMixture(2, 3).double()
+    z = torch.randn(700, 2, dtype=torch.float64) * 20
+    w = torch.rand(700, dtype=torch.float64)
+    w = w / w.sum()
+    means = torch.tensor([[30.0, -25.0], [0.0, 1.0], [-20.0, 22.5]], dtype=torch.float64)
+    log_stds = torch.log(torch.tensor([[0.05, 1.3], [3.0, 8.0], [1.0, 0.2]], dtype=torch.float64))
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+    ll, mass, offset_sum, square_sum = mixture._em_statistics(z, w, means, log_stds, logits, chunk_size=64)
+    diff = z[:, None, :] - means  # (B, K, dim)
+    log_joint = (-0.5 * (diff / log_stds.exp()) ** 2 - log_stds - 0.5 * math.log(2 * math.pi)).sum(-1) + torch.log_softmax(logits, 0)
+    resp = torch.softmax(log_joint, 1) * w[:, None]
+    assert abs(ll - float(w @ torch.logsumexp(log_joint, 1))) < 1e-9
+    torch.testing.assert_close(mass, resp.sum(0), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(offset_sum, torch.einsum("bk,bkd->kd", resp, diff), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(square_sum, torch.einsum("bk,bkd->kd", resp, diff**2), rtol=1e-9, atol=1e-11)
+
+
 def test_weighted_em_does_not_depend_on_the_block_size():
     truth = _known_wrapped_mixture()
     torch.manual_seed(4)
