@@ -20,8 +20,9 @@ Each is timed by wall clock over repeated calls for at least ``--seconds`` after
 (the first call, which compiles or loads cached kernels, is timed apart).
 
     .venv/bin/python data_free_benchmarks/flow_throughput.py          # ≈ 15 min on 2 cores
+    .venv/bin/python data_free_benchmarks/flow_throughput.py --batch 1024 --threads 2 --seconds 4 --name flow_throughput_spot
 
-writes ``results/flow_throughput.json`` and ``results/flow_throughput.md``.
+writes ``results/<name>.json`` and ``results/<name>.md`` (``--name``, default ``flow_throughput``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="minimum timed wall seconds per measurement")
     parser.add_argument("--batch", type=int, nargs="*", default=list(BATCH_SIZES))
     parser.add_argument("--threads", type=int, nargs="*", default=list(THREADS))
+    parser.add_argument("--name", default="flow_throughput", help="results/<name>.{json,md} (a spot check keeps the full table)")
     args = parser.parse_args()
     if args.worker:
         threads, batch, fast = args.worker
@@ -154,7 +156,7 @@ def main() -> None:
         "wall_s": time.perf_counter() - started, "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    for path, text in ((RESULTS / "flow_throughput.json", json.dumps(result, indent=2)), (RESULTS / "flow_throughput.md", _table(rows) + "\n")):
+    for path, text in ((RESULTS / f"{args.name}.json", json.dumps(result, indent=2)), (RESULTS / f"{args.name}.md", _table(rows) + "\n")):
         partial = path.with_suffix(path.suffix + ".partial")
         partial.write_text(text)
         os.replace(partial, path)

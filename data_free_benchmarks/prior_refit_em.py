@@ -16,9 +16,9 @@ same draws:
 A third row is the Euclidean case of the ``gmm40`` experiment's refit: 100 components fitted to
 1e5 exact draws of the 40-mode target (equal weights), the same three timings.
 
-    .venv/bin/python data_free_benchmarks/prior_refit_em.py [--baseline 10fe65f]     # ≈ 5 min on 2 cores
+    .venv/bin/python data_free_benchmarks/prior_refit_em.py [--baseline 10fe65f] [--name prior_refit_em]     # ≈ 5 min on 2 cores
 
-writes ``results/prior_refit_em.json`` and ``results/prior_refit_em.md``.
+writes ``results/<name>.json`` and ``results/<name>.md`` (``--name``, default ``prior_refit_em``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20, help="fixed EM iterations per timed fit")
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="commit whose fit_weighted is the baseline")
+    parser.add_argument("--name", default="prior_refit_em", help="results/<name>.{json,md}")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -105,9 +106,9 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     record = {"baseline_commit": args.baseline, "rows": rows, "draw_s": draw_s, "n_draws": n_max,
               "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
-              "command": f"python data_free_benchmarks/prior_refit_em.py --baseline {args.baseline} --iterations {args.iterations}"}
+              "command": f"python data_free_benchmarks/prior_refit_em.py --baseline {args.baseline} --iterations {args.iterations} --name {args.name}"}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "prior_refit_em.json").write_text(json.dumps(record, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2))
     lines = [f"Prior-refit EM on {n_max} draws of the shipped aldp_implicit model and exact gmm40 draws ({record['cpu_model']}, "
              f"{record['threads']} torch threads; drawing the aldp ones took {draw_s:.0f} s).", "",
              f"| draws | n | components | s/iteration {args.baseline} | s/iteration now | speed-up | max |Δ parameter| | "
@@ -115,7 +116,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['draws']} | {r['n_samples']} | {r['n_components']} | {r['baseline_s_per_iteration']:.2f} | {r['new_s_per_iteration']:.3f} | "
                      f"{r['speedup']:.1f}× | {r['max_parameter_difference']:.1e} | {r['converged_iterations']}, {r['converged_s']:.0f} s |")
-    (RESULTS / "prior_refit_em.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

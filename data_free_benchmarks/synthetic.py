@@ -84,12 +84,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (give each its share of the cores with OMP_NUM_THREADS)")
     args = parser.parse_args()
     entries = [(name, seed) for name in (args.only or SUITE) for seed in args.seeds]
+    shared = [entry for entry in entries if entry[0] not in ENVIRONMENT]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        metrics = list(pool.map(lambda entry: run_one(entry[0], SUITE[entry[0]], entry[1]), entries))
+        metrics = dict(zip(shared, pool.map(lambda entry: run_one(entry[0], SUITE[entry[0]], entry[1]), shared)))
+    # entries with their own thread count run alone: two 2-thread runs on 2 cores spin-wait on
+    # each other's OpenMP threads (a 25 s double-well run took over 13 min that way)
+    metrics.update({entry: run_one(entry[0], SUITE[entry[0]], entry[1]) for entry in entries if entry[0] in ENVIRONMENT})
     rows = [
         {"name": name, "seed": seed, "command": " ".join([*(f"{k}={v}" for k, v in ENVIRONMENT.get(name, {}).items()), "flowcg-train", *SUITE[name], f"seed={seed}"]),
          "metrics": m}
-        for (name, seed), m in zip(entries, metrics)
+        for (name, seed), m in ((entry, metrics[entry]) for entry in entries)
     ]
     results = HERE / "results"
     results.mkdir(exist_ok=True)

@@ -43,6 +43,8 @@ def test_train_writes_metrics_checkpoint_and_plots(trained_run):
         assert key in metrics, key
     assert 0.0 <= metrics["ess"] <= 1.0
     assert metrics["energy_evaluations"] > 0
+    # the experiment's recipe: training, then two importance-weighted refits of the slow prior
+    assert [record["round"] for record in metrics["prior_refit"]] == [0, 1]
     for name in ("config.yaml", "checkpoint.pt", "model.pt", "samples.npz", "training.json"):
         assert (trained_run / name).is_file(), name
     assert {p.name for p in (trained_run / "plots").glob("*.png")} == {"training.png", "beta_schedule.png", "marginals.png", "samples.png"}
