@@ -40,7 +40,9 @@ def test_walkers_record_weighted_frames_and_resume_exactly(target, tmp_path):
     compact = load_reference(tmp_path / "whole" / "ramachandran_reference.npz")  # the shippable yardstick
     assert compact.basins == pytest.approx({k[len("basin_"):]: v for k, v in metrics.items() if k.startswith("basin_") and not k.endswith("_half")})
     assert compact.noise_floor["kl_64"] == metrics["kl_64_walker_halves"] and compact.temperature_K == target.temperature
-    assert metrics["kl_64_time_halves"] >= 0 and 0 <= metrics["basin_beta_first_half"] <= 1 and 0 <= metrics["basin_beta_second_half"] <= 1
+    assert metrics["kl_64_time_halves"] >= 0
+    for half in ("first", "second"):  # a weighted share: 1 up to round-off when every frame is in β
+        assert 0 <= metrics[f"basin_beta_{half}_half"] <= 1 + 1e-12
 
     # A run stopped part-way and resumed (twice: inside the build and inside production) matches.
     BiasedWalkers(target, tmp_path / "parts", SETTINGS).run(0.04)
