@@ -37,10 +37,11 @@ from flowcg.errors import ConfigError
 WRAPS = 4
 #: Points per block in the EM's E-step: (block, K, dim) float64 arrays of a few MB stay in cache.
 EM_CHUNK = 8192
-#: Exponents are floored here before ``exp`` in the EM: exp(−700) ≈ 1e-304 is zero for a
-#: responsibility, and torch's vectorised float64 ``exp`` leaves its fast path below the underflow
-#: limit (−745): 20 ns instead of 1 ns per element, which made far-apart components (a 40-mode
-#: mixture over [−40, 40]², any narrow wrapped component) cost 10× per EM iteration.
+#: Exponents are floored here before ``exp`` in the EM. torch's vectorised float64 ``exp`` leaves
+#: its fast path below the underflow limit (−745): 20 ns instead of 1 ns per element, which made
+#: far-apart components (a 40-mode mixture over [−40, 40]², any narrow wrapped component) cost up
+#: to 10× per EM iteration; and values near that limit turn into denormals whose products are slow
+#: too. exp(−300) ≈ 5e-131 is zero for a responsibility and far from the denormal range.
 EXP_FLOOR = -300.0
 
 

@@ -73,11 +73,11 @@ class WalkerSettings:
     n_walkers: int = 1024
     timestep_fs: float = 1.0
     friction_per_ps: float = 1.0
-    build_ps: float = 20.0           # metadynamics, per walker
+    build_ps: float = 100.0          # metadynamics, per walker (20 ps with γ = 4 left vacuum αL unconverged: RESULTS.md)
     deposit_fs: float = 100.0        # one hill per walker this often
     hill_height_kj_mol: float = 0.005  # initial height per hill; 1024 walkers deposit ~50 kJ/mol per ps
     hill_width_rad: float = 0.35
-    bias_factor: float = 4.0         # γ of well-tempered metadynamics; ΔT = (γ − 1) T
+    bias_factor: float = 6.0         # γ of well-tempered metadynamics; ΔT = (γ − 1) T; the bias tends to (1 − 1/γ) F
     fourier_order: int = 12          # K ≳ 3.5 / hill width keeps hills exact to ~1e-3
     equilibration_ps: float = 20.0   # in the frozen bias, not recorded
     save_interval_fs: float = 250.0
