@@ -92,8 +92,8 @@ def main() -> None:
     metrics.update({entry: run_one(entry[0], SUITE[entry[0]], entry[1]) for entry in entries if entry[0] in ENVIRONMENT})
     rows = [
         {"name": name, "seed": seed, "command": " ".join([*(f"{k}={v}" for k, v in ENVIRONMENT.get(name, {}).items()), "flowcg-train", *SUITE[name], f"seed={seed}"]),
-         "metrics": m}
-        for (name, seed), m in ((entry, metrics[entry]) for entry in entries)
+         "metrics": metrics[name, seed]}
+        for name, seed in entries
     ]
     results = HERE / "results"
     results.mkdir(exist_ok=True)
