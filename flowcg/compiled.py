@@ -42,6 +42,8 @@ class CheckedCompile:
         disagreement: ``(compiled_out, eager_out) -> None`` if they agree, else a short reason.
         accepts: ``(*args) -> bool``: whether a call may take the compiled path (default: all).
         max_variants: input signatures compiled at most; calls with further ones run eagerly.
+        parameters: tensors ``fn`` reads besides its arguments (a module's parameters): the first
+            backward of each signature is differentiated back to them too, inside the guard.
 
     Examples:
         >>> square = CheckedCompile(lambda x: x * x, "a square", lambda a, b: None, accepts=lambda x: False)
@@ -49,8 +51,9 @@ class CheckedCompile:
         tensor([9.])
     """
 
-    def __init__(self, fn: Callable, what: str, disagreement: Callable, accepts: Callable[..., bool] | None = None, max_variants: int = 4):
-        self.fn, self.what, self.disagreement = fn, what, disagreement
+    def __init__(self, fn: Callable, what: str, disagreement: Callable, accepts: Callable[..., bool] | None = None,
+                 max_variants: int = 4, parameters: list[Tensor] = ()):
+        self.fn, self.what, self.disagreement, self.parameters = fn, what, disagreement, list(parameters)
         self.accepts = accepts or (lambda *args: True)
         self.max_variants = max_variants
         self._compiled: Callable | None = torch.compile(fn, dynamic=False)
@@ -77,7 +80,7 @@ class CheckedCompile:
         try:
             out = self._compiled(*args)
             if signature not in self._checked and torch.is_grad_enabled():
-                _compile_backward(self._compiled, args)
+                _compile_backward(self._compiled, args, self.parameters)
         except Exception as err:  # inductor raises many types (no compiler, codegen bugs); eager is exact
             self._turn_off(f"failed ({_first_line(err)})")
             return self.fn(*args)
@@ -92,13 +95,25 @@ class CheckedCompile:
         return out
 
 
-def _compile_backward(compiled: Callable, args) -> None:
-    """Differentiate one extra evaluation of ``compiled`` back to ``args``, here: inductor compiles
+def allow_recompiles(variants: int) -> None:
+    """Let dynamo keep at least ``variants`` compiled variants per function.
+
+    Dynamo counts variants (a new shape, a grad mode) per *code object*, not per module: all
+    coupling layers of a flow share their ``forward``'s code, so a flow of L layers with distinct
+    shapes needs up to 2L variants (with and without grad), beyond the default limit of 8, past
+    which dynamo silently runs the function eagerly."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+    setattr(config, name, max(getattr(config, name), variants))
+
+
+def _compile_backward(compiled: Callable, args, parameters: list[Tensor]) -> None:
+    """Differentiate one extra evaluation of ``compiled`` back to ``args`` and ``parameters``, here: inductor compiles
     the backward lazily on the first ``.backward()``, which would otherwise happen in the caller,
     outside the eager fallback (an unusable compiler or a corrupt kernel cache would then end the
     run instead of logging a line). An extra evaluation, because compiled graphs donate their
     buffers and cannot be differentiated twice."""
-    inputs = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+    inputs = [a for a in [*args, *parameters] if isinstance(a, Tensor) and a.requires_grad]
     if not inputs:
         return
     out = compiled(*args)

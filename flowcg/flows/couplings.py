@@ -20,6 +20,7 @@ from nflows.nn.nets import ResidualNet
 from nflows.transforms import AffineCouplingTransform, PiecewiseRationalQuadraticCouplingTransform, Transform
 from torch import nn
 
+from flowcg.compiled import CheckedCompile, relative_disagreement
 from flowcg.coordinates.geometry import wrap
 from flowcg.errors import ConfigError
 from flowcg.flows.splines import UNIT_DERIVATIVE, pad_unit_end_derivatives, rational_quadratic
@@ -48,14 +49,12 @@ class SplineCoupling(PiecewiseRationalQuadraticCouplingTransform):
     """nflows' rational-quadratic coupling (linear tails) evaluated by :func:`~flowcg.flows.splines.rational_quadratic`:
     the same parameters and values, without nflows' masked indexing (see :mod:`flowcg.flows.splines`)."""
 
-    spline_kernel = None  # a compiled rational_quadratic, set by StructuredFlow.use_compile
-
     def _piecewise_cdf(self, inputs, transform_params, inverse=False):
         k = self.num_bins
         # nflows scales the bin logits by 1/sqrt(hidden width) of its ResidualNet; kept, so weights mean the same
         scale = self.transform_net.hidden_features**-0.5
         bound = inputs.new_tensor(self.tail_bound)
-        return (self.spline_kernel or rational_quadratic)(
+        return rational_quadratic(
             inputs, transform_params[..., :k] * scale, transform_params[..., k : 2 * k] * scale,
             pad_unit_end_derivatives(transform_params[..., 2 * k :]), bound, None, inverse,
         )
@@ -105,7 +104,6 @@ class MixedSplineCoupling(Transform):
         self.register_buffer("_transformed", torch.cat([self._line, self._circle]), persistent=False)
         self.register_buffer("_is_line", torch.arange(len(self._transformed)) < len(self._line), persistent=False)
         self.num_bins, self.tail_bound = num_bins, tail_bound
-        self.spline_kernel = None  # a compiled rational_quadratic, set by StructuredFlow.use_compile
         k = num_bins
         n_in = len(self._condition_line) + 2 * len(self._condition_circle)
         n_out = len(self._line) * (3 * k - 1) + len(self._circle) * (3 * k + 1)
@@ -135,7 +133,7 @@ class MixedSplineCoupling(Transform):
             x = torch.where(self._is_line, x, wrap(x - shift))
         # half-widths made in the inputs' dtype each call: a float32 π converted to float64 is not π
         bound = torch.where(self._is_line, inputs.new_tensor(self.tail_bound), inputs.new_tensor(math.pi))
-        y, logdet = (self.spline_kernel or rational_quadratic)(x, widths, heights, derivatives, bound, self._is_line, inverse)
+        y, logdet = rational_quadratic(x, widths, heights, derivatives, bound, self._is_line, inverse)
         if not inverse:
             y = torch.where(self._is_line, y, wrap(y + shift))
         return inputs.index_copy(1, self._transformed, y), logdet.sum(-1)
@@ -145,3 +143,28 @@ class MixedSplineCoupling(Transform):
 
     def inverse(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._transform(inputs, inverse=True)
+
+
+#: Largest relative |Δ| of a coupling layer's outputs and log-det between its compiled and eager evaluation.
+COMPILED_TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def compile_coupling(layer: Transform, min_batch: int | None = 256) -> None:
+    """Evaluate ``layer``'s ``forward`` and ``inverse`` (conditioner, spline and the feature
+    gathers around them, with their backward) through :class:`~flowcg.compiled.CheckedCompile`
+    for batches of ≥ ``min_batch`` rows; ``min_batch=None`` makes the layer eager again.
+
+    Why the whole layer and not the spline alone: between the conditioner's matrix products and
+    the spline sit a dozen small gathers, concatenations and activations whose autograd
+    bookkeeping (zero-filled gradient buffers, copies) cost as much as the spline itself; fused,
+    a layer is one forward and one backward graph around the matrix products. Layers with equal
+    shapes share inductor's cached kernels, so a flow compiles once per distinct layer shape.
+    """
+    for direction in ("forward", "inverse"):
+        layer.__dict__.pop(direction, None)  # the class's own method again
+        if min_batch is not None:
+            setattr(layer, direction, CheckedCompile(
+                getattr(layer, direction), f"a coupling layer ({direction})", relative_disagreement(COMPILED_TOLERANCES),
+                accepts=lambda inputs, context=None: context is None and len(inputs) >= min_batch,
+                parameters=list(layer.parameters()),
+            ))

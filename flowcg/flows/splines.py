@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowcg.compiled import CheckedCompile, relative_disagreement
 
 #: nflows' defaults (``DEFAULT_MIN_BIN_WIDTH`` etc.), kept so that weights trained with nflows' splines mean the same here.
 MIN_BIN_SIZE = 1e-3
@@ -150,14 +149,3 @@ def rational_quadratic(
         outside = outside & tails
     return torch.where(outside, inputs, outputs), torch.where(outside, torch.zeros_like(log_derivative), log_derivative)
 
-
-#: Largest relative |Δ| of outputs and log-derivatives between the compiled and the eager spline.
-COMPILED_TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-10}
-
-
-def compiled_spline(min_batch: int = 256) -> CheckedCompile:
-    """:func:`rational_quadratic` through :class:`~flowcg.compiled.CheckedCompile`, for batches of
-    ≥ ``min_batch`` rows (same arguments, positional; smaller batches run eagerly)."""
-    return CheckedCompile(
-        rational_quadratic, "the coupling splines", relative_disagreement(COMPILED_TOLERANCES), accepts=lambda inputs, *rest: len(inputs) >= min_batch
-    )

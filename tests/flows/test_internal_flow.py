@@ -115,9 +115,10 @@ def test_slow_coordinates_are_checked(vacuum):
 
 
 @pytest.mark.compile
-def test_compiled_splines_agree_with_eager(vacuum):
-    """The fast path (coupling splines through the compiled kernel) gives the eager samples,
-    log q and parameter gradients to round-off, and the model reports it as active."""
+def test_compiled_couplings_agree_with_eager(vacuum):
+    """The fast path (every coupling layer compiled, both directions) gives the eager samples,
+    log q (pushed forward and pulled back) and parameter gradients to round-off, and the model
+    reports it as active."""
     torch.manual_seed(3)
     model = build_internal_model(vacuum, n_couplings=2, hidden=16, fast_hidden=8, seed=0)  # float32, as trained
     with torch.no_grad():  # move the splines off the identity so that every term is exercised
@@ -128,14 +129,18 @@ def test_compiled_splines_agree_with_eager(vacuum):
     def push_and_gradients():
         x, log_q = model.push(z)
         grads = torch.autograd.grad(log_q.sum() + x.square().sum(), list(model.bijection.parameters()))
-        return x.detach(), log_q.detach(), grads
+        with torch.no_grad():
+            log_q_pulled = model.log_prob(x)
+        return x.detach(), log_q.detach(), grads, log_q_pulled
 
     eager = push_and_gradients()
     model.use_compile(min_batch=256)
     fast = push_and_gradients()
     assert model.compiled
+    assert all(len(layer.forward._checked) == 1 and len(layer.inverse._checked) == 1 for layer in model._couplings())
     torch.testing.assert_close(fast[0], eager[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(fast[1], eager[1], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(fast[3], eager[3], rtol=1e-5, atol=1e-3)
     for g_fast, g_eager in zip(fast[2], eager[2]):
         torch.testing.assert_close(g_fast, g_eager, rtol=1e-3, atol=1e-3)
     model.use_compile(False)
