@@ -171,9 +171,9 @@ COMPILE_SETTINGS = ("auto", True, False)
 
 
 def configure_compile(model: StructuredFlow, setting, model_kind: str) -> StructuredFlow:
-    """Compile the model's coupling splines (``StructuredFlow.use_compile``) per the ``compile``
-    setting: ``true``, ``false``, or ``auto`` = on for molecules (``model.kind: internal``, where
-    the splines are most of a step) and off for the small vector flows, which a compilation of
+    """Compile the model's coupling layers and latent density (``StructuredFlow.use_compile``) per
+    the ``compile`` setting: ``true``, ``false``, or ``auto`` = on for molecules (``model.kind:
+    internal``, where the flow is most of a step) and off for the small vector flows, which a compilation of
     several seconds would only slow down."""
     if setting not in COMPILE_SETTINGS:
         raise ConfigError(f"compile must be one of auto, true, false; got {setting!r}")

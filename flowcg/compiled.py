@@ -27,6 +27,9 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
+#: Input signatures a :class:`CheckedCompile` compiles at most, by default.
+MAX_VARIANTS = 4
+
 
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
@@ -52,7 +55,7 @@ class CheckedCompile:
     """
 
     def __init__(self, fn: Callable, what: str, disagreement: Callable, accepts: Callable[..., bool] | None = None,
-                 max_variants: int = 4, parameters: list[Tensor] = ()):
+                 max_variants: int = MAX_VARIANTS, parameters: list[Tensor] = ()):
         self.fn, self.what, self.disagreement, self.parameters = fn, what, disagreement, list(parameters)
         self.accepts = accepts or (lambda *args: True)
         self.max_variants = max_variants
@@ -99,9 +102,9 @@ def allow_recompiles(variants: int) -> None:
     """Let dynamo keep at least ``variants`` compiled variants per function.
 
     Dynamo counts variants (a new shape, a grad mode) per *code object*, not per module: all
-    coupling layers of a flow share their ``forward``'s code, so a flow of L layers with distinct
-    shapes needs up to 2L variants (with and without grad), beyond the default limit of 8, past
-    which dynamo silently runs the function eagerly."""
+    coupling layers of a flow share their ``forward``'s code, so a flow of L layers of distinct
+    shapes, each called with and without grad and at a few batch sizes, needs several times L
+    variants, beyond dynamo's default limit of 8, past which it silently runs the function eagerly."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
     setattr(config, name, max(getattr(config, name), variants))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from nflows.nn.nets import ResidualNet
 from nflows.transforms import AffineCouplingTransform, PiecewiseRationalQuadraticCouplingTransform, Transform
 from torch import nn
@@ -109,31 +110,50 @@ class MixedSplineCoupling(Transform):
         n_out = len(self._line) * (3 * k - 1) + len(self._circle) * (3 * k + 1)
         self.conditioner = _conditioner_factory(hidden, n_blocks)(n_in, n_out)
         bias = self.conditioner.final_layer.bias.detach()
-        line_bias, circle_bias = bias[: len(self._line) * (3 * k - 1)], bias[len(self._line) * (3 * k - 1) :]
+        n_line_params = len(self._line) * (3 * k - 1)
+        line_bias, circle_bias = bias[:n_line_params], bias[n_line_params:]
         line_bias.view(len(self._line), 3 * k - 1)[:, 2 * k :] = UNIT_DERIVATIVE
         circle_bias.view(len(self._circle), 3 * k + 1)[:, 2 * k : 3 * k] = UNIT_DERIVATIVE
+        # The output layer's rows are stored feature by feature (what the saved weights hold); the
+        # layer evaluates them parameter by parameter, so that each spline parameter comes out as
+        # one contiguous (batch, features) plane (see flowcg.flows.splines).
+        parameter_major = torch.cat([
+            torch.arange(n_line_params).view(len(self._line), 3 * k - 1).T.reshape(-1),
+            n_line_params + torch.arange(n_out - n_line_params).view(len(self._circle), 3 * k + 1).T.reshape(-1),
+        ])
+        self.register_buffer("_parameter_major", parameter_major, persistent=False)
+
+    def _conditioner_planes(self, features: torch.Tensor) -> torch.Tensor:
+        """The conditioner's output (B, n_out), ordered parameter by parameter (line block, then circle block)."""
+        net = self.conditioner
+        hidden = net.initial_layer(features)  # nflows' ResidualNet.forward, up to its output layer
+        for block in net.blocks:
+            hidden = block(hidden)
+        return F.linear(hidden, net.final_layer.weight[self._parameter_major], net.final_layer.bias[self._parameter_major])
 
     def _transform(self, inputs: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         k, batch = self.num_bins, inputs.shape[0]
         circle_condition = inputs[:, self._condition_circle]
         features = torch.cat([inputs[:, self._condition_line], torch.cos(circle_condition), torch.sin(circle_condition)], dim=-1)
-        params = self.conditioner(features)
+        params = self._conditioner_planes(features)
         n_line = len(self._line) * (3 * k - 1)
-        line = params[:, :n_line].view(batch, len(self._line), 3 * k - 1)
-        circle = params[:, n_line:].view(batch, len(self._circle), 3 * k + 1)
-        # one spline call over [line | circle] features: the circle's end derivative is shared
-        # by both ends (periodicity), a line's ends have slope 1 (linear tails)
-        circle_end = circle[..., 3 * k - 1 : 3 * k]
-        derivatives = torch.cat([pad_unit_end_derivatives(line[..., 2 * k :]), torch.cat([circle_end, circle[..., 2 * k : 3 * k - 1], circle_end], -1)], 1)
-        widths = torch.cat([line[..., :k], circle[..., :k]], 1)
-        heights = torch.cat([line[..., k : 2 * k], circle[..., k : 2 * k]], 1)
-        shift = torch.cat([inputs.new_zeros(batch, len(self._line)), circle[..., 3 * k]], 1)
+        line = params[:, :n_line].view(batch, 3 * k - 1, len(self._line))
+        circle = params[:, n_line:].view(batch, 3 * k + 1, len(self._circle))
+        # one spline call over [line | circle] features, (batch, parameter, feature) planes: the
+        # circle's end derivative is shared by both ends (periodicity), a line's ends have slope 1
+        # (linear tails)
+        circle_end = circle[:, 3 * k - 1 : 3 * k]
+        line_derivatives = F.pad(line[:, 2 * k :], (0, 0, 1, 1), value=UNIT_DERIVATIVE)
+        derivatives = torch.cat([line_derivatives, torch.cat([circle_end, circle[:, 2 * k : 3 * k - 1], circle_end], 1)], 2)
+        widths = torch.cat([line[:, :k], circle[:, :k]], 2)
+        heights = torch.cat([line[:, k : 2 * k], circle[:, k : 2 * k]], 2)
+        shift = torch.cat([inputs.new_zeros(batch, len(self._line)), circle[:, 3 * k]], 1)
         x = inputs[:, self._transformed]
         if inverse:
             x = torch.where(self._is_line, x, wrap(x - shift))
         # half-widths made in the inputs' dtype each call: a float32 π converted to float64 is not π
         bound = torch.where(self._is_line, inputs.new_tensor(self.tail_bound), inputs.new_tensor(math.pi))
-        y, logdet = rational_quadratic(x, widths, heights, derivatives, bound, self._is_line, inverse)
+        y, logdet = rational_quadratic(x, widths.mT, heights.mT, derivatives.mT, bound, self._is_line, inverse)
         if not inverse:
             y = torch.where(self._is_line, y, wrap(y + shift))
         return inputs.index_copy(1, self._transformed, y), logdet.sum(-1)

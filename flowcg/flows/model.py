@@ -27,7 +27,7 @@ import torch
 from nflows.transforms import Transform
 from torch import Tensor, nn
 
-from flowcg.compiled import CheckedCompile, allow_recompiles, relative_disagreement
+from flowcg.compiled import MAX_VARIANTS, CheckedCompile, allow_recompiles, relative_disagreement
 from flowcg.flows.couplings import COMPILED_TOLERANCES, MixedSplineCoupling, SplineCoupling, compile_coupling
 from flowcg.latent.structured import StructuredLatent
 
@@ -69,7 +69,7 @@ class StructuredFlow(nn.Module):
         """Evaluate the latent density and the coupling layers on batches of ≥ ``min_batch`` through
         compiled kernels (module docstring), or eagerly again (``enabled=False``); returns self."""
         couplings = self._couplings()
-        allow_recompiles(2 * len(couplings))  # per direction: each layer shape with and without grad
+        allow_recompiles(MAX_VARIANTS * len(couplings))  # per direction: each layer, each of its CheckedCompile variants
         for layer in couplings:
             compile_coupling(layer, min_batch if enabled else None)
         self._latent_log_prob = CheckedCompile(

@@ -45,57 +45,87 @@ def pad_unit_end_derivatives(inner: Tensor) -> Tensor:
     return F.pad(inner, (1, 1), value=UNIT_DERIVATIVE)
 
 
-def _knots(probabilities: Tensor, bound: Tensor) -> Tensor:
-    """Knot positions (..., K + 1) on [−B, B] from bin probabilities (..., K), sizes floored at ``MIN_BIN_SIZE``."""
-    k = probabilities.shape[-1]
-    inner = torch.cumsum(MIN_BIN_SIZE + (1 - MIN_BIN_SIZE * k) * probabilities, dim=-1)[..., :-1]
-    fraction = torch.cat([torch.zeros_like(inner[..., :1]), inner, torch.ones_like(inner[..., :1])], dim=-1)
+def _softmax_planes(planes: tuple[Tensor, ...]) -> tuple[list[Tensor], Tensor]:
+    """Softmax across K planes (one per bin): the unnormalised exponentials and their sum."""
+    top = planes[0]
+    for plane in planes[1:]:
+        top = torch.maximum(top, plane)
+    exponentials = [torch.exp(plane - top) for plane in planes]
+    total = exponentials[0]
+    for e in exponentials[1:]:
+        total = total + e
+    return exponentials, total
+
+
+def _knot_planes(planes: tuple[Tensor, ...], bound: Tensor) -> list[Tensor]:
+    """K + 1 knot positions on [−B, B] from K bin-logit planes, bin sizes floored at ``MIN_BIN_SIZE``."""
+    k = len(planes)
+    exponentials, total = _softmax_planes(planes)
+    scale = (1 - MIN_BIN_SIZE * k) / total
+    knots, fraction = [-bound], None
+    for e in exponentials[:-1]:
+        size = MIN_BIN_SIZE + scale * e
+        fraction = size if fraction is None else fraction + size
+        knots.append(2 * bound * fraction - bound)
     # 2B and −B + 2B are exact in floating point, so the end knots sit exactly on ±B
-    return 2 * bound[..., None] * fraction - bound[..., None]
+    knots.append(bound)
+    return knots
 
 
 class _SelectBin(torch.autograd.Function):
     """The bin that holds each input, and its left knot, size and knot derivatives.
 
-    Forward: softmax → knots → bin index → gathers, as in nflows. Backward, by hand, because
-    autograd's (gather → scatter into zeros, cumsum reversed, softmax) costs several sweeps over
-    the (..., K) parameters per gather: with k the bin, knot position X_k = −B + 2B Σ_{j<k}
-    (m + c p_j) and size W_k = 2B (m + c p_k) (c = 1 − K m, p = softmax(u)) give
-    ∂L/∂p_j = 2Bc (ḡ_X [j < k] + ḡ_W [j = k]) and ∂L/∂u = p ⊙ (∂L/∂p − ⟨p, ∂L/∂p⟩); the
-    derivatives d = m_d + softplus(u_d) give ∂L/∂u_d = sigmoid(u_d) ⊙ (ḡ_{d_k} [j = k] + ḡ_{d_k+1} [j = k + 1]).
-    The bin index is piecewise constant, so the inputs receive no gradient here.
+    The parameters come as planes, the bin axis first ((K, ...) views): K is small (8–16), so the
+    bin axis is looped over in Python and every operation is elementwise over a plane. Compiled,
+    a layer's whole spline is then a few vectorised loops over batch × features (with the bin axis
+    innermost, as nflows lays it out, inductor can only gather, element by element).
+
+    Forward: softmax → knots → bin search (a running ``where`` over the inner knots), as nflows.
+    Backward, by hand, because autograd through K selections keeps K intermediate planes per
+    output: with k the bin, knot position X_k = −B + 2B Σ_{j<k} (m + c p_j) and size
+    W_k = 2B (m + c p_k) (c = 1 − K m, p = softmax(u)) give ∂L/∂p_j = 2Bc (ḡ_X [j < k] + ḡ_W [j = k])
+    and ∂L/∂u = p ⊙ (∂L/∂p − ⟨p, ∂L/∂p⟩); the derivatives d = m_d + softplus(u_d) give
+    ∂L/∂u_d = sigmoid(u_d) ⊙ (ḡ_{d_k} [j = k] + ḡ_{d_k+1} [j = k + 1]). The bin index is piecewise
+    constant, so the inputs receive no gradient here.
     """
 
     @staticmethod
     def forward(ctx, inputs, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, bound, inverse):
-        p_w, p_h = torch.softmax(unnormalized_widths, -1), torch.softmax(unnormalized_heights, -1)
-        x_knots, y_knots = _knots(p_w, bound), _knots(p_h, bound)
-        index = (inputs[..., None] >= (y_knots if inverse else x_knots)[..., 1:-1]).sum(-1, keepdim=True)
-        ends = torch.cat([index, index + 1], -1)  # one gather per array gives both ends of the bin
-        (x_k, x_k1), (y_k, y_k1) = x_knots.gather(-1, ends).unbind(-1), y_knots.gather(-1, ends).unbind(-1)
-        u_k, u_k1 = unnormalized_derivatives.gather(-1, ends).unbind(-1)
-        ctx.save_for_backward(p_w, p_h, index, u_k, u_k1, bound)
+        x_knots, y_knots = _knot_planes(unnormalized_widths.unbind(0), bound), _knot_planes(unnormalized_heights.unbind(0), bound)
+        u = unnormalized_derivatives.unbind(0)
+        search = y_knots if inverse else x_knots
+        x_k, x_k1, y_k, y_k1, u_k, u_k1 = x_knots[0], x_knots[1], y_knots[0], y_knots[1], u[0], u[1]
+        index = torch.zeros_like(inputs)  # the bin, as a float plane (compares and selects stay elementwise)
+        for j in range(1, len(x_knots) - 1):
+            above = inputs >= search[j]
+            index = index + above.to(inputs.dtype)
+            x_k, x_k1 = torch.where(above, x_knots[j], x_k), torch.where(above, x_knots[j + 1], x_k1)
+            y_k, y_k1 = torch.where(above, y_knots[j], y_k), torch.where(above, y_knots[j + 1], y_k1)
+            u_k, u_k1 = torch.where(above, u[j], u_k), torch.where(above, u[j + 1], u_k1)
+        ctx.save_for_backward(unnormalized_widths, unnormalized_heights, index, u_k, u_k1, bound)
         return x_k, x_k1 - x_k, y_k, y_k1 - y_k, MIN_DERIVATIVE + F.softplus(u_k), MIN_DERIVATIVE + F.softplus(u_k1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_x, g_w, g_y, g_h, g_d, g_d1):
-        p_w, p_h, index, u_k, u_k1, bound = ctx.saved_tensors
-        k = p_w.shape[-1]
-        bins = torch.arange(k, device=index.device)
-        before, at = bins < index, bins == index
-        scale = (2 * (1 - MIN_BIN_SIZE * k)) * bound[..., None]
+        unnormalized_widths, unnormalized_heights, index, u_k, u_k1, bound = ctx.saved_tensors
+        k = unnormalized_widths.shape[0]
+        scale = (2 * (1 - MIN_BIN_SIZE * k)) * bound
+        zero = torch.zeros_like(g_x)
 
-        zero = p_w.new_zeros(())
+        def logits_grad(logits: Tensor, g_knot: Tensor, g_size: Tensor) -> Tensor:
+            exponentials, total = _softmax_planes(logits.unbind(0))
+            g_knot, g_size = scale * g_knot, scale * g_size
+            g_p = [torch.where(index > j, g_knot, torch.where(index == j, g_size, zero)) for j in range(k)]
+            p_dot_g = exponentials[0] * g_p[0]
+            for e, g in zip(exponentials[1:], g_p[1:]):
+                p_dot_g = p_dot_g + e * g
+            p_dot_g = p_dot_g / total
+            return torch.stack([e / total * (g - p_dot_g) for e, g in zip(exponentials, g_p)])
 
-        def logits_grad(p: Tensor, g_knot: Tensor, g_size: Tensor) -> Tensor:
-            g_p = scale * torch.where(before, g_knot[..., None], torch.where(at, g_size[..., None], zero))
-            return p * (g_p - (p * g_p).sum(-1, keepdim=True))
-
-        knots = torch.arange(k + 1, device=index.device)
-        g_left, g_right = (torch.sigmoid(u_k) * g_d)[..., None], (torch.sigmoid(u_k1) * g_d1)[..., None]
-        g_derivatives = torch.where(knots == index, g_left, torch.where(knots == index + 1, g_right, zero))
-        return None, logits_grad(p_w, g_x, g_w), logits_grad(p_h, g_y, g_h), g_derivatives, None, None
+        g_left, g_right = torch.sigmoid(u_k) * g_d, torch.sigmoid(u_k1) * g_d1
+        g_derivatives = torch.stack([torch.where(index == j, g_left, torch.where(index == j - 1, g_right, zero)) for j in range(k + 1)])
+        return None, logits_grad(unnormalized_widths, g_x, g_w), logits_grad(unnormalized_heights, g_y, g_h), g_derivatives, None, None
 
 
 def rational_quadratic(
@@ -111,7 +141,9 @@ def rational_quadratic(
 
     Args:
         inputs: (...) values.
-        unnormalized_widths, unnormalized_heights: (..., K) softmax logits of the bins.
+        unnormalized_widths, unnormalized_heights: (..., K) softmax logits of the bins. Any
+            strides: the bins are read as planes ``[..., j]``, fastest when each plane is
+            contiguous in the last input dimension (a (..., K) view of (K, ...)-ordered memory).
         unnormalized_derivatives: (..., K + 1) softplus arguments of the knot derivatives, ends
             included (:func:`pad_unit_end_derivatives` for linear tails).
         bound: half-width B of the spline's square [−B, B]², broadcastable to ``inputs``, in
@@ -122,7 +154,8 @@ def rational_quadratic(
     """
     bound = torch.as_tensor(bound, dtype=inputs.dtype, device=inputs.device).expand_as(inputs)
     clamped = torch.minimum(torch.maximum(inputs, -bound), bound)
-    x_k, w_k, y_k, h_k, d_k, d_k1 = _SelectBin.apply(clamped, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, bound, inverse)
+    planes = (unnormalized_widths.movedim(-1, 0), unnormalized_heights.movedim(-1, 0), unnormalized_derivatives.movedim(-1, 0))
+    x_k, w_k, y_k, h_k, d_k, d_k1 = _SelectBin.apply(clamped, *planes, bound, inverse)
     slope = h_k / w_k
     curvature = d_k + d_k1 - 2 * slope
 

@@ -82,3 +82,20 @@ def test_mixed_coupling_starts_at_identity():
     x = torch.tensor([[0.5, -2.0, 1.5, 0.3], [-3.0, 3.1, -0.2, 7.0]])
     y, logdet = layer(x)
     assert torch.allclose(y, x, atol=1e-5) and logdet.abs().max() < 1e-5
+
+
+def test_mixed_coupling_reads_the_stored_output_rows_feature_by_feature():
+    """The conditioner's output layer is stored feature by feature (the saved weights' meaning) and
+    evaluated parameter by parameter: parameter j of line feature f is stored row f(3K − 1) + j,
+    of circle feature f row n_line + f(3K + 1) + j, and comes out at [:, j, f] of its block."""
+    layer, _ = _perturbed_coupling()
+    k, n_line, n_circle = layer.num_bins, len(layer._line), len(layer._circle)
+    features = torch.randn(16, layer.conditioner.initial_layer.in_features, dtype=torch.float64)
+    stored = layer.conditioner(features)  # nflows' own forward: rows in stored order
+    planes = layer._conditioner_planes(features)
+    line = planes[:, : n_line * (3 * k - 1)].view(16, 3 * k - 1, n_line)
+    circle = planes[:, n_line * (3 * k - 1) :].view(16, 3 * k + 1, n_circle)
+    torch.testing.assert_close(line[:, 4, 1], stored[:, 1 * (3 * k - 1) + 4])
+    torch.testing.assert_close(circle[:, 3 * k, 0], stored[:, n_line * (3 * k - 1) + 3 * k])
+    torch.testing.assert_close(line.permute(0, 2, 1).reshape(16, -1), stored[:, : n_line * (3 * k - 1)])
+    torch.testing.assert_close(circle.permute(0, 2, 1).reshape(16, -1), stored[:, n_line * (3 * k - 1) :])
