@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Input signatures a :class:`CheckedCompile` compiles at most, by default.
 MAX_VARIANTS = 4
+#: Largest relative |Δ| between a compiled flow piece (a transform, a density) and its eager evaluation.
+FLOW_TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-10}
 
 
 def _first_line(err: Exception) -> str:
@@ -96,6 +98,21 @@ class CheckedCompile:
                 return self.fn(*args)
             self._checked.add(signature)
         return out
+
+
+def compile_transform(transform: torch.nn.Module, what: str, min_batch: int | None = 256) -> None:
+    """Evaluate an nflows-style transform's ``forward`` and ``inverse`` (``(inputs, context=None) ->
+    (outputs, logabsdet)``, with their backward) through :class:`CheckedCompile` for batches of
+    ≥ ``min_batch`` rows and no context; ``min_batch=None`` makes it eager again. The compiled
+    callables shadow the class's methods on the instance; ``what`` names it in the log."""
+    for direction in ("forward", "inverse"):
+        transform.__dict__.pop(direction, None)  # the class's own method again
+        if min_batch is not None:
+            setattr(transform, direction, CheckedCompile(
+                getattr(transform, direction), f"{what} ({direction})", relative_disagreement(FLOW_TOLERANCES),
+                accepts=lambda inputs, context=None: context is None and len(inputs) >= min_batch,
+                parameters=list(transform.parameters()),
+            ))
 
 
 def allow_recompiles(variants: int) -> None:

@@ -6,17 +6,96 @@ configurations, which two OpenMP threads make 2–3× *slower* than one on a 2-c
 wake-ups and barriers cost more than the loops; ``data_free_benchmarks/RESULTS.md``). So the
 force field runs on :data:`FORCEFIELD_THREADS` threads inside :func:`torch_threads`, and
 everything else keeps torch's process-wide setting.
+
+Several flowcg processes on one machine. torch's default, one OpenMP thread per core in every
+process, is wrong as soon as two of them run at once: OpenMP threads spin-wait at every barrier
+of a parallel loop, so two 2-thread processes on 2 cores descheduled each other's threads and a
+25 s training took over 13 minutes (RESULTS.md, "The default thread count"). The flowcg commands
+therefore register in a per-user folder of the machine's temporary directory and take an equal
+share of the cores (:func:`share_cores`), re-checked while training (:func:`rebalance`), so a
+second run started by hand, or by a launcher that does not set threads, slows the first one by its
+share and no more. An explicit ``OMP_NUM_THREADS`` is the user's choice and is left alone.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
+log = logging.getLogger(__name__)
+
 #: Threads for a force-field pass on the CPU (see the module docstring).
 FORCEFIELD_THREADS = 1
+#: Where running flowcg commands register: one empty file per process, named by its pid.
+REGISTRY = Path(tempfile.gettempdir()) / f"flowcg-processes-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+_registered: Path | None = None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and batch systems restrict)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that pid: alive
+        return True
+    return True
+
+
+def running_processes(registry: Path = REGISTRY) -> int:
+    """Registered flowcg processes still running, this process's parent left out (a launcher, a
+    script or a test waiting for it does not compute meanwhile); entries of finished ones are removed."""
+    count = 0
+    for entry in registry.glob("*"):
+        if not (entry.name.isdigit() and _alive(int(entry.name))):
+            entry.unlink(missing_ok=True)
+        elif int(entry.name) != os.getppid():
+            count += 1
+    return count
+
+
+def rebalance(registry: Path = REGISTRY) -> int | None:
+    """Set torch's threads to this process's share of the cores among the running registered
+    processes (at least one); returns the count, or ``None`` if this process is not registered."""
+    if _registered is None:
+        return None
+    cores, processes = available_cores(), max(1, running_processes(registry))
+    threads = max(1, cores // processes)
+    if threads != torch.get_num_threads():
+        log.info("%d torch threads: %d cores shared by %d running flowcg processes", threads, cores, processes)
+        torch.set_num_threads(threads)
+    return threads
+
+
+def share_cores(registry: Path = REGISTRY) -> int | None:
+    """Register this process (removed again at exit) and take its share of the cores
+    (:func:`rebalance`); nothing if ``OMP_NUM_THREADS`` is set. Returns the thread count or ``None``."""
+    global _registered
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    if _registered is None:
+        try:
+            registry.mkdir(parents=True, exist_ok=True)
+            entry = registry / str(os.getpid())
+            entry.touch()
+        except OSError as error:  # a read-only temporary directory: run with torch's default
+            log.warning("could not register in %s (%s); keeping torch's thread count", registry, error)
+            return None
+        _registered = entry
+        atexit.register(entry.unlink, missing_ok=True)
+    return rebalance(registry)
 
 
 @contextmanager

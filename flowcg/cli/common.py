@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from flowcg.errors import InputError
+from flowcg.threads import share_cores
 
 CONFIG_PACKAGE = "flowcg.conf"  # the repository's top-level conf/, installed as this package (pyproject.toml)
 
@@ -37,6 +38,7 @@ def entry_point(config_name: str, task: Callable[[DictConfig], object]) -> Calla
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=config_name)
     def run(cfg: DictConfig) -> None:
+        share_cores()  # after Hydra set up logging, so the thread count is in the run's log
         task(cfg)
 
     def main() -> None:

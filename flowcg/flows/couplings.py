@@ -21,7 +21,6 @@ from nflows.nn.nets import ResidualNet
 from nflows.transforms import AffineCouplingTransform, PiecewiseRationalQuadraticCouplingTransform, Transform
 from torch import nn
 
-from flowcg.compiled import CheckedCompile, relative_disagreement
 from flowcg.coordinates.geometry import wrap
 from flowcg.errors import ConfigError
 from flowcg.flows.splines import UNIT_DERIVATIVE, pad_unit_end_derivatives, rational_quadratic
@@ -164,27 +163,3 @@ class MixedSplineCoupling(Transform):
     def inverse(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._transform(inputs, inverse=True)
 
-
-#: Largest relative |Δ| of a coupling layer's outputs and log-det between its compiled and eager evaluation.
-COMPILED_TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-10}
-
-
-def compile_coupling(layer: Transform, min_batch: int | None = 256) -> None:
-    """Evaluate ``layer``'s ``forward`` and ``inverse`` (conditioner, spline and the feature
-    gathers around them, with their backward) through :class:`~flowcg.compiled.CheckedCompile`
-    for batches of ≥ ``min_batch`` rows; ``min_batch=None`` makes the layer eager again.
-
-    Why the whole layer and not the spline alone: between the conditioner's matrix products and
-    the spline sit a dozen small gathers, concatenations and activations whose autograd
-    bookkeeping (zero-filled gradient buffers, copies) cost as much as the spline itself; fused,
-    a layer is one forward and one backward graph around the matrix products. Layers with equal
-    shapes share inductor's cached kernels, so a flow compiles once per distinct layer shape.
-    """
-    for direction in ("forward", "inverse"):
-        layer.__dict__.pop(direction, None)  # the class's own method again
-        if min_batch is not None:
-            setattr(layer, direction, CheckedCompile(
-                getattr(layer, direction), f"a coupling layer ({direction})", relative_disagreement(COMPILED_TOLERANCES),
-                accepts=lambda inputs, context=None: context is None and len(inputs) >= min_batch,
-                parameters=list(layer.parameters()),
-            ))

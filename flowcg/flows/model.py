@@ -8,9 +8,11 @@ log q(x) = log p(z) − log|det ∂T/∂z| − log|det ∂C/∂y|, exact in both
 inverts the map, and z_slow of a configuration is its discovered collective variable.
 
 Fast path. :meth:`StructuredFlow.use_compile` evaluates the latent density (the wrapped-normal
-mixture is (B, K, dim, 9) terms) and every coupling layer, forward and inverse, through compiled
-kernels (:func:`~flowcg.flows.couplings.compile_coupling`: ``torch.compile`` for fixed shapes,
-checked against the eager layer on first use, eager on any failure). One graph per layer, not
+mixture is (B, K, dim, 9) terms), every coupling layer whole (conditioner, the gathers around
+it, spline) and the fixed coordinate map, forward and inverse, through compiled kernels
+(:func:`~flowcg.compiled.compile_transform`: ``torch.compile`` for fixed shapes, checked against
+the eager evaluation on first use, eager on any failure). Compiling the spline alone left the
+autograd bookkeeping of the small ops around it as costly as the spline. One graph per layer, not
 one for the whole push-forward: layers of equal shapes share inductor's cached kernels, so a
 flow compiles in some 40 s cold (5 s warm), where the whole push-forward took minutes and gave
 no faster a step. Randomness stays outside the compiled region, so the random stream, and the exact resume of a training run, do not depend on
@@ -27,8 +29,8 @@ import torch
 from nflows.transforms import Transform
 from torch import Tensor, nn
 
-from flowcg.compiled import MAX_VARIANTS, CheckedCompile, allow_recompiles, relative_disagreement
-from flowcg.flows.couplings import COMPILED_TOLERANCES, MixedSplineCoupling, SplineCoupling, compile_coupling
+from flowcg.compiled import FLOW_TOLERANCES, MAX_VARIANTS, CheckedCompile, allow_recompiles, compile_transform, relative_disagreement
+from flowcg.flows.couplings import MixedSplineCoupling, SplineCoupling
 from flowcg.latent.structured import StructuredLatent
 
 @dataclass
@@ -71,16 +73,19 @@ class StructuredFlow(nn.Module):
         couplings = self._couplings()
         allow_recompiles(MAX_VARIANTS * len(couplings))  # per direction: each layer, each of its CheckedCompile variants
         for layer in couplings:
-            compile_coupling(layer, min_batch if enabled else None)
+            compile_transform(layer, "a coupling layer", min_batch if enabled else None)
+        if self.coordinates is not None:
+            compile_transform(self.coordinates, "the coordinate map", min_batch if enabled else None)
         self._latent_log_prob = CheckedCompile(
-            self.latent.log_prob, "the latent density", relative_disagreement(COMPILED_TOLERANCES), accepts=lambda z: len(z) >= min_batch
+            self.latent.log_prob, "the latent density", relative_disagreement(FLOW_TOLERANCES), accepts=lambda z: len(z) >= min_batch
         ) if enabled else None
         return self
 
     @property
     def compiled(self) -> bool:
         """Whether some part of the push-forward goes through an active compiled kernel."""
-        kernels = [layer.__dict__.get(direction) for layer in self._couplings() for direction in ("forward", "inverse")]
+        transforms = self._couplings() + ([self.coordinates] if self.coordinates is not None else [])
+        kernels = [transform.__dict__.get(direction) for transform in transforms for direction in ("forward", "inverse")]
         return any(kernel.active for kernel in [*kernels, self._latent_log_prob] if kernel is not None)
 
     def _couplings(self) -> list[Transform]:

@@ -39,6 +39,7 @@ from flowcg.targets.base import Target
 from flowcg.io import load_torch, save_atomic
 from flowcg.training.objective import reverse_kl
 from flowcg.training.schedules import Schedule
+from flowcg.threads import rebalance
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,7 @@ class Trainer:
                     s["stage_step"] += 1
                     bar.update(1)
                     if s["step"] % cfg.log_every == 0:
+                        rebalance()  # another flowcg run may have started or ended (flowcg.threads)
                         s["curve"].append((s["step"], s["beta"], loss, grad_norm))
                         bar.set_postfix(beta=f"{s['beta']:.3g}", loss=f"{loss:.3f}")
                         if self.logger:

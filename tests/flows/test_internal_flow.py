@@ -116,7 +116,7 @@ def test_slow_coordinates_are_checked(vacuum):
 
 @pytest.mark.compile
 def test_compiled_couplings_agree_with_eager(vacuum):
-    """The fast path (every coupling layer compiled, both directions) gives the eager samples,
+    """The fast path (coupling layers and coordinate map compiled, both directions) gives the eager samples,
     log q (pushed forward and pulled back) and parameter gradients to round-off, and the model
     reports it as active."""
     torch.manual_seed(3)
@@ -137,7 +137,8 @@ def test_compiled_couplings_agree_with_eager(vacuum):
     model.use_compile(min_batch=256)
     fast = push_and_gradients()
     assert model.compiled
-    assert all(len(layer.forward._checked) == 1 and len(layer.inverse._checked) == 1 for layer in model._couplings())
+    transforms = [*model._couplings(), model.coordinates]  # every coupling layer and the coordinate map, both ways
+    assert all(len(t.forward._checked) == 1 and len(t.inverse._checked) == 1 for t in transforms)
     torch.testing.assert_close(fast[0], eager[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(fast[1], eager[1], rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(fast[3], eager[3], rtol=1e-5, atol=1e-3)
