@@ -162,4 +162,3 @@ class MixedSplineCoupling(Transform):
 
     def inverse(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._transform(inputs, inverse=True)
-
