@@ -1,6 +1,6 @@
-"""Active learning of a CG potential for alanine dipeptide: AL against a static MD and random selection.
+"""Active learning of a CG potential for alanine dipeptide: AL against a static MD, random selection and an "enough data" ceiling.
 
-    .venv/bin/python data_free_benchmarks/al_aldp.py --reference outputs/reference/aldp_implicit_cg.npz [--jobs 2] [--seeds 0 1 2]
+    .venv/bin/python data_free_benchmarks/al_aldp.py [--jobs 2] [--seeds 0 1 2 3 4] [--reference CG_REFERENCE.npz]
         [--launcher joblib|submitit_local|submitit_slurm|basic] [-o hydra.launcher.partition=cpu ...]
 
 Arms (each a real ``flowcg-al`` run in ``data_free_benchmarks/runs/al_aldp/<arm>/seed<s>``, git-ignored;
@@ -13,20 +13,28 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
 * ``al``: ``experiment=al_aldp``, the RMSD-coverage strategy with the flow oracle;
 * ``al_threshold_0.01``: the same with a 0.01 nm coverage threshold (at 0.02 nm the simulated
   frames run out of uncovered candidates after 2–3 rounds, leaving part of the budget unspent);
+* ``committee``: queries where a committee of three CG models disagrees most about the forces;
 * ``random``: the same loop with random selection among the simulated frames;
 * ``static``: no rounds; the whole budget as one initial short MD (``loop.rounds=0``), with the
-  same spacing between frames as the initial MD of the other arms.
+  same spacing between frames as the initial MD of the other arms;
+* ``ceiling``: no rounds; 1000 equilibrium frames of the reference labelled by the oracle (8.6× the
+  budget): what the CG model reaches when the data is right, so that the gap between an arm and
+  it is the data's error and the ceiling itself the model's.
 
-Equal oracle budget: every arm ends with the same number of labelled all-atom configurations
-(initial frames + rounds × queries × draws per query; an AL round may use fewer when fewer frames
-pass its threshold, never more). Energy evaluations are reported beside it: the MD arms pay
-``frame_interval_steps`` steps per frame, the flow oracle one evaluation per draw.
+Equal oracle budget: every arm but the ceiling ends with the same number of labelled all-atom
+configurations (initial frames + rounds × queries × draws per query; an AL round may use fewer
+when fewer frames pass its threshold, never more). Energy evaluations and wall time are reported
+beside it: the MD arms pay ``frame_interval_steps`` steps per frame, the flow oracle one
+evaluation per draw.
 
-Metric: W1 between each arm's final CG MD (64 replicas × 30 ps from initial-MD frames) and the
-reference MD mapped to CG, on the reference's
-first two TICs (pairwise bead distances, lag ``reference_lag_frames`` = 20 ps), plus the
-Ramachandran KL64(ref‖CG MD). Relative improvement = 1 − W1_AL / W1_baseline, on seed means.
-Results: ``results/al_aldp.json`` and ``results/al_aldp.md``.
+Yardstick: the CG reference shipped with the oracle's model (``flowcg/pretrained/aldp_implicit/
+reference_cg.npz``: biased-walker frames resampled by weight, TICA fitted on a plain MD) unless
+``--reference`` names another. Metric: W1 between each arm's final CG MD and the reference, on the
+reference TICA's first two components, plus the Ramachandran KL64(ref‖CG MD) and the basin
+populations. The final CG MD (evaluation only) is 64 replicas × 100 ps started from reference frames
+(``simulation.final_start_from=reference``: the same spread of starts for every arm and seed).
+Relative improvement = 1 − W1_AL / W1_baseline on seed means, with the standard error of the
+difference of the means. Results: ``results/al_aldp.json`` and ``results/al_aldp.md``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from flowcg.builders import cpu_model
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 RUNS = HERE / "runs" / "al_aldp"
@@ -51,12 +61,16 @@ ARM_CONFIGS = HERE / "conf" / "al_arm"
 
 INITIAL_FRAMES, ROUNDS, QUERIES, DRAWS = 500, 4, 25, 32
 BUDGET = INITIAL_FRAMES + ROUNDS * QUERIES * DRAWS
-#: overrides of every arm; the final CG MD, which only serves the evaluation, runs 30 ps per replica instead of 6 ps
-COMMON = ["experiment=al_aldp", "simulation.final_n_steps=15000"]
+#: overrides of every arm; the final CG MD, which only serves the evaluation, runs 100 ps per replica instead of 6 ps,
+#: from frames of the reference
+COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.final_start_from=reference"]
 #: the arms, each a config of the group al_arm (data_free_benchmarks/conf/al_arm/<arm>.yaml):
 #: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
-#: other arms; random: strategy=random; static: loop.rounds=0 and initial.n_frames = BUDGET
-ARMS = ["al", "al_threshold_0.01", "random", "static"]
+#: other arms; committee: strategy=committee with three models; random: strategy=random; static:
+#: loop.rounds=0 and initial.n_frames = BUDGET; ceiling: loop.rounds=0, initial.source=reference
+ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "ceiling"]
+#: the arms that choose their queries, each compared with the baselines
+STRATEGY_ARMS, BASELINES = ["al", "al_threshold_0.01", "committee"], ["static", "random"]
 LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 
@@ -88,13 +102,13 @@ def sweeps(pending: list[tuple[str, int]]) -> list[tuple[list[str], list[int]]]:
     return [(arms, list(seeds)) for seeds, arms in groups.items()]
 
 
-def multirun_command(arms: list[str], seeds: list[int], reference: Path, launcher: str, jobs: int, overrides: list[str]) -> list[str]:
-    """``flowcg-al -m`` over arms × seeds, each run in RUNS/<arm>/seed<s>."""
+def multirun_command(arms: list[str], seeds: list[int], reference: Path | None, launcher: str, jobs: int, overrides: list[str]) -> list[str]:
+    """``flowcg-al -m`` over arms × seeds, each run in RUNS/<arm>/seed<s> (reference None: the oracle's shipped one)."""
     per_launcher = {"joblib": [f"hydra.launcher.n_jobs={jobs}"],
                     "submitit_local": ["hydra.launcher.cpus_per_task=1"],
                     "submitit_slurm": [f"hydra.launcher.array_parallelism={jobs}", "hydra.launcher.cpus_per_task=1"]}
     return [
-        str(BIN / "flowcg-al"), "-m", *COMMON, f"reference='{reference}'",
+        str(BIN / "flowcg-al"), "-m", *COMMON, *([f"reference='{reference}'"] if reference else []),
         f"+al_arm={','.join(arms)}", f"seed={','.join(map(str, seeds))}",
         f"hydra.searchpath=['file://{HERE / 'conf'}']",
         f"hydra.sweep.dir='{RUNS}'", "hydra.sweep.subdir=${hydra:runtime.choices.al_arm}/seed${seed}",
@@ -109,14 +123,65 @@ def read_arm(arm: str, seed: int) -> dict:
     final = data["rounds"][-1]
     return {"arm": arm, "seed": seed, "w1": final["w1"], "w1_tic0": final["w1_tic0"], "w1_tic1": final["w1_tic1"],
             "kl64": final["kl64"], "basins": {k[6:]: final[k] for k in final if k.startswith("basin_")},
+            "reference_basins": {k[10:]: final[k] for k in final if k.startswith("ref_basin_")},
             "labels": final["n_labels"], "evaluations": data["initial_evaluations"] + final["oracle_evaluations"],
+            "oracle_wall_s": data["initial_wall_s"] + final["oracle_wall_s"],
             "w1_per_round": [r["w1"] for r in data["rounds"]], "wall_s": data.get("benchmark_wall_s")}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per arm: W1 mean, sample std and standard error over seeds, KL64, basins, costs."""
+    arms = {}
+    for arm in ARMS:
+        mine = [r for r in rows if r["arm"] == arm]
+        w1 = np.array([r["w1"] for r in mine])
+        std = float(w1.std(ddof=1)) if len(w1) > 1 else float("nan")
+        arms[arm] = {"w1_mean": float(w1.mean()), "w1_std": std, "w1_se": std / np.sqrt(len(w1)),
+                     "kl64_mean": float(np.mean([r["kl64"] for r in mine])),
+                     "basins_mean": {b: float(np.mean([r["basins"][b] for r in mine])) for b in mine[0]["basins"]},
+                     "labels": [r["labels"] for r in mine], "evaluations": [r["evaluations"] for r in mine],
+                     "oracle_wall_s": [r["oracle_wall_s"] for r in mine], "wall_s": [r["wall_s"] for r in mine], "per_seed": mine}
+    return arms
+
+
+def comparisons(arms: dict) -> dict:
+    """Each strategy arm against each baseline: relative W1 improvement on seed means, the difference of
+    the means with its standard error, and whether it exceeds twice that error."""
+    result = {}
+    for a in STRATEGY_ARMS:
+        for b in BASELINES:
+            difference = arms[b]["w1_mean"] - arms[a]["w1_mean"]
+            se = float(np.hypot(arms[a]["w1_se"], arms[b]["w1_se"]))
+            result[f"{a}_vs_{b}"] = {"relative_improvement": 1.0 - arms[a]["w1_mean"] / arms[b]["w1_mean"],
+                                     "w1_difference": difference, "se": se, "beyond_2_se": bool(difference > 2 * se)}
+    return result
+
+
+def report(arms: dict, compared: dict) -> list[str]:
+    reference_basins = arms[ARMS[0]]["per_seed"][0]["reference_basins"]
+    basins = list(reference_basins)
+    lines = ["| arm | W1 mean ± SE (std) | per seed | KL64 mean | " + " | ".join(basins) + " | labels | energy evaluations | oracle s | run s |",
+             "|---|---|---|---|" + "---|" * len(basins) + "---|---|---|---|",
+             "| reference | – | – | – | " + " | ".join(f"{reference_basins[b]:.4f}" for b in basins) + " | – | – | – | – |"]
+    for arm, a in arms.items():
+        per_seed = ", ".join(f"{r['w1']:.4f}" for r in a["per_seed"])
+        wall = [w for w in a["wall_s"] if w is not None]
+        lines.append(f"| {arm} | {a['w1_mean']:.4f} ± {a['w1_se']:.4f} ({a['w1_std']:.4f}) | {per_seed} | {a['kl64_mean']:.2f} | "
+                     + " | ".join(f"{a['basins_mean'][b]:.4f}" for b in basins)
+                     + f" | {min(a['labels'])}–{max(a['labels'])} | {min(a['evaluations'])}–{max(a['evaluations'])} | "
+                     f"{np.mean(a['oracle_wall_s']):.0f} | {np.mean(wall) if wall else float('nan'):.0f} |")
+    lines += ["", "| comparison | relative W1 improvement | W1 difference ± SE | beyond 2 SE |", "|---|---|---|---|"]
+    lines += [f"| {k.replace('_vs_', ' vs ')} | {v['relative_improvement']:+.1%} | {v['w1_difference']:+.4f} ± {v['se']:.4f} | "
+              f"{'yes' if v['beyond_2_se'] else 'no'} |" for k, v in compared.items()]
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, required=True, help="CG reference npz (flowcg.active.evaluate.save_cg_reference)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="CG reference npz (flowcg.active.evaluate); default: the one shipped with the oracle's model")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS, help="a subset of the arms (the report needs all)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each): joblib's n_jobs, "
                         "Slurm's array parallelism; submitit_local starts all at once, basic one after another")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="joblib", help="Hydra launcher of the multirun (conf/hydra/launcher)")
@@ -126,37 +191,25 @@ def main() -> None:
     args = parser.parse_args()
     if OmegaConf.load(ARM_CONFIGS / "static.yaml").initial.n_frames != BUDGET:
         sys.exit(f"{ARM_CONFIGS / 'static.yaml'}: initial.n_frames must be the label budget {BUDGET}")
-    jobs = [(arm, seed) for seed in args.seeds for arm in ARMS]
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     pending = [(arm, seed) for arm, seed in jobs if not (RUNS / arm / f"seed{seed}" / "metrics.json").is_file()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    reference = args.reference.resolve() if args.reference else None
     for arms, seeds in sweeps(pending):
-        command = multirun_command(arms, seeds, args.reference.resolve(), args.launcher, args.jobs, args.override)
+        command = multirun_command(arms, seeds, reference, args.launcher, args.jobs, args.override)
         print(" ".join(command), flush=True)
         if not args.dry_run:
             RUNS.mkdir(parents=True, exist_ok=True)
             with open(RUNS / "multirun.log", "a") as log:
                 subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if args.dry_run:
+    if args.dry_run or set(args.arms) != set(ARMS):
         return
-    rows = [read_arm(arm, seed) for arm, seed in jobs]
-    arms = {}
-    for arm in ARMS:
-        mine = [r for r in rows if r["arm"] == arm]
-        arms[arm] = {"w1_mean": float(np.mean([r["w1"] for r in mine])), "w1_std": float(np.std([r["w1"] for r in mine])),
-                     "kl64_mean": float(np.mean([r["kl64"] for r in mine])), "labels": [r["labels"] for r in mine],
-                     "evaluations": [r["evaluations"] for r in mine], "per_seed": mine}
-    improvement = {f"{a}_vs_{b}": 1.0 - arms[a]["w1_mean"] / arms[b]["w1_mean"]
-                   for a in ("al", "al_threshold_0.01") for b in ("static", "random")}
-    result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(args.reference), "arms": arms,
-              "relative_w1_improvement": improvement, "device": "CPU, one thread per run"}
+    arms = summarize([read_arm(arm, seed) for arm, seed in jobs])
+    compared = comparisons(arms)
+    result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(reference or "shipped with the oracle's model"),
+              "common_overrides": COMMON, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
     (HERE / "results" / "al_aldp.json").write_text(json.dumps(result, indent=2))
-    lines = ["| arm | W1 (mean ± std over seeds) | per seed | KL64 mean | labels | energy evaluations |", "|---|---|---|---|---|---|"]
-    for arm, a in arms.items():
-        per_seed = ", ".join(f"{r['w1']:.4f}" for r in a["per_seed"])
-        lines.append(f"| {arm} | {a['w1_mean']:.4f} ± {a['w1_std']:.4f} | {per_seed} | {a['kl64_mean']:.2f} | "
-                     f"{min(a['labels'])}–{max(a['labels'])} | {min(a['evaluations'])}–{max(a['evaluations'])} |")
-    lines.append("")
-    lines += [f"- relative W1 improvement, {k.replace('_', ' ')}: {v:+.1%}" for k, v in improvement.items()]
+    lines = report(arms, compared)
     (HERE / "results" / "al_aldp.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -72,9 +72,10 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
-def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
-    """numpy.savez ``arrays`` to ``path`` atomically."""
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+def save_npz_atomic(path: str | os.PathLike, compressed: bool = False, **arrays) -> None:
+    """numpy.savez (``savez_compressed`` if ``compressed``) ``arrays`` to ``path`` atomically."""
+    save = np.savez_compressed if compressed else np.savez
+    write_atomic(path, lambda handle: save(handle, **arrays))
 
 
 def save_json_atomic(data, path: str | os.PathLike) -> None:

@@ -41,13 +41,15 @@ class CGReference:
     lag_frames: int
 
     def evaluate(self, cg_frames_nm: np.ndarray, backmapper: TorsionBackmapper, seed: int = 0) -> dict:
-        """W1 (joint on TIC0–1 and per TIC), KL64 of (φ, ψ) and basin populations of model CG frames."""
+        """W1 (joint on TIC0–1 and per TIC), KL64 of (φ, ψ) and basin populations of model CG frames
+        (``basin_*``) beside the reference's (``ref_basin_*``)."""
         if len(cg_frames_nm) == 0:
             return {"w1": float("nan"), "n_frames": 0}
         metrics = dict(w1_tica(cg_frames_nm, self.frames_nm, self.tica, seed=seed))
         phi, psi = backmapper.torsions(cg_frames_nm).numpy().T
         metrics["kl64"] = ramachandran_kl(self.phi, self.psi, phi, psi)
         metrics.update({f"basin_{k}": v for k, v in basin_populations(phi, psi).items()})
+        metrics.update({f"ref_basin_{k}": v for k, v in basin_populations(self.phi, self.psi).items()})
         metrics["n_frames"] = len(cg_frames_nm)
         return metrics
 
@@ -74,8 +76,9 @@ def save_walker_cg_reference(walker_folder: str | Path, mapping: CGMapping, tica
     """A CG yardstick from a biased-walker run (``flowcg-reference method=walkers
     walkers.positions_every=n``): ``n_frames`` of its stored frames drawn with probability ∝ their
     weight exp(V/kT) (systematic resampling: an unweighted sample of the Boltzmann ensemble), mapped
-    to CG, saved with the time-ordered CG frames of ``tica_reference`` (a :func:`save_cg_reference`
-    file) that TICA is fitted on. Returns ``path``."""
+    to CG, saved with the time-ordered CG frames of ``tica_reference`` that TICA is fitted on (a
+    :func:`save_cg_reference` file, or an earlier walker yardstick, whose TICA frames are taken).
+    Returns ``path``."""
     walker_folder = Path(walker_folder)
     positions = load_npz(walker_folder / "positions.npz", what="walker positions", keys=["positions_nm", "frame"])
     frames = load_npz(walker_folder / "reference.npz", what="walker frames", keys=["log_weight"])
@@ -85,11 +88,14 @@ def save_walker_cg_reference(walker_folder: str | Path, mapping: CGMapping, tica
     chosen = np.minimum(np.searchsorted(cumulative, offsets), len(cumulative) - 1)
     if positions["positions_nm"].shape[1] != mapping.n_atoms:
         raise ConfigError(f"the walkers hold {positions['positions_nm'].shape[1]} atoms, the mapping expects {mapping.n_atoms}")
-    time_series = load_npz(tica_reference, what="CG reference", keys=["cg_frames_nm", "bead_atoms"])
+    time_series = load_npz(tica_reference, what="CG reference")
+    if not {"cg_frames_nm", "bead_atoms"} <= time_series.keys():
+        raise UnreadableFileError(f"{tica_reference}: not a CG reference (needs cg_frames_nm and bead_atoms)")
     if not np.array_equal(time_series["bead_atoms"], mapping.bead_atoms):
         raise ConfigError(f"the TICA reference {tica_reference} maps atoms {time_series['bead_atoms'].tolist()}, not {mapping.bead_atoms.tolist()}")
-    save_npz_atomic(path, cg_frames_nm=mapping.map_positions(positions["positions_nm"][chosen].astype(np.float64)).astype(np.float32),
-                    tica_frames_nm=time_series["cg_frames_nm"], bead_atoms=mapping.bead_atoms,
+    save_npz_atomic(path, compressed=True,
+                    cg_frames_nm=mapping.map_positions(positions["positions_nm"][chosen].astype(np.float64)).astype(np.float32),
+                    tica_frames_nm=time_series.get("tica_frames_nm", time_series["cg_frames_nm"]), bead_atoms=mapping.bead_atoms,
                     resampled_from=np.array(len(log_w)), weight_ess=np.array(kish_ess(log_w)))
     return Path(path)
 

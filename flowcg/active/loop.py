@@ -70,7 +70,11 @@ class SimulationOptions:
     Replicas start from frames of the initial data (``start_from="initial"``: every arm and
     round starts alike, so the evaluation compares models, not starting sets) or of all labels
     so far (``"data"``). The last round's run, which only serves the evaluation, can be made
-    longer with ``final_n_steps``."""
+    longer with ``final_n_steps`` and started elsewhere with ``final_start_from``: ``"reference"``
+    starts it from frames of the evaluation reference, a spread over every basin that is the same
+    for every arm (a CG model that is right stays there; started in one basin, a short run measures
+    how far the model got, not where it settles). Only the last round may start there: a round
+    whose frames become queries would otherwise learn from the yardstick."""
 
     n_replicas: int = 64
     n_steps: int = 3000
@@ -80,10 +84,14 @@ class SimulationOptions:
     friction_per_ps: float = 1.0
     start_from: str = "initial"
     final_n_steps: int | None = None
+    final_start_from: str | None = None
 
     def __post_init__(self):
         if self.start_from not in ("initial", "data"):
             raise ConfigError(f"simulation.start_from must be 'initial' (frames of the initial data) or 'data' (all labels so far), got '{self.start_from}'")
+        if self.final_start_from not in (None, "initial", "data", "reference"):
+            raise ConfigError("simulation.final_start_from must be null (= start_from), 'initial', 'data' or 'reference', "
+                              f"got '{self.final_start_from}'")
 
 
 @dataclass
@@ -129,6 +137,8 @@ class ActiveLearningLoop:
         self.uses_committee = getattr(strategy, "name", "") == "committee"
         if self.uses_committee and options.committee_size < 2:
             raise ConfigError("the committee strategy needs committee_size ≥ 2")
+        if simulation.final_start_from == "reference" and reference is None:
+            raise ConfigError("simulation.final_start_from=reference needs an evaluation reference")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.mapping, self.backmapper, self.oracle, self.strategy = mapping, backmapper, oracle, strategy
@@ -193,13 +203,19 @@ class ActiveLearningLoop:
             return torch.stack([m.forces(x, create_graph=False) for m in models]).mean(0)
 
         s = self.simulation
-        data = self.initial if s.start_from == "initial" else self.dataset(r)
+        final = r == self.options.rounds
+        start_from = s.final_start_from if final and s.final_start_from else s.start_from
         rng = np.random.default_rng(_seed(self.options.seed, r, "simulate"))
-        starts = rng.choice(len(data), size=s.n_replicas, replace=True, p=data.weights / data.weights.sum())
+        if start_from == "reference":  # resampled by weight already: an unweighted ensemble
+            n_frames = len(self.reference.frames_nm)
+            start_frames = self.reference.frames_nm[rng.choice(n_frames, size=s.n_replicas, replace=n_frames < s.n_replicas)]
+        else:
+            data = self.initial if start_from == "initial" else self.dataset(r)
+            start_frames = data.cg_positions_nm[rng.choice(len(data), size=s.n_replicas, replace=True, p=data.weights / data.weights.sum())]
         integrator = LangevinBAOAB(mean_force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
         dtype = next(models[0].parameters()).dtype
-        n_steps = s.final_n_steps if r == self.options.rounds and s.final_n_steps else s.n_steps
-        result = integrator.run(torch.as_tensor(data.cg_positions_nm[starts], dtype=dtype), n_steps, s.save_every,
+        n_steps = s.final_n_steps if final and s.final_n_steps else s.n_steps
+        result = integrator.run(torch.as_tensor(start_frames, dtype=dtype), n_steps, s.save_every,
                                 seed=_seed(self.options.seed, r, "simulate"))
         frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
         save_npz_atomic(self.round_dir(r) / "simulation.npz", frames=frames, alive=alive)

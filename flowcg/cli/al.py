@@ -3,8 +3,9 @@
     flowcg-al experiment=al_aldp hydra.run.dir=DIR            # rerun the same line to resume
     flowcg-al experiment=al_aldp strategy=random seed=1
     flowcg-al experiment=al_aldp loop.rounds=0 initial.n_frames=600   # static baseline: one MD
+    flowcg-al experiment=al_aldp loop.rounds=0 initial.source=reference initial.n_frames=1000   # "enough data" ceiling
 
-Writes into DIR: ``initial_labels.npz`` (the initial MD), ``journal.json``, ``round_XXX/``
+Writes into DIR: ``initial_labels.npz`` (the initial data), ``journal.json``, ``round_XXX/``
 (``models.pt``, ``simulation.npz``, ``metrics.json``, ``queries.npz``, ``labels.npz``),
 ``metrics.json`` (all rounds), ``w1_per_round.png`` and ``free_energy_round_XXX.png``.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +39,7 @@ from flowcg.pretrained import load_pretrained, pretrained_dir
 log = logging.getLogger("flowcg")
 
 ORACLES = ("flow", "md")
+INITIAL_SOURCES = ("md", "reference")
 
 
 def build_mapping(topology, spec: str) -> CGMapping:
@@ -70,6 +74,31 @@ def _reference_path(cfg: DictConfig, pretrained: str | None) -> Path | None:
     return None
 
 
+def initial_labels(cfg: DictConfig, target, mapping, backmapper, oracle, reference) -> Labels:
+    """The data of round 0 (``initial.source``): ``md``, one unrestrained all-atom MD of
+    ``initial.n_frames`` frames from the target's structure; or ``reference``, ``initial.n_frames``
+    equilibrium CG frames of the evaluation reference, each labelled by the oracle (the "enough
+    data" ceiling: labels spread as the Boltzmann ensemble is, which no strategy can beat)."""
+    source = cfg.initial.source
+    if source == "md":
+        md = MDOracle(target, mapping, backmapper, restraint_kJ_mol_rad2=0.0, n_frames=cfg.initial.n_frames,
+                      frame_interval_steps=cfg.initial.frame_interval_steps, equilibration_steps=cfg.initial.equilibration_steps,
+                      minimize_iterations=cfg.initial.minimize_iterations)
+        labels = md.label(mapping.map_positions(target.positions[None]), seed=cfg.seed)
+    elif source == "reference":
+        if reference is None:
+            raise ConfigError("initial.source=reference needs an evaluation reference (reference=PATH)")
+        n_frames = len(reference.frames_nm)
+        if cfg.initial.n_frames > n_frames:
+            raise ConfigError(f"initial.n_frames={cfg.initial.n_frames} exceeds the reference's {n_frames} frames")
+        chosen = np.random.default_rng(cfg.seed).choice(n_frames, size=cfg.initial.n_frames, replace=False)
+        labels = oracle.label(reference.frames_nm[np.sort(chosen)], seed=cfg.seed)
+    else:
+        raise ConfigError(f"unknown initial.source '{source}'; choose one of {', '.join(INITIAL_SOURCES)}")
+    log.info("initial data (%s): %d labels, %d evaluations, %.1f s", source, len(labels), labels.n_energy_evaluations, labels.wall_s)
+    return labels
+
+
 @clean_errors("flowcg-al")
 def active_learning(cfg: DictConfig) -> list[dict]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -79,21 +108,14 @@ def active_learning(cfg: DictConfig) -> list[dict]:
     oracle, pretrained = build_oracle(cfg.oracle, target, mapping, backmapper)
     strategy = build_strategy(**OmegaConf.to_container(cfg.strategy, resolve=True))
 
-    initial_path = run_dir / "initial_labels.npz"
-    if initial_path.is_file():
-        initial = Labels.load(initial_path)
-    else:
-        md = MDOracle(target, mapping, backmapper, restraint_kJ_mol_rad2=0.0, n_frames=cfg.initial.n_frames,
-                      frame_interval_steps=cfg.initial.frame_interval_steps, equilibration_steps=cfg.initial.equilibration_steps,
-                      minimize_iterations=cfg.initial.minimize_iterations)
-        initial = md.label(mapping.map_positions(target.positions[None]), seed=cfg.seed)
-        log.info("initial MD: %d frames, %d evaluations, %.1f s", len(initial), initial.n_energy_evaluations, initial.wall_s)
-    fit = FitOptions(steps=cfg.fit.steps, batch_size=cfg.fit.batch_size, lr=cfg.fit.lr, energy_weight=cfg.fit.energy_weight)
-    initial_tica = fit_cg_tica(initial.cg_positions_nm, cfg.fit.tica_lag_frames) if fit.energy_weight > 0 else None
     reference_path = _reference_path(cfg, pretrained)
     reference = load_cg_reference(reference_path, mapping, backmapper, cfg.reference_lag_frames) if reference_path else None
     if reference is None:
         log.warning("no reference given: rounds are evaluated without W1 / Ramachandran KL")
+    initial_path = run_dir / "initial_labels.npz"
+    initial = Labels.load(initial_path) if initial_path.is_file() else initial_labels(cfg, target, mapping, backmapper, oracle, reference)
+    fit = FitOptions(steps=cfg.fit.steps, batch_size=cfg.fit.batch_size, lr=cfg.fit.lr, energy_weight=cfg.fit.energy_weight)
+    initial_tica = fit_cg_tica(initial.cg_positions_nm, cfg.fit.tica_lag_frames) if fit.energy_weight > 0 else None
 
     loop = ActiveLearningLoop(
         run_dir, mapping, backmapper, oracle, strategy, initial,

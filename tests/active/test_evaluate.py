@@ -54,3 +54,6 @@ def test_walker_yardstick_resamples_by_weight_and_fits_tica_on_the_md(backbone, 
     matches = [np.abs(reference.frames_nm - p).max(axis=(1, 2)) < 1e-5 for p in picked]
     assert matches[0].sum() == 100 and matches[1].sum() == 300  # systematic resampling: exact shares
     assert reference.tica is not None and len(reference.phi) == 400
+    again = save_walker_cg_reference(walkers, backbone, path, tmp_path / "again.npz", n_frames=400)  # TICA frames carried over
+    with np.load(again) as a, np.load(time_series) as md_frames:
+        np.testing.assert_array_equal(a["tica_frames_nm"], md_frames["cg_frames_nm"])

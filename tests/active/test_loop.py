@@ -133,3 +133,52 @@ def test_bad_strategy_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flowcg.cli.al", "target=aldp_vacuum", "oracle.pretrained=aldp_vacuum",
                              "strategy.name=psychic", f"hydra.run.dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "unknown query strategy 'psychic'" in result.stderr
+
+
+class FixedFrames:
+    """A stand-in evaluation reference: frames only (the loop asks nothing else of it here)."""
+
+    def __init__(self, frames_nm):
+        self.frames_nm = frames_nm
+
+    def evaluate(self, frames, backmapper, seed=0):
+        return {}
+
+
+def test_the_final_run_can_start_from_the_reference(tmp_path, parts):
+    mapping, backmapper, oracle, initial = parts
+    shifted = initial.cg_positions_nm + 10.0  # the CG model is translation-invariant: only where runs start tells them apart
+    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
+    simulation = SimulationOptions(n_replicas=4, n_steps=60, save_every=10, burn_in_saves=1, final_start_from="reference")
+    loop = ActiveLearningLoop(tmp_path, mapping, backmapper, oracle, build_strategy("random"), initial, options, TINY_MODEL,
+                              simulation, reference=FixedFrames(shifted))
+    loop.run()
+    centre = initial.cg_positions_nm.mean(axis=(0, 1))
+    assert np.all(np.abs(loop.simulated_frames(0).mean(axis=(0, 1)) - centre) < 1.0)
+    assert np.all(np.abs(loop.simulated_frames(1).mean(axis=(0, 1)) - centre - 10.0) < 1.0)
+    with pytest.raises(ValueError, match="needs an evaluation reference"):
+        ActiveLearningLoop(tmp_path / "none", mapping, backmapper, oracle, build_strategy("random"), initial, options,
+                           TINY_MODEL, simulation)
+    with pytest.raises(ValueError, match="final_start_from"):
+        SimulationOptions(final_start_from="anywhere")
+
+
+def test_initial_data_from_the_reference_labels_its_frames_with_the_oracle(parts):
+    from omegaconf import OmegaConf
+
+    from flowcg.cli.al import initial_labels
+
+    mapping, backmapper, oracle, initial = parts
+    reference = FixedFrames(initial.cg_positions_nm[::4])  # 12 frames, one per query of the fixture
+    cfg = OmegaConf.create({"seed": 3, "initial": {"source": "reference", "n_frames": 5}})
+    labels = initial_labels(cfg, None, mapping, backmapper, oracle, reference)
+    assert labels.n_queries == 5 and len(labels) == 5 * oracle.samples_per_query
+    query_torsions = backmapper.torsions(labels.cg_positions_nm).numpy()
+    reference_torsions = backmapper.torsions(reference.frames_nm).numpy()
+    assert all(np.min(np.abs(np.angle(np.exp(1j * (reference_torsions - t)))).sum(1)) < 1e-2 for t in query_torsions)
+    with pytest.raises(ValueError, match="exceeds the reference"):
+        initial_labels(OmegaConf.create({"seed": 3, "initial": {"source": "reference", "n_frames": 13}}), None, mapping, backmapper, oracle, reference)
+    with pytest.raises(ValueError, match="unknown initial.source"):
+        initial_labels(OmegaConf.create({"seed": 3, "initial": {"source": "dreams", "n_frames": 5}}), None, mapping, backmapper, oracle, reference)
+    with pytest.raises(ValueError, match="needs an evaluation reference"):
+        initial_labels(cfg, None, mapping, backmapper, oracle, None)
