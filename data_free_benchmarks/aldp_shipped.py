@@ -30,6 +30,7 @@ from flowcg.analysis.molecular import per_residue_references, shipped_reference
 from flowcg.analysis.ramachandran import ramachandran_metrics
 from flowcg.builders import cpu_model
 from flowcg.io import load_json, load_npz
+from flowcg.sampling.importance import pareto_khat
 from flowcg.builders import load_run
 from flowcg.pretrained import load_pretrained
 
@@ -61,7 +62,8 @@ def score(folder: Path, reference) -> dict:
         metrics["basin_relative_error_rw"] = {b: abs(metrics[f"basin_{b}_rw"] / metrics[f"ref_basin_{b}"] - 1.0) if metrics[f"ref_basin_{b}"] > 0 else None
                                               for b in ref.basins}
         residues.append(metrics)
-    return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "fraction_d": run["fraction_d"],
+    return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "pareto_khat": pareto_khat(data["log_w"]),
+            "fraction_d": run["fraction_d"],
             "wall_time_s": run["wall_time_s"], "device": run["device"], "residues": residues}
 
 
@@ -88,13 +90,13 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{label}_shipped.json").write_text(json.dumps(result, indent=2) + "\n")
     basins = list(references[0].basins)
-    rows = ["| seed | residue | n | ESS | ESS clipped | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
-            "|---|---|---|---|---|---|---|---|" + "---|" * len(basins) + "---|"]
+    rows = ["| seed | residue | n | ESS | ESS clipped | Pareto k̂ | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
+            "|---|---|---|---|---|---|---|---|---|" + "---|" * len(basins) + "---|"]
     for seed, m in sets.items():
         for k, (r, ref) in enumerate(zip(m["residues"], references)):
             cells = " | ".join(f"{r[f'basin_{b}_rw']:.4g} ({ref.basins[b]:.4g})" for b in basins)
             errors = [e for e in r["basin_relative_error_rw"].values() if e is not None]
-            rows.append(f"| {seed} | {k + 1} | {m['n']} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {r['kl_64_rw']:.4f} | {r['tv_64_rw']:.4f} | "
+            rows.append(f"| {seed} | {k + 1} | {m['n']} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {m['pareto_khat']:.2f} | {r['kl_64_rw']:.4f} | {r['tv_64_rw']:.4f} | "
                         f"{r['kl_100_rw']:.4f} | {cells} | {max(errors):.1%} |")
     for k, ref in enumerate(references):
         floor = ref.noise_floor

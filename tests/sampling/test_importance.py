@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.sampling import kish_ess, kl_estimate, log_z_estimate, reweighted_mean
+from flowcg.sampling import kish_ess, kl_estimate, log_z_estimate, pareto_khat, reweighted_mean
 
 
 def test_uniform_weights_give_ess_one_and_zero_kl():
@@ -56,3 +56,14 @@ def test_truncated_weights_bound_one_draw_and_leave_even_weights_alone():
     assert w[1] == 0.0 and np.isclose(w.sum(), 1.0)
     assert w[0] == pytest.approx(1 / np.sqrt(n - 1), rel=1e-6)  # its share is capped at 1/sqrt(N)
     assert np.allclose(w[2:], w[2])
+
+
+def test_pareto_khat_reads_the_tail_index_of_the_weights():
+    rng = np.random.default_rng(3)
+    for xi in (0.3, 0.7, 1.0):
+        weights = rng.pareto(1.0 / xi, 100_000) + 1.0  # Pareto tail of index ξ
+        assert abs(pareto_khat(np.log(weights)) - xi) < 0.1
+    assert pareto_khat(np.zeros(100)) == 0.0  # equal weights
+    assert pareto_khat(np.r_[rng.normal(0, 0.1, 999), -np.inf]) < 0.2  # a failed energy is a zero weight
+    with pytest.raises(ValueError, match="25 finite"):
+        pareto_khat(np.zeros(10))
