@@ -124,7 +124,7 @@ def pareto_khat(log_w) -> float:
     theta = 1.0 / exceedances[-1] + (1.0 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))) / (3.0 * exceedances[int(m / 4 + 0.5) - 1])
     k_grid = np.log1p(-theta[:, None] * exceedances).mean(axis=1)
     profile = m * (np.log(-theta / k_grid) - k_grid - 1.0)
-    posterior = 1.0 / np.exp(profile - profile[:, None]).sum(axis=1)
+    posterior = np.exp(profile - profile.max())  # ∝ the profile likelihood, normalised below
     theta_mean = np.sum(theta * posterior) / posterior.sum()
     k = np.log1p(-theta_mean * exceedances).mean()
     return float((m * k + 10 * 0.5) / (m + 10))
