@@ -28,10 +28,9 @@ import numpy as np
 
 from flowcg.analysis.molecular import per_residue_references, shipped_reference
 from flowcg.analysis.ramachandran import ramachandran_metrics
-from flowcg.builders import cpu_model
+from flowcg.builders import cpu_model, load_run
 from flowcg.io import load_json, load_npz
 from flowcg.sampling.importance import pareto_khat
-from flowcg.builders import load_run
 from flowcg.pretrained import load_pretrained
 
 HERE = Path(__file__).resolve().parent

@@ -32,9 +32,8 @@ from flowcg.sampling.importance import pareto_khat
 HERE = Path(__file__).resolve().parent
 
 
-def standardised(run, frames_nm: np.ndarray) -> np.ndarray:
+def standardised(run, standardisation: HarmonicStandardization, frames_nm: np.ndarray) -> np.ndarray:
     """y of Cartesian frames (B, N, 3) nm: internal coordinates through the model's standardisation."""
-    standardisation = next(m for m in run.model.modules() if isinstance(m, HarmonicStandardization))
     with torch.no_grad():
         ic, _ = run.model.coordinates.inverse(torch.as_tensor(frames_nm, dtype=torch.float64))
         y, _ = standardisation.inverse(ic.to(standardisation.width.dtype))
@@ -57,7 +56,7 @@ def main() -> None:
     standardisation = next(m for m in run.model.modules() if isinstance(m, HarmonicStandardization))
     stiff = (~standardisation.wrapped | (standardisation.width != 1)).numpy()
     coordinates = run.model.coordinates
-    y_top, y_typical = standardised(run, top)[:, stiff], standardised(run, typical)[:, stiff]
+    y_top, y_typical = standardised(run, standardisation, top)[:, stiff], standardised(run, standardisation, typical)[:, stiff]
     names = [f"{coordinates.kind[i]} {'-'.join(str(int(a)) for a in coordinates.atom_indices[i])}" for i in np.flatnonzero(stiff)]
     bound = float(run.config.model.tail_bound)
     median = float(np.median(log_w))

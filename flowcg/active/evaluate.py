@@ -13,6 +13,7 @@ Ramachandran KL(ref‖model) on 64×64 bins and the basin populations need no ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import mdtraj as md
@@ -40,6 +41,11 @@ class CGReference:
     psi: np.ndarray
     lag_frames: int
 
+    @cached_property
+    def basins(self) -> dict[str, float]:
+        """Basin populations of the reference's (φ, ψ)."""
+        return basin_populations(self.phi, self.psi)
+
     def evaluate(self, cg_frames_nm: np.ndarray, backmapper: TorsionBackmapper, seed: int = 0) -> dict:
         """W1 (joint on TIC0–1 and per TIC), KL64 of (φ, ψ) and basin populations of model CG frames
         (``basin_*``) beside the reference's (``ref_basin_*``)."""
@@ -49,7 +55,7 @@ class CGReference:
         phi, psi = backmapper.torsions(cg_frames_nm).numpy().T
         metrics["kl64"] = ramachandran_kl(self.phi, self.psi, phi, psi)
         metrics.update({f"basin_{k}": v for k, v in basin_populations(phi, psi).items()})
-        metrics.update({f"ref_basin_{k}": v for k, v in basin_populations(self.phi, self.psi).items()})
+        metrics.update({f"ref_basin_{k}": v for k, v in self.basins.items()})
         metrics["n_frames"] = len(cg_frames_nm)
         return metrics
 
@@ -88,31 +94,37 @@ def save_walker_cg_reference(walker_folder: str | Path, mapping: CGMapping, tica
     chosen = np.minimum(np.searchsorted(cumulative, offsets), len(cumulative) - 1)
     if positions["positions_nm"].shape[1] != mapping.n_atoms:
         raise ConfigError(f"the walkers hold {positions['positions_nm'].shape[1]} atoms, the mapping expects {mapping.n_atoms}")
-    time_series = load_npz(tica_reference, what="CG reference")
-    if not {"cg_frames_nm", "bead_atoms"} <= time_series.keys():
-        raise UnreadableFileError(f"{tica_reference}: not a CG reference (needs cg_frames_nm and bead_atoms)")
+    time_series = _read_cg_reference(tica_reference)
     if not np.array_equal(time_series["bead_atoms"], mapping.bead_atoms):
         raise ConfigError(f"the TICA reference {tica_reference} maps atoms {time_series['bead_atoms'].tolist()}, not {mapping.bead_atoms.tolist()}")
     save_npz_atomic(path, compressed=True,
                     cg_frames_nm=mapping.map_positions(positions["positions_nm"][chosen].astype(np.float64)).astype(np.float32),
-                    tica_frames_nm=time_series.get("tica_frames_nm", time_series["cg_frames_nm"]), bead_atoms=mapping.bead_atoms,
+                    tica_frames_nm=time_series["tica_frames_nm"], bead_atoms=mapping.bead_atoms,
                     resampled_from=np.array(len(log_w)), weight_ess=np.array(kish_ess(log_w)))
     return Path(path)
 
 
-def load_cg_reference(path: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, lag_frames: int = 20) -> CGReference:
-    """The CG reference saved by :func:`save_cg_reference` or :func:`save_walker_cg_reference`, with
-    its TICA (on ``tica_frames_nm`` where the file has them, else on its frames) and (φ, ψ)."""
+def _read_cg_reference(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a CG reference file, with ``tica_frames_nm`` its own frames where it has none
+    (a :func:`save_cg_reference` file is a time series: TICA is fitted on the frames themselves)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no CG reference at {path} (write one with flowcg.active.evaluate.save_cg_reference)")
     saved = load_npz(path, what="CG reference")
     if not {"cg_frames_nm", "bead_atoms"} <= saved.keys():
         raise UnreadableFileError(f"{path}: not a CG reference (needs cg_frames_nm and bead_atoms)")
+    saved.setdefault("tica_frames_nm", saved["cg_frames_nm"])
+    return saved
+
+
+def load_cg_reference(path: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, lag_frames: int = 20) -> CGReference:
+    """The CG reference saved by :func:`save_cg_reference` or :func:`save_walker_cg_reference`, with
+    its TICA (on ``tica_frames_nm`` where the file has them, else on its frames) and (φ, ψ)."""
+    saved = _read_cg_reference(path)
     frames, bead_atoms = saved["cg_frames_nm"].astype(np.float64), saved["bead_atoms"]
     if not np.array_equal(bead_atoms, mapping.bead_atoms):
         raise ConfigError(f"the CG reference {path} maps atoms {bead_atoms.tolist()}, the loop's mapping {mapping.bead_atoms.tolist()}")
-    tica_frames = saved["tica_frames_nm"].astype(np.float64) if "tica_frames_nm" in saved else frames
+    tica_frames = saved["tica_frames_nm"].astype(np.float64)
     phi, psi = backmapper.torsions(frames).numpy().T
     return CGReference(frames, fit_cg_tica(tica_frames, lag_frames), phi, psi, lag_frames)
 

@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 

@@ -92,6 +92,10 @@ def kish_ess(log_w, clip_fraction: float = 0.0) -> float:
     return float(1.0 / (n * np.sum(w**2)))
 
 
+#: fewest finite weights :func:`pareto_khat` fits a tail to
+PARETO_MIN_WEIGHTS = 25
+
+
 def pareto_khat(log_w) -> float:
     """Shape k̂ of a generalized Pareto distribution fitted to the largest weights (PSIS diagnostic).
 
@@ -101,7 +105,7 @@ def pareto_khat(log_w) -> float:
     prior shrinking k towards 0.5 over 10 pseudo-observations, as PSIS does. k̂ < 0.5: the weights
     have a finite variance; 0.5–0.7: finite mean, the Kish ESS is unstable; > 0.7: importance
     sampling is unreliable. Written here because the usual implementations live in Bayesian
-    workflow packages (ArviZ, loo) that flowcg does not otherwise need. Needs N ≥ 25 finite weights.
+    workflow packages (ArviZ, loo) that flowcg does not otherwise need. Needs N ≥ ``PARETO_MIN_WEIGHTS`` finite weights.
 
     >>> rng = np.random.default_rng(0)
     >>> round(pareto_khat(np.log(rng.pareto(1 / 0.7, 200_000) + 1.0)), 1)  # a Pareto tail of index 0.7
@@ -112,8 +116,8 @@ def pareto_khat(log_w) -> float:
     log_w = clean_log_weights(log_w)
     finite = np.sort(log_w[np.isfinite(log_w)])
     n = finite.size
-    if n < 25:
-        raise ValueError(f"pareto_khat needs at least 25 finite weights, got {n}")
+    if n < PARETO_MIN_WEIGHTS:
+        raise ValueError(f"pareto_khat needs at least {PARETO_MIN_WEIGHTS} finite weights, got {n}")
     m = int(min(0.2 * n, 3.0 * math.sqrt(n)))
     w = np.exp(finite - finite[-1])
     exceedances = w[-m:] - w[-m - 1]

@@ -15,7 +15,7 @@ import torch
 
 from flowcg.errors import ConfigError
 from flowcg.flows.model import StructuredFlow
-from flowcg.sampling.importance import kish_ess, kl_estimate, log_z_estimate, pareto_khat
+from flowcg.sampling.importance import PARETO_MIN_WEIGHTS, kish_ess, kl_estimate, log_z_estimate, pareto_khat
 from flowcg.targets.base import Target
 
 
@@ -40,13 +40,13 @@ class SampleSet:
     beta: float = 1.0
 
     def summary(self) -> dict:
-        """ESS (plain and clipped), the weights' Pareto k̂ (None below 25 samples), log Z, KL estimate and the
+        """ESS (plain and clipped), the weights' Pareto k̂ (None below ``PARETO_MIN_WEIGHTS`` finite ones), log Z, KL estimate and the
         count of failed energies, as plain floats."""
         return {
             "n_samples": int(self.log_w.size),
             "ess": kish_ess(self.log_w),
             "ess_clipped": kish_ess(self.log_w, clip_fraction=1e-4),
-            "pareto_khat": pareto_khat(self.log_w) if np.isfinite(self.log_w).sum() >= 25 else None,
+            "pareto_khat": pareto_khat(self.log_w) if np.isfinite(self.log_w).sum() >= PARETO_MIN_WEIGHTS else None,
             "log_z": log_z_estimate(self.log_w),
             "kl_estimate": kl_estimate(self.log_w),
             "nonfinite_energies": int((~np.isfinite(self.energies_kT)).sum()),
