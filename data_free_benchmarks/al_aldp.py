@@ -34,7 +34,9 @@ reference TICA's first two components, plus the Ramachandran KL64(ref‖CG MD) a
 populations. The final CG MD (evaluation only) is 64 replicas × 100 ps started from reference frames
 (``simulation.final_start_from=reference``: the same spread of starts for every arm and seed).
 Relative improvement = 1 − W1_AL / W1_baseline on seed means, with the standard error of the
-difference of the means. Results: ``results/al_aldp.json`` and ``results/al_aldp.md``.
+difference of the means. Results: ``results/al_aldp.json`` and ``results/al_aldp.md``. A variant (other
+settings for every arm) runs under its own name: ``--name al_aldp_learned -o cg_model.dihedral_prior=learned``
+puts its runs in ``runs/al_aldp_learned/`` and its results in ``results/al_aldp_learned.{json,md}``.
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from flowcg.builders import cpu_model
+from flowcg.io import save_json_atomic, write_atomic
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-RUNS = HERE / "runs" / "al_aldp"
+#: default benchmark name: runs in runs/<name>/, results in results/<name>.{json,md}
+NAME = "al_aldp"
 ARM_CONFIGS = HERE / "conf" / "al_arm"
 
 INITIAL_FRAMES, ROUNDS, QUERIES, DRAWS = 500, 4, 25, 32
@@ -102,8 +106,9 @@ def sweeps(pending: list[tuple[str, int]]) -> list[tuple[list[str], list[int]]]:
     return [(arms, list(seeds)) for seeds, arms in groups.items()]
 
 
-def multirun_command(arms: list[str], seeds: list[int], reference: Path | None, launcher: str, jobs: int, overrides: list[str]) -> list[str]:
-    """``flowcg-al -m`` over arms × seeds, each run in RUNS/<arm>/seed<s> (reference None: the oracle's shipped one)."""
+def multirun_command(runs: Path, arms: list[str], seeds: list[int], reference: Path | None, launcher: str, jobs: int,
+                     overrides: list[str]) -> list[str]:
+    """``flowcg-al -m`` over arms × seeds, each run in runs/<arm>/seed<s> (reference None: the oracle's shipped one)."""
     per_launcher = {"joblib": [f"hydra.launcher.n_jobs={jobs}"],
                     "submitit_local": ["hydra.launcher.cpus_per_task=1"],
                     "submitit_slurm": [f"hydra.launcher.array_parallelism={jobs}", "hydra.launcher.cpus_per_task=1"]}
@@ -111,15 +116,15 @@ def multirun_command(arms: list[str], seeds: list[int], reference: Path | None, 
         str(BIN / "flowcg-al"), "-m", *COMMON, *([f"reference='{reference}'"] if reference else []),
         f"+al_arm={','.join(arms)}", f"seed={','.join(map(str, seeds))}",
         f"hydra.searchpath=['file://{HERE / 'conf'}']",
-        f"hydra.sweep.dir='{RUNS}'", "hydra.sweep.subdir=${hydra:runtime.choices.al_arm}/seed${seed}",
+        f"hydra.sweep.dir='{runs}'", "hydra.sweep.subdir=${hydra:runtime.choices.al_arm}/seed${seed}",
         "+hydra.callbacks.benchmark_wall_time._target_=al_aldp.BenchmarkWallTime",
         *([] if launcher == "basic" else [f"hydra/launcher={launcher}", *per_launcher.get(launcher, [])]),
         *overrides,
     ]
 
 
-def read_arm(arm: str, seed: int) -> dict:
-    data = json.loads((RUNS / arm / f"seed{seed}" / "metrics.json").read_text())
+def read_arm(runs: Path, arm: str, seed: int) -> dict:
+    data = json.loads((runs / arm / f"seed{seed}" / "metrics.json").read_text())
     final = data["rounds"][-1]
     return {"arm": arm, "seed": seed, "w1": final["w1"], "w1_tic0": final["w1_tic0"], "w1_tic1": final["w1_tic1"],
             "kl64": final["kl64"], "basins": {k[6:]: final[k] for k in final if k.startswith("basin_")},
@@ -187,30 +192,33 @@ def main() -> None:
     parser.add_argument("--launcher", choices=LAUNCHERS, default="joblib", help="Hydra launcher of the multirun (conf/hydra/launcher)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override of the multirun, e.g. hydra.launcher.partition=cpu (repeatable)")
+    parser.add_argument("--name", default=NAME, help="runs in runs/NAME/<arm>/seed<s>, results in results/NAME.{json,md}: "
+                        "a variant of the benchmark (e.g. with -o cg_model.dihedral_prior=learned) under its own name")
     parser.add_argument("--dry-run", action="store_true", help="print the multirun commands of the unfinished runs and stop")
     args = parser.parse_args()
     if OmegaConf.load(ARM_CONFIGS / "static.yaml").initial.n_frames != BUDGET:
         sys.exit(f"{ARM_CONFIGS / 'static.yaml'}: initial.n_frames must be the label budget {BUDGET}")
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
-    pending = [(arm, seed) for arm, seed in jobs if not (RUNS / arm / f"seed{seed}" / "metrics.json").is_file()]
+    runs = HERE / "runs" / args.name
+    pending = [(arm, seed) for arm, seed in jobs if not (runs / arm / f"seed{seed}" / "metrics.json").is_file()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     reference = args.reference.resolve() if args.reference else None
     for arms, seeds in sweeps(pending):
-        command = multirun_command(arms, seeds, reference, args.launcher, args.jobs, args.override)
+        command = multirun_command(runs, arms, seeds, reference, args.launcher, args.jobs, args.override)
         print(" ".join(command), flush=True)
         if not args.dry_run:
-            RUNS.mkdir(parents=True, exist_ok=True)
-            with open(RUNS / "multirun.log", "a") as log:
+            runs.mkdir(parents=True, exist_ok=True)
+            with open(runs / "multirun.log", "a") as log:
                 subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     if args.dry_run or set(args.arms) != set(ARMS):
         return
-    arms = summarize([read_arm(arm, seed) for arm, seed in jobs])
+    arms = summarize([read_arm(runs, arm, seed) for arm, seed in jobs])
     compared = comparisons(arms)
     result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(reference or "shipped with the oracle's model"),
-              "common_overrides": COMMON, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
-    (HERE / "results" / "al_aldp.json").write_text(json.dumps(result, indent=2))
+              "common_overrides": COMMON, "overrides": args.override, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
+    save_json_atomic(result, HERE / "results" / f"{args.name}.json")
     lines = report(arms, compared)
-    (HERE / "results" / "al_aldp.md").write_text("\n".join(lines) + "\n")
+    write_atomic(HERE / "results" / f"{args.name}.md", lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
     print("\n".join(lines))
 
 

@@ -34,7 +34,7 @@ from flowcg.active.evaluate import CGReference
 from flowcg.active.journal import Journal
 from flowcg.active.labels import Labels, Oracle
 from flowcg.cg.mapping import CGMapping
-from flowcg.cg.prior import fit_prior
+from flowcg.cg.prior import DIHEDRAL_MODES, fit_prior
 from flowcg.cg.schnet import CGSchNet
 from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
 from flowcg.errors import ConfigError
@@ -59,8 +59,14 @@ class ModelOptions:
     n_interactions: int = 2
     # Signed dihedral terms: CGSchNet sees bead distances only, which are the same for a frame and
     # its mirror image, so without them the model cannot tell αR (φ < 0) from αL (φ > 0).
-    dihedral_prior: bool = True
+    # "boltzmann" inverts them from the initial data, "learned" fits them by force matching
+    # (flowcg.cg.prior: inversion needs equilibrium frames, force matching does not), "none".
+    dihedral_prior: str = "boltzmann"
     dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.dihedral_prior not in DIHEDRAL_MODES:
+            raise ConfigError(f"cg_model.dihedral_prior must be one of {', '.join(DIHEDRAL_MODES)}, got '{self.dihedral_prior}'")
 
 
 @dataclass
@@ -182,7 +188,7 @@ class ActiveLearningLoop:
         energy_targets = None
         if self.options.fit.energy_weight > 0:
             with torch.no_grad():
-                prior_energy = self.prior(torch.as_tensor(data.cg_positions_nm)).numpy()
+                prior_energy = self.prior.fixed_energy(torch.as_tensor(data.cg_positions_nm)).numpy()
             energy_targets = tica_free_energy(data.cg_positions_nm, data.weights, self.initial_tica, self.options.temperature_K) - prior_energy
         previous = self.committee(r - 1) if r > 0 else None
         fit = self.options.fit if r == 0 else FitOptions(**{**asdict(self.options.fit), "steps": self.options.finetune_steps})

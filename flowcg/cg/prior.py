@@ -6,7 +6,9 @@ that do not break, beads that do not overlap). With kT = R T, R = 0.0083144626 k
 * harmonic bonds   U = ½ k (b − b₀)², b the bead–bead distance (nm), k in kJ/mol/nm²;
 * harmonic angles  U = ½ k (θ − θ₀)², θ ∈ [0, π] rad, k in kJ/mol/rad²;
 * repulsion        U = ε (σ / r)⁶ between non-bonded pairs (r, σ in nm, ε in kJ/mol);
-* dihedrals (off by default)  U = Σ_{n=1}^{N} a_n cos nφ + b_n sin nφ, φ ∈ (−π, π] rad.
+* dihedrals (off by default)  U = Σ_{n=1}^{N} a_n cos nφ + b_n sin nφ, φ ∈ (−π, π] rad, either
+  Boltzmann-inverted from the frames (``dihedrals="boltzmann"``) or left as parameters that
+  start at zero and are fitted with the network by force matching (``dihedrals="learned"``).
 
 Boltzmann inversion. If a coordinate q alone were distributed as p(q) ∝ exp(−U(q) / kT), a
 harmonic U = ½ k (q − q₀)² would make q Gaussian with mean q₀ and variance kT / k, so from
@@ -19,6 +21,15 @@ and the coupling between coordinates, which is harmless for stiff terms: the pri
 the right scale, the network learns the rest. Likewise a dihedral's free energy
 −kT log p(φ) is read off a periodic histogram (with a pseudocount, so unvisited angles get a
 large but finite penalty) and least-squares fitted by the truncated Fourier series.
+
+Why a learned dihedral term. Boltzmann inversion is only right for frames drawn from the
+equilibrium ensemble. Soft coordinates are where that fails first: frames of one short MD sit
+in one basin, and the inverted free energy then charges every other basin ``kT log(count /
+pseudocount)`` (≈ 4 kT for 500 frames) whatever its true weight — a barrier the network has to
+learn away from labels that the barrier itself keeps the CG simulations from reaching. Force
+matching has no such requirement: the mean force at a configuration does not depend on how often
+the data visit it. A learned term keeps what the dihedral term is there for, signed sin nφ
+features that tell a configuration from its mirror image, and takes its shape from the forces.
 
 Repulsion. σ is the smallest distance observed for a pair (or for all pairs of the same pair
 of bead types, or for all pairs at once); at that distance the repulsion costs ε (default
@@ -40,6 +51,7 @@ from flowcg.errors import ConfigError
 from flowcg.units import kT
 
 __all__ = [
+    "DIHEDRAL_MODES",
     "CGPrior",
     "FourierDihedrals",
     "HarmonicAngles",
@@ -47,6 +59,10 @@ __all__ = [
     "Repulsion",
     "fit_prior",
 ]
+
+
+#: How :func:`fit_prior` treats the CG dihedrals (module docstring).
+DIHEDRAL_MODES = ("none", "boltzmann", "learned")
 
 
 def _index_buffer(indices, width: int) -> Tensor:
@@ -114,14 +130,22 @@ class Repulsion(nn.Module):
 
 
 class FourierDihedrals(nn.Module):
-    """Σ_d Σ_{n=1}^{N} a_dn cos nφ_d + b_dn sin nφ_d in kJ/mol; coefficients (n_dihedrals, N)."""
+    """Σ_d Σ_{n=1}^{N} a_dn cos nφ_d + b_dn sin nφ_d in kJ/mol; coefficients (n_dihedrals, N).
 
-    def __init__(self, quadruples, cos_coefficients, sin_coefficients):
+    ``learnable``: the coefficients are parameters (trained with the model that holds this term)
+    instead of fixed buffers.
+    """
+
+    def __init__(self, quadruples, cos_coefficients, sin_coefficients, learnable: bool = False):
         super().__init__()
         self.register_buffer("quadruples", _index_buffer(quadruples, 4))
         n = self.quadruples.shape[0]
-        self.register_buffer("a", _float_buffer(cos_coefficients).reshape(n, -1))
-        self.register_buffer("b", _float_buffer(sin_coefficients).reshape(n, -1))
+        a, b = _float_buffer(cos_coefficients).reshape(n, -1), _float_buffer(sin_coefficients).reshape(n, -1)
+        if learnable:
+            self.a, self.b = nn.Parameter(a), nn.Parameter(b)
+        else:
+            self.register_buffer("a", a)
+            self.register_buffer("b", b)
 
     @staticmethod
     def coordinates(x: Tensor, quadruples: Tensor) -> Tensor:
@@ -140,6 +164,15 @@ class CGPrior(nn.Module):
     def __init__(self, terms: dict[str, nn.Module]):
         super().__init__()
         self.terms = nn.ModuleDict(terms)
+
+    def fixed_energy(self, x: Tensor) -> Tensor:
+        """The terms without trainable parameters, (B,) in kJ/mol: the part of U_prior fitted to the
+        frames once (what energy-matching targets are measured against)."""
+        energy = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for term in self.terms.values():
+            if not any(True for _ in term.parameters()):
+                energy = energy + term(x)
+        return energy
 
     def energies(self, x: Tensor) -> dict[str, Tensor]:
         """Each term's energy (B,) in kJ/mol, by name."""
@@ -203,7 +236,7 @@ def fit_prior(
     repulsion_group: str = "type",
     repulsion_epsilon_kT: float = 1.0,
     repulsion_min_separation: int = 3,
-    dihedrals: bool = False,
+    dihedrals: str = "none",
     dihedral_terms: int = 3,
     dihedral_bins: int = 72,
     dihedral_indices: Sequence[Sequence[int]] | None = None,
@@ -221,8 +254,10 @@ def fit_prior(
             ``repulsion_group``: ``"type"`` (minimum over pairs of the same bead-type pair),
             ``"pair"`` (each pair its own minimum) or ``"all"`` (one global minimum).
         repulsion_epsilon_kT: ε in units of kT.
-        dihedrals: include Fourier dihedral terms on ``dihedral_indices`` (default: the mapping's
-            dihedrals) with ``dihedral_terms`` harmonics, from a ``dihedral_bins``-bin histogram.
+        dihedrals: Fourier dihedral terms on ``dihedral_indices`` (default: the mapping's dihedrals)
+            with ``dihedral_terms`` harmonics: ``"none"``; ``"boltzmann"``, inverted from a
+            ``dihedral_bins``-bin histogram of the frames; ``"learned"``, zero coefficients left to
+            force matching (module docstring).
     """
     x = cg_positions_nm.detach() if isinstance(cg_positions_nm, Tensor) else torch.as_tensor(np.asarray(cg_positions_nm))
     x = x.to(torch.float64)
@@ -247,11 +282,15 @@ def fit_prior(
                 distances = HarmonicBonds.coordinates(x, torch.as_tensor(pairs)).numpy()
                 sigma = _pair_sigmas(distances, pairs, mapping, repulsion_group)
             terms["repulsion"] = Repulsion(pairs, sigma, repulsion_epsilon_kT * kt)
-    if dihedrals:
-        chosen = mapping.dihedrals if dihedral_indices is None else dihedral_indices
-        quadruples = np.asarray(chosen, dtype=np.int64).reshape(-1, 4)
-        if len(quadruples):
-            phi = FourierDihedrals.coordinates(x, torch.as_tensor(quadruples)).numpy()
-            fits = [fit_fourier_dihedral(phi[:, d], kt, dihedral_terms, dihedral_bins) for d in range(len(quadruples))]
-            terms["dihedrals"] = FourierDihedrals(quadruples, np.stack([a for a, _ in fits]), np.stack([b for _, b in fits]))
+    if dihedrals not in DIHEDRAL_MODES:
+        raise ConfigError(f"unknown dihedral prior '{dihedrals}'; choose one of {', '.join(DIHEDRAL_MODES)}")
+    chosen = mapping.dihedrals if dihedral_indices is None else dihedral_indices
+    quadruples = np.asarray(chosen, dtype=np.int64).reshape(-1, 4)
+    if dihedrals == "boltzmann" and len(quadruples):
+        phi = FourierDihedrals.coordinates(x, torch.as_tensor(quadruples)).numpy()
+        fits = [fit_fourier_dihedral(phi[:, d], kt, dihedral_terms, dihedral_bins) for d in range(len(quadruples))]
+        terms["dihedrals"] = FourierDihedrals(quadruples, np.stack([a for a, _ in fits]), np.stack([b for _, b in fits]))
+    elif dihedrals == "learned" and len(quadruples):
+        zeros = np.zeros((len(quadruples), dihedral_terms))
+        terms["dihedrals"] = FourierDihedrals(quadruples, zeros, zeros, learnable=True)
     return CGPrior(terms)

@@ -13,7 +13,8 @@ Energy matching (optional, weight λ; arXiv 2509.14600): a free-energy target pe
 
     E_k = −kT Σ_i log p_i(TIC_i(X_k)) − U_prior(X_k)     (kJ/mol),
 
-matched by the network energy up to a constant: L_E = Var_batch(U_net(X) − E). The loss is
+(U_prior: the prior's fixed terms; learned prior terms count as part of the model) matched by the
+network energy up to a constant: L_E = Var_batch(U_net(X) − E). The loss is
 L_F + λ L_E. The densities are weighted histograms (with one pseudo-count per bin, so a bin
 without data costs a large but finite free energy).
 """
@@ -89,7 +90,7 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
         loss = ((predicted - f[rows]) ** 2).mean()
         force_loss = loss.item()
         if options.energy_weight > 0:
-            network_energy = energy if model.prior is None else energy - model.prior(x[rows])
+            network_energy = energy if model.prior is None else energy - model.prior.fixed_energy(x[rows])
             residual = network_energy - e[rows]
             matched = residual.var()
             energy_loss = matched.item()

@@ -4,9 +4,11 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from flowcg.active.backmap import TorsionBackmapper
 from flowcg.active.flow_oracle import FlowOracle
@@ -38,10 +40,10 @@ def parts():
     return mapping, backmapper, oracle, initial
 
 
-def make_loop(run_dir, parts, on_step=None, oracle=None, strategy="diversity", options=TINY_LOOP):
+def make_loop(run_dir, parts, on_step=None, oracle=None, strategy="diversity", options=TINY_LOOP, model=TINY_MODEL):
     mapping, backmapper, flow_oracle, initial = parts
     return ActiveLearningLoop(run_dir, mapping, backmapper, oracle or flow_oracle, build_strategy(strategy), initial,
-                              options, TINY_MODEL, TINY_SIMULATION, on_step=on_step)
+                              options, model, TINY_SIMULATION, on_step=on_step)
 
 
 def test_flow_oracle_labels_carry_the_query_torsions_and_weights(parts):
@@ -108,6 +110,19 @@ def test_committee_strategy_trains_and_queries_a_committee(tmp_path, parts):
     assert len(loop.committee(1)) == 2
     assert Journal(tmp_path / "journal.json").entry(0, "select")["n_selected"] == 3
     assert metrics[1]["n_queries"] == parts[3].n_queries + 3
+
+
+def test_learned_dihedral_terms_are_trained_and_saved_with_each_model(tmp_path, parts):
+    """cg_model.dihedral_prior=learned: the loop's prior holds zero coefficients; each round's model
+    fits its own by force matching and models.pt carries them."""
+    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=20, batch_size=16), finetune_steps=5)
+    loop = make_loop(tmp_path, parts, options=options, model=replace(TINY_MODEL, dihedral_prior="learned"))
+    loop.run()
+    assert float(loop.prior.terms["dihedrals"].b.detach().abs().sum()) == 0.0
+    first, second = (loop.committee(r)[0].prior.terms["dihedrals"].b.detach() for r in (0, 1))
+    assert float(first.abs().sum()) > 0 and not torch.equal(first, second)
+    with pytest.raises(ValueError, match="dihedral_prior"):
+        replace(TINY_MODEL, dihedral_prior="true")
 
 
 def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):

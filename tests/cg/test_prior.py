@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.cg.prior import CGPrior, HarmonicBonds, Repulsion, fit_prior
+from flowcg.cg.prior import CGPrior, FourierDihedrals, HarmonicBonds, Repulsion, fit_prior
 from flowcg.coordinates.geometry import bond_angle, dihedral
+from flowcg.errors import ConfigError
 from flowcg.units import kT
 
 TEMPERATURE = 300.0
@@ -104,7 +105,7 @@ def test_repulsion_groupings(backbone):
 def test_dihedral_prior_fits_a_von_mises_free_energy(backbone):
     mu, kappa = 1.0, 2.0  # p(φ) ∝ exp(κ cos(φ − μ)) ⇒ F(φ) = −kT κ (cos μ cos φ + sin μ sin φ)
     x, *_ = chain_frames(40000, seed=3, phi_sampler=lambda rng, n: rng.vonmises(mu, kappa, n))
-    prior = fit_prior(x, backbone, TEMPERATURE, dihedrals=True, dihedral_terms=3)
+    prior = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann", dihedral_terms=3)
     term = prior.terms["dihedrals"]
     a, b = term.a[0].numpy(), term.b[0].numpy()
     assert a[0] == pytest.approx(-KT * kappa * math.cos(mu), rel=0.03)
@@ -128,8 +129,52 @@ def test_the_dihedral_prior_tells_a_frame_from_its_mirror_image(backbone):
     terms are not: a prior fitted to right-handed frames (φ < 0) costs more for their mirror images."""
     x, *_ = chain_frames(20000, seed=5, phi_sampler=lambda rng, n: rng.vonmises(-1.2, 4.0, n))
     mirror = x * np.array([1.0, 1.0, -1.0])
-    chiral = fit_prior(x, backbone, TEMPERATURE, dihedrals=True)
-    achiral = fit_prior(x, backbone, TEMPERATURE, dihedrals=False)
+    chiral = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann")
+    achiral = fit_prior(x, backbone, TEMPERATURE, dihedrals="none")
     frames, mirrored = torch.as_tensor(x[:500]), torch.as_tensor(mirror[:500])
     torch.testing.assert_close(achiral(frames), achiral(mirrored))  # distances and angles only: blind to handedness
     assert float((chiral(mirrored) - chiral(frames)).mean()) > 5 * KT
+
+
+def test_learned_dihedral_terms_recover_a_fourier_potential_by_force_matching(backbone):
+    """``dihedrals="learned"``: zero coefficients that force matching fits. Frames from one basin
+    only (φ ≈ −1.2, where inversion would charge the rest of the circle) and forces of a known
+    dihedral potential plus the harmonic terms: the learned coefficients are that potential's."""
+    x, *_ = chain_frames(1000, seed=7, phi_sampler=lambda rng, n: rng.vonmises(-1.2, 4.0, n))
+    frames = torch.as_tensor(x)
+    fixed = fit_prior(x, backbone, TEMPERATURE, dihedrals="none")
+    truth = FourierDihedrals(backbone.dihedrals, [[3.0, -1.0, 0.5], [0.0, 0.0, 0.0]], [[-2.0, 0.8, 0.0], [1.0, 0.0, 0.0]])
+    with torch.enable_grad():
+        positions = frames.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad((fixed(positions) + truth(positions)).sum(), positions)
+    learned = fit_prior(x, backbone, TEMPERATURE, dihedrals="learned")
+    term = learned.terms["dihedrals"]
+    assert [name for name, _ in learned.named_parameters()] == ["terms.dihedrals.a", "terms.dihedrals.b"]
+    assert float(term.a.detach().abs().sum() + term.b.detach().abs().sum()) == 0.0
+    torch.testing.assert_close(learned.fixed_energy(frames), fixed(frames))  # the learned term is not "fixed"
+    optimizer = torch.optim.LBFGS(learned.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def force_matching_loss():  # quadratic in the coefficients: L-BFGS solves it in a few dozen iterations
+        optimizer.zero_grad()
+        positions = frames.clone().requires_grad_(True)
+        (predicted,) = torch.autograd.grad(learned(positions).sum(), positions, create_graph=True)
+        loss = ((predicted - gradient) ** 2).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(force_matching_loss)
+    # φ (first dihedral) is confined to one basin, so only its force profile there is determined;
+    # ψ is uniform and pins its coefficients.
+    phi_grid = torch.linspace(-2.0, -0.4, 50)
+    n = torch.arange(1, 4)
+    def profile(a, b):
+        return (a[0] * torch.cos(phi_grid[:, None] * n) + b[0] * torch.sin(phi_grid[:, None] * n)).sum(-1)
+    fitted, exact = profile(term.a.detach(), term.b.detach()), profile(truth.a, truth.b)
+    torch.testing.assert_close(fitted - fitted.mean(), exact - exact.mean(), atol=0.05, rtol=0)
+    torch.testing.assert_close(term.a.detach()[1], truth.a[1], atol=0.05, rtol=0)
+    torch.testing.assert_close(term.b.detach()[1], truth.b[1], atol=0.05, rtol=0)
+
+
+def test_unknown_dihedral_mode_is_a_config_error(backbone):
+    with pytest.raises(ConfigError, match="unknown dihedral prior"):
+        fit_prior(chain_frames(10)[0], backbone, TEMPERATURE, dihedrals="yes")
