@@ -230,6 +230,8 @@ class RMSDCoverage(QueryStrategy):
         trajectory = _centered_trajectory(candidates)
         distance = _min_rmsd(trajectory, _centered_trajectory(training)) if len(training) else np.full(len(candidates), np.inf)
         uncovered = np.flatnonzero(distance > self.threshold_nm)
+        if len(uncovered) == 0:  # the training data already cover every candidate: nothing to ask
+            return np.empty(0, dtype=np.int64)
         # centred afresh: slicing a centred mdtraj Trajectory keeps its unsliced RMSD traces
         thinned = _farthest_points(_centered_trajectory(candidates[uncovered]), distance[uncovered], m, rng)
         return uncovered[thinned].astype(np.int64)

@@ -156,3 +156,13 @@ def test_coverage_thins_the_uncovered_frames_as_diversity_does():
     picks = build_strategy("rmsd_coverage", threshold_nm=threshold).select(candidates, training, 10, np.random.default_rng(0))
     expected = farthest_point_sampling(candidates[uncovered], 10, existing_nm=training)
     np.testing.assert_array_equal(picks, uncovered[expected])
+
+
+def test_coverage_asks_nothing_when_the_training_frames_cover_every_candidate():
+    # Regression: an empty uncovered set crashed mdtraj's centring (IndexError) in round 3 of an
+    # al_aldp run; a round with nothing uncovered spends no labels.
+    rng = np.random.default_rng(3)
+    training = rng.normal(scale=0.1, size=(50, 5, 3))
+    candidates = training[:20] + rng.normal(scale=1e-4, size=(20, 5, 3))
+    picks = build_strategy("rmsd_coverage", threshold_nm=0.01).select(candidates, training, 5, np.random.default_rng(0))
+    assert picks.dtype == np.int64 and len(picks) == 0
