@@ -17,6 +17,10 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
 * ``random``: the same loop with random selection among the simulated frames;
 * ``static``: no rounds; the whole budget as one initial short MD (``loop.rounds=0``), with the
   same spacing between frames as the initial MD of the other arms;
+* ``al_flow``: AL (0.01 nm) whose initial data are 500 one-shot flow draws resampled by weight
+  (``initial.source=flow``) instead of the MD;
+* ``flow_draws``: no rounds; the whole budget as one-shot flow draws resampled by weight, the
+  data-free static baseline (``al_flow`` against it is what the queries add);
 * ``ceiling``: no rounds; 1000 equilibrium frames of the reference labelled by the oracle (8.6× the
   budget): what the CG model reaches when the data is right, so that the gap between an arm and
   it is the data's error and the ceiling itself the model's.
@@ -72,9 +76,9 @@ COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.fi
 #: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
 #: other arms; committee: strategy=committee with three models; random: strategy=random; static:
 #: loop.rounds=0 and initial.n_frames = BUDGET; ceiling: loop.rounds=0, initial.source=reference
-ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "ceiling"]
+ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "al_flow", "flow_draws", "ceiling"]
 #: the arms that choose their queries, each compared with the baselines
-STRATEGY_ARMS, BASELINES = ["al", "al_threshold_0.01", "committee"], ["static", "random"]
+STRATEGY_ARMS, BASELINES = ["al", "al_threshold_0.01", "committee", "al_flow"], ["static", "random", "flow_draws"]
 LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 
@@ -196,8 +200,9 @@ def main() -> None:
                         "a variant of the benchmark (e.g. with -o cg_model.dihedral_prior=learned) under its own name")
     parser.add_argument("--dry-run", action="store_true", help="print the multirun commands of the unfinished runs and stop")
     args = parser.parse_args()
-    if OmegaConf.load(ARM_CONFIGS / "static.yaml").initial.n_frames != BUDGET:
-        sys.exit(f"{ARM_CONFIGS / 'static.yaml'}: initial.n_frames must be the label budget {BUDGET}")
+    for static_arm in ("static", "flow_draws"):
+        if OmegaConf.load(ARM_CONFIGS / f"{static_arm}.yaml").initial.n_frames != BUDGET:
+            sys.exit(f"{ARM_CONFIGS / f'{static_arm}.yaml'}: initial.n_frames must be the label budget {BUDGET}")
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     runs = HERE / "runs" / args.name
     pending = [(arm, seed) for arm, seed in jobs if not (runs / arm / f"seed{seed}" / "metrics.json").is_file()]

@@ -25,7 +25,7 @@ from flowcg.analysis.w1 import fit_cg_tica, w1_tica
 from flowcg.cg.mapping import CGMapping
 from flowcg.errors import ConfigError, MissingFileError, UnreadableFileError
 from flowcg.io import load_npz, save_npz_atomic
-from flowcg.sampling.importance import kish_ess, normalized_weights
+from flowcg.sampling.importance import kish_ess, systematic_resample
 
 __all__ = ["CGReference", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference",
            "save_walker_cg_reference"]
@@ -89,9 +89,7 @@ def save_walker_cg_reference(walker_folder: str | Path, mapping: CGMapping, tica
     positions = load_npz(walker_folder / "positions.npz", what="walker positions", keys=["positions_nm", "frame"])
     frames = load_npz(walker_folder / "reference.npz", what="walker frames", keys=["log_weight"])
     log_w = frames["log_weight"][positions["frame"]].astype(np.float64)
-    cumulative = np.cumsum(normalized_weights(log_w))
-    offsets = (np.random.default_rng(seed).uniform() + np.arange(n_frames)) / n_frames
-    chosen = np.minimum(np.searchsorted(cumulative, offsets), len(cumulative) - 1)
+    chosen = systematic_resample(log_w, n_frames, seed)
     if positions["positions_nm"].shape[1] != mapping.n_atoms:
         raise ConfigError(f"the walkers hold {positions['positions_nm'].shape[1]} atoms, the mapping expects {mapping.n_atoms}")
     time_series = _read_cg_reference(tica_reference)

@@ -32,6 +32,7 @@ from flowcg.cg.mapping import CGMapping
 from flowcg.coordinates.geometry import wrap
 from flowcg.errors import ConfigError
 from flowcg.flows.model import StructuredFlow
+from flowcg.sampling.importance import kish_ess, systematic_resample
 
 __all__ = ["FlowOracle"]
 
@@ -106,6 +107,35 @@ class FlowOracle:
             wall_s=time.perf_counter() - start,
         )
         return labels.mean_force() if self.label_kind == "mean_force" else labels
+
+    def equilibrium(self, n: int, seed: int) -> Labels:
+        """``n`` labelled configurations of the Boltzmann ensemble without a query: n one-shot draws
+        x ~ q(x), resampled by their weights exp(−u(x) − log q(x)) (systematic resampling), so the
+        rows are an unweighted equilibrium sample (each its own query, weight 1; a draw picked twice
+        is two rows). Cost: n energy+force evaluations. Data-free initial data that covers every
+        basin at its weight, which the prior's Boltzmann inversion needs (:mod:`flowcg.cg.prior`)."""
+        if n < 1:
+            raise ConfigError(f"need at least one equilibrium draw, got {n}")
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            draws = self.model.sample(n)
+        x = draws.x.to(torch.float64)
+        energy, forces = self.target.energy_and_forces(x)
+        log_w = (-energy / self.target.kT - draws.log_q.to(torch.float64)).numpy()
+        chosen = systematic_resample(log_w, n, seed)
+        log.info("flow oracle: %d equilibrium draws, Kish ESS %.3f, %d distinct after resampling", n, kish_ess(log_w), len(np.unique(chosen)))
+        positions = x.numpy()[chosen]
+        return Labels(
+            positions_nm=positions,
+            cg_positions_nm=self.mapping.map_positions(positions),
+            cg_forces_kJ_mol_nm=self.mapping.map_forces(forces.numpy()[chosen]),
+            weights=np.ones(n),
+            query=np.arange(n),
+            energies_kJ_mol=energy.numpy()[chosen],
+            n_energy_evaluations=n,
+            wall_s=time.perf_counter() - start,
+        )
 
     @staticmethod
     def _check_torsions(got: torch.Tensor, wanted: torch.Tensor) -> None:

@@ -38,7 +38,7 @@ from flowcg.pretrained import load_pretrained, pretrained_dir
 log = logging.getLogger("flowcg")
 
 ORACLES = ("flow", "md")
-INITIAL_SOURCES = ("md", "reference")
+INITIAL_SOURCES = ("md", "flow", "reference")
 
 
 def build_mapping(topology, spec: str) -> CGMapping:
@@ -75,15 +75,21 @@ def _reference_path(cfg: DictConfig, pretrained: str | None) -> Path | None:
 
 def initial_labels(cfg: DictConfig, target, mapping, backmapper, oracle, reference) -> Labels:
     """The data of round 0 (``initial.source``): ``md``, one unrestrained all-atom MD of
-    ``initial.n_frames`` frames from the target's structure; or ``reference``, ``initial.n_frames``
-    equilibrium CG frames of the evaluation reference, each labelled by the oracle (the "enough
-    data" ceiling: labels spread as the Boltzmann ensemble is, which no strategy can beat)."""
+    ``initial.n_frames`` frames from the target's structure; ``flow``, ``initial.n_frames``
+    one-shot draws of the flow oracle's model resampled by weight (data-free equilibrium frames,
+    :meth:`FlowOracle.equilibrium`); or ``reference``, ``initial.n_frames`` equilibrium CG frames
+    of the evaluation reference, each labelled by the oracle (the "enough data" ceiling: labels
+    spread as the Boltzmann ensemble is, which no strategy can beat)."""
     source = cfg.initial.source
     if source == "md":
         md = MDOracle(target, mapping, backmapper, restraint_kJ_mol_rad2=0.0, n_frames=cfg.initial.n_frames,
                       frame_interval_steps=cfg.initial.frame_interval_steps, equilibration_steps=cfg.initial.equilibration_steps,
                       minimize_iterations=cfg.initial.minimize_iterations)
         labels = md.label(mapping.map_positions(target.positions[None]), seed=cfg.seed)
+    elif source == "flow":
+        if not isinstance(oracle, FlowOracle):
+            raise ConfigError("initial.source=flow needs the flow oracle (oracle=flow)")
+        labels = oracle.equilibrium(cfg.initial.n_frames, seed=cfg.seed)
     elif source == "reference":
         if reference is None:
             raise ConfigError("initial.source=reference needs an evaluation reference (reference=PATH)")

@@ -47,6 +47,22 @@ def normalized_weights(log_w) -> np.ndarray:
     return shifted / shifted.sum()
 
 
+def systematic_resample(log_w, n: int, seed: int = 0) -> np.ndarray:
+    """Indices (n,) of draws picked with probability ∝ w by systematic resampling: one uniform
+    offset u, picks at the quantiles (u + j) / n of the cumulative weights. The picked draws are an
+    unweighted sample of p (repeats where one weight outweighs 1/n); of all unbiased resamplers
+    this one keeps the most distinct draws.
+
+    >>> systematic_resample(np.log([0.1, 0.6, 0.3]), 10).tolist()
+    [0, 1, 1, 1, 1, 1, 1, 2, 2, 2]
+    """
+    cumulative = np.cumsum(normalized_weights(log_w))
+    if cumulative.size == 0 or cumulative[-1] <= 0:
+        raise ValueError("no draw has a finite weight: nothing to resample")
+    offsets = (np.random.default_rng(seed).uniform() + np.arange(n)) / n
+    return np.minimum(np.searchsorted(cumulative, offsets), len(cumulative) - 1)
+
+
 def truncated_weights(log_w) -> np.ndarray:
     """Truncated importance weights, normalised: w̃_i = min(w_i, c) with c = √N · mean(w̃).
 

@@ -197,3 +197,25 @@ def test_initial_data_from_the_reference_labels_its_frames_with_the_oracle(parts
         initial_labels(OmegaConf.create({"seed": 3, "initial": {"source": "dreams", "n_frames": 5}}), None, mapping, backmapper, oracle, reference)
     with pytest.raises(ValueError, match="needs an evaluation reference"):
         initial_labels(cfg, None, mapping, backmapper, oracle, None)
+
+
+def test_initial_data_from_the_flow_are_its_draws_resampled_by_weight(parts):
+    """initial.source=flow: n one-shot draws, resampled by their importance weights into n
+    unweighted rows whose energies and mapped forces are the target's at the kept configurations."""
+    from omegaconf import OmegaConf
+
+    from flowcg.cli.al import initial_labels
+
+    mapping, backmapper, oracle, _ = parts
+    labels = initial_labels(OmegaConf.create({"seed": 2, "initial": {"source": "flow", "n_frames": 64}}), None, mapping, backmapper, oracle, None)
+    assert len(labels) == labels.n_queries == labels.n_energy_evaluations == 64
+    np.testing.assert_array_equal(labels.weights, np.ones(64))
+    x = torch.as_tensor(labels.positions_nm[:8])
+    energy, forces = oracle.target.energy_and_forces(x)
+    np.testing.assert_allclose(labels.energies_kJ_mol[:8], energy.numpy(), rtol=0, atol=1e-3)  # float32 force field, other batch
+    np.testing.assert_allclose(labels.cg_forces_kJ_mol_nm[:8], mapping.map_forces(forces.numpy()), rtol=1e-4, atol=0.05)
+    np.testing.assert_allclose(labels.cg_positions_nm, mapping.map_positions(labels.positions_nm))
+    again = oracle.equilibrium(64, seed=2)
+    np.testing.assert_array_equal(again.positions_nm, labels.positions_nm)  # seeded
+    with pytest.raises(ValueError, match="needs the flow oracle"):
+        initial_labels(OmegaConf.create({"seed": 2, "initial": {"source": "flow", "n_frames": 4}}), None, mapping, backmapper, object(), None)
