@@ -199,6 +199,8 @@ def main() -> None:
                         help="extra Hydra override of the multirun, e.g. hydra.launcher.partition=cpu (repeatable)")
     parser.add_argument("--name", default=NAME, help="runs in runs/NAME/<arm>/seed<s>, results in results/NAME.{json,md}: "
                         "a variant of the benchmark (e.g. with -o cg_model.dihedral_prior=learned) under its own name")
+    parser.add_argument("--label", default=None, help="results in results/LABEL.{json,md} instead of results/NAME.*: "
+                        "the report of a subset of arms or seeds beside the full one")
     parser.add_argument("--dry-run", action="store_true", help="print the multirun commands of the unfinished runs and stop")
     args = parser.parse_args()
     for static_arm in ("static", "flow_draws"):
@@ -222,9 +224,10 @@ def main() -> None:
     compared = comparisons(arms)
     result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(reference or "shipped with the oracle's model"),
               "common_overrides": COMMON, "overrides": args.override, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
-    save_json_atomic(result, HERE / "results" / f"{args.name}.json")
+    label = args.label or args.name
+    save_json_atomic(result, HERE / "results" / f"{label}.json")
     lines = report(arms, compared)
-    write_atomic(HERE / "results" / f"{args.name}.md", lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
+    write_atomic(HERE / "results" / f"{label}.md", lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
     print("\n".join(lines))
 
 
