@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from flowcg.analysis.w1 import project_tica
+from flowcg.cg.prior import CGPrior
 from flowcg.cg.schnet import CGSchNet
 from flowcg.errors import ConfigError
 from flowcg.units import kT
@@ -61,6 +62,12 @@ def tica_free_energy(cg_positions_nm: np.ndarray, weights: np.ndarray, tica, tem
     return kT(temperature_K) * energy
 
 
+def _fixed_prior_energy(prior: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The prior's energy without its trainable terms (a :class:`CGPrior`'s learned dihedrals belong
+    to the model); any other prior module counts whole."""
+    return prior.fixed_energy(x) if isinstance(prior, CGPrior) else prior(x)
+
+
 def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_nm: np.ndarray, weights: np.ndarray,
                        options: FitOptions, seed: int = 0, energy_targets_kJ_mol: np.ndarray | None = None) -> dict[str, float]:
     """Train ``model`` in place on the rows (module docstring); returns the final losses.
@@ -90,7 +97,7 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
         loss = ((predicted - f[rows]) ** 2).mean()
         force_loss = loss.item()
         if options.energy_weight > 0:
-            network_energy = energy if model.prior is None else energy - model.prior.fixed_energy(x[rows])
+            network_energy = energy if model.prior is None else energy - _fixed_prior_energy(model.prior, x[rows])
             residual = network_energy - e[rows]
             matched = residual.var()
             energy_loss = matched.item()
