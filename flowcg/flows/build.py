@@ -128,7 +128,7 @@ def build_internal_flow(
     hidden: int = 128,
     n_blocks: int = 2,
     num_bins: int = 8,
-    tail_bound: float = 5.0,
+    tail_bound: float = 8.0,
     prior_init_spread: float = math.pi,
     prior_init_std: float = 0.5,
     seed: int = 0,
@@ -143,7 +143,10 @@ def build_internal_flow(
     (:func:`~flowcg.coordinates.slow_torsions.coupled_torsion_blocks`); ``n_couplings``
     :class:`MixedSplineCoupling` layers (random halves, each followed by its complement) act on
     lines and circles, the slow coordinates only conditioning them unless ``transform_slow``; :class:`HarmonicStandardization` scales the stiff coordinates to internal
-    coordinates; the internal-coordinate map places the atoms.
+    coordinates; the internal-coordinate map places the atoms. The line splines act on
+    [−``tail_bound``, ``tail_bound``] harmonic widths and are the identity outside; 8, not 5,
+    because at 5 the largest importance weights of alanine dipeptide sat at the bound (stiff amide
+    impropers whose force-field tails are heavier than Gaussian; ``data_free_benchmarks/RESULTS.md``).
     """
     dim = transform.dim
     rotor_mask = transform.rotor_mask.cpu()
