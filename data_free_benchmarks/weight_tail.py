@@ -17,7 +17,6 @@ fraction of that subsample beyond the bound, and the Pareto k̂ of the set's wei
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import mdtraj as md
@@ -26,7 +25,7 @@ import torch
 
 from flowcg.builders import cpu_model, load_run
 from flowcg.coordinates.harmonic import HarmonicStandardization
-from flowcg.io import load_npz
+from flowcg.io import load_npz, save_json_atomic
 from flowcg.sampling.importance import pareto_khat
 
 HERE = Path(__file__).resolve().parent
@@ -71,7 +70,7 @@ def main() -> None:
               "top_at_bound": int(sum(abs(s["most_extreme"][0]["y"]) > 0.9 * bound for s in samples)),
               "samples": samples, "cpu": cpu_model()}
     name = args.name or f"{args.set.parent.name}_{args.set.name}"
-    (HERE / "results" / f"weight_tail_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_json_atomic(result, HERE / "results" / f"weight_tail_{name}.json")
     for s in samples:
         print(s["rank"], f"{s['log_w_above_median']:+.2f}", ", ".join(f"{e['coordinate']} {e['y']:+.2f}" for e in s["most_extreme"]))
     print({k: result[k] for k in ("tail_bound", "pareto_khat", "typical_abs_y_99_99_percentile", "typical_fraction_beyond_bound", "top_at_bound")})

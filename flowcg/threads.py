@@ -82,7 +82,7 @@ def rebalance(registry: Path = REGISTRY) -> int | None:
     """Set torch's threads to this process's share of the cores left by fixed-thread processes,
     among the running registered processes that share (at least one thread); returns the count,
     or ``None`` if this process does not share (not registered, or its threads fixed)."""
-    if _registered is None or _fixed_threads() is not None:
+    if _registered is None or os.environ.get("OMP_NUM_THREADS"):
         return None
     sharing, fixed = running_processes(registry)
     cores = available_cores()
@@ -95,7 +95,8 @@ def rebalance(registry: Path = REGISTRY) -> int | None:
 
 
 def _fixed_threads() -> int | None:
-    """The user's ``OMP_NUM_THREADS`` as a count, or ``None`` when unset (or not a number)."""
+    """The user's ``OMP_NUM_THREADS`` as the count this process holds, or ``None`` when unset or not
+    a plain number (e.g. a nested "4,2": registered as one sharing process, its count left alone)."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
 

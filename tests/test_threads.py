@@ -46,6 +46,10 @@ def test_the_parent_does_not_count_and_explicit_threads_are_left_alone(registry,
     assert threads.share_cores(registry / "other") is None and torch.get_num_threads() == 1  # the user's count stays
     assert (registry / "other" / str(os.getpid())).read_text() == "3"  # registered as holding 3 threads
     assert threads.rebalance(registry / "other") is None
+    monkeypatch.setattr(threads, "_registered", None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # a nested setting: still the user's, counted as one sharing process
+    assert threads.share_cores(registry / "nested") is None and torch.get_num_threads() == 1
+    assert (registry / "nested" / str(os.getpid())).read_text() == ""
 
 
 def test_sharing_processes_leave_the_threads_of_fixed_ones_free(registry):

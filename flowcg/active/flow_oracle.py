@@ -89,23 +89,13 @@ class FlowOracle:
         query = np.repeat(np.arange(len(cg)), k)
         cg_draws = self.mapping.map_positions(x.numpy())
         self._check_torsions(self.backmapper.torsions(cg_draws), self.backmapper.torsions(cg)[query])
-        energy, forces = self.target.energy_and_forces(x)
-        log_w = (-energy / self.target.kT - draws.log_q.to(torch.float64)).numpy()
+        energy, forces, log_w = self._score(x, draws.log_q)
         weights = _normalise_per_query(log_w, query)
         keep = weights > 0
         dropped = np.setdiff1d(np.arange(len(cg)), query[keep])
         if dropped.size:
             log.warning("flow oracle: no finite weight for queries %s; they get no labels", dropped.tolist())
-        labels = Labels(
-            positions_nm=x.numpy()[keep],
-            cg_positions_nm=cg_draws[keep],
-            cg_forces_kJ_mol_nm=self.mapping.map_forces(forces.numpy()[keep]),
-            weights=weights[keep],
-            query=query[keep],
-            energies_kJ_mol=energy.numpy()[keep],
-            n_energy_evaluations=len(x),
-            wall_s=time.perf_counter() - start,
-        )
+        labels = self._labels(x, energy, forces, keep, weights[keep], query[keep], start)
         return labels.mean_force() if self.label_kind == "mean_force" else labels
 
     def equilibrium(self, n: int, seed: int) -> Labels:
@@ -121,19 +111,28 @@ class FlowOracle:
             torch.manual_seed(seed)
             draws = self.model.sample(n)
         x = draws.x.to(torch.float64)
-        energy, forces = self.target.energy_and_forces(x)
-        log_w = (-energy / self.target.kT - draws.log_q.to(torch.float64)).numpy()
+        energy, forces, log_w = self._score(x, draws.log_q)
         chosen = systematic_resample(log_w, n, seed)
         log.info("flow oracle: %d equilibrium draws, Kish ESS %.3f, %d distinct after resampling", n, kish_ess(log_w), len(np.unique(chosen)))
-        positions = x.numpy()[chosen]
+        return self._labels(x, energy, forces, chosen, np.ones(n), np.arange(n), start)
+
+    def _score(self, x: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Energies (kJ/mol), forces (kJ/mol/nm) and log weights −u(x) − log q(x) of draws x (float64, nm)."""
+        energy, forces = self.target.energy_and_forces(x)
+        return energy, forces, (-energy / self.target.kT - log_q.to(torch.float64)).numpy()
+
+    def _labels(self, x: torch.Tensor, energy: torch.Tensor, forces: torch.Tensor, rows: np.ndarray, weights: np.ndarray,
+                query: np.ndarray, start: float) -> Labels:
+        """The labels of draws ``x[rows]`` (a mask or indices; every draw's evaluation counted), timed from ``start``."""
+        positions = x.numpy()[rows]
         return Labels(
             positions_nm=positions,
             cg_positions_nm=self.mapping.map_positions(positions),
-            cg_forces_kJ_mol_nm=self.mapping.map_forces(forces.numpy()[chosen]),
-            weights=np.ones(n),
-            query=np.arange(n),
-            energies_kJ_mol=energy.numpy()[chosen],
-            n_energy_evaluations=n,
+            cg_forces_kJ_mol_nm=self.mapping.map_forces(forces.numpy()[rows]),
+            weights=weights,
+            query=query,
+            energies_kJ_mol=energy.numpy()[rows],
+            n_energy_evaluations=len(x),
             wall_s=time.perf_counter() - start,
         )
 
