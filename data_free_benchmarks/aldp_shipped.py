@@ -13,12 +13,20 @@ populations and their relative errors, next to the reference's own noise floor (
 halves of its walkers, or of its time for a plain-MD reference). A peptide is scored residue by residue
 against its ``<target>_residue<k>.npz`` references (rows per residue). Results:
 ``results/<label>_shipped.{json,md}`` (label: the name, or ``--label``).
+
+``--md-series <folder>`` (an unbiased ``flowcg-reference method=walkers`` run, see
+:mod:`flowcg.analysis.md_cost`) adds the MD-equivalent speed-up of every set: the MD steps at which
+the series' running KL64 against the same shipped reference first reaches the set's KL64_rw,
+divided by the model's training energy evaluations (``energy_evaluations_total`` of a ``--run``'s
+metrics.json, or ``--evaluations``)::
+
+    .venv/bin/python data_free_benchmarks/aldp_shipped.py --run runs/aldp_recipe_tail8 --label aldp_recipe_tail8 \
+        --md-series runs/aldp_implicit_unbiased_walkers
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from flowcg.analysis.md_cost import load_md_series, md_cost_curve, md_steps_to_reach
 from flowcg.analysis.molecular import per_residue_references, shipped_reference
 from flowcg.analysis.ramachandran import ramachandran_metrics
 from flowcg.builders import cpu_model, load_run
-from flowcg.io import load_json, load_npz
+from flowcg.io import load_json, load_npz, save_json_atomic, write_atomic
 from flowcg.sampling.importance import pareto_khat
 from flowcg.pretrained import load_pretrained
 
@@ -66,6 +75,22 @@ def score(folder: Path, reference) -> dict:
             "wall_time_s": run["wall_time_s"], "device": run["device"], "residues": residues}
 
 
+def md_speedups(sets: dict, series_dir: Path, reference, evaluations: int) -> dict:
+    """The MD-equivalent speed-up of each scored set against the unbiased MD series in ``series_dir``."""
+    series = load_md_series(series_dir)
+    # 200 log-spaced checkpoints resolve the crossing to ~7 %, as in aldp.py
+    curve = md_cost_curve(series.reference.phi, series.reference.psi, series.steps_per_frame, reference=reference, n_points=200)
+    out = {"md_series": str(series_dir), "md_series_label": series.label, "md_series_steps": int(curve.steps[-1]),
+           "md_series_final_kl_64": float(curve.kl[-1]), "training_energy_evaluations": evaluations, "sets": {}}
+    for seed, m in sets.items():
+        kl = m["residues"][0]["kl_64_rw"]
+        steps = md_steps_to_reach(kl, curve)
+        out["sets"][seed] = {"kl_64_rw": kl, "md_steps_to_reach": steps if np.isfinite(steps) else None,
+                             "md_speedup": steps / evaluations if np.isfinite(steps) else None,
+                             "md_speedup_lower_bound": None if np.isfinite(steps) else float(curve.steps[-1]) / evaluations}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="aldp_implicit", help="a shipped model")
@@ -73,7 +98,11 @@ def main() -> None:
     parser.add_argument("--label", default=None, help="results name (default: --name, or the run folder's name)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--md-series", type=Path, default=None, help="unbiased flowcg-reference walker run: add the MD-equivalent speed-up")
+    parser.add_argument("--evaluations", type=int, default=None, help="the model's training energy evaluations (default: a --run's metrics.json)")
     args = parser.parse_args()
+    if args.md_series and not (args.run or args.evaluations):
+        parser.error("--md-series needs the model's training evaluations: --run, or --evaluations")
     model = f"run={args.run.resolve()}" if args.run else f"pretrained={args.name}"
     label = args.label or (args.run.name if args.run else args.name)
     folders = {seed: draw_set(model, label, seed, args.n) for seed in args.seeds}
@@ -86,8 +115,11 @@ def main() -> None:
     result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": model, "label": label,
               "cpu": cpu_model(), "reference": [r.description for r in references], "reference_noise_floor": [r.noise_floor for r in references],
               "reference_basins": [r.basins for r in references], "sets": sets}
+    if args.md_series:
+        evaluations = args.evaluations or int(load_json(args.run / "metrics.json")["energy_evaluations_total"])
+        result["md_speedup"] = md_speedups(sets, args.md_series, references[0], evaluations)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{label}_shipped.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_json_atomic(result, HERE / "results" / f"{label}_shipped.json")
     basins = list(references[0].basins)
     rows = ["| seed | residue | n | ESS | ESS clipped | Pareto k̂ | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(basins) + "---|"]
@@ -101,7 +133,16 @@ def main() -> None:
         floor = ref.noise_floor
         rows.append(f"\nResidue {k + 1} reference noise floor: KL64 {floor.get('kl_64', float('nan')):.4f}, TV64 {floor.get('tv_64', float('nan')):.4f}, "
                     f"KL100 {floor.get('kl_100', float('nan')):.4f}. Reference: {ref.description}.")
-    (HERE / "results" / f"{label}_shipped.md").write_text("\n".join(rows) + "\n")
+    if args.md_series:
+        speedup = result["md_speedup"]
+        rows.append(f"\nMD-equivalent speed-up against {speedup['md_series_label']} ({speedup['md_series_steps']:.3g} steps, final KL64 "
+                    f"{speedup['md_series_final_kl_64']:.4f}), {speedup['training_energy_evaluations']:.3g} training evaluations:")
+        for seed, sp in speedup["sets"].items():
+            figure = f"{sp['md_speedup']:.1f}×" if sp["md_speedup"] is not None else f"> {sp['md_speedup_lower_bound']:.1f}× (never reached)"
+            steps = f"{sp['md_steps_to_reach']:.3g}" if sp["md_steps_to_reach"] is not None else "–"
+            rows.append(f"- seed {seed}: KL64_rw {sp['kl_64_rw']:.4f}, MD steps to reach it {steps}: {figure}")
+    text = ("\n".join(rows) + "\n").encode()
+    write_atomic(HERE / "results" / f"{label}_shipped.md", lambda handle: handle.write(text))
     print("\n".join(rows))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from flowcg.analysis.molecular import Reference
-from flowcg.analysis.ramachandran import kl_of_histograms, ramachandran_histogram
+from flowcg.analysis.ramachandran import RamachandranReference, kl_of_histograms, ramachandran_histogram
 from flowcg.errors import ConfigError, MissingFileError
 from flowcg.sampling.importance import as_numpy
 
@@ -85,7 +85,7 @@ def md_cost_curve(
     phi,
     psi,
     steps_per_frame: int,
-    reference: tuple | None = None,
+    reference: tuple | RamachandranReference | None = None,
     bins: int = 64,
     n_points: int = 60,
     min_frames: int = 10,
@@ -96,13 +96,18 @@ def md_cost_curve(
         phi, psi: the MD series (T,) in rad, in time order.
         steps_per_frame: integration steps between saved frames.
         reference: (φ_ref, ψ_ref[, frame weights]) defining the reference histogram, e.g. a
-            :class:`~flowcg.analysis.molecular.Reference` of biased walkers; default the whole series.
+            :class:`~flowcg.analysis.molecular.Reference` of biased walkers, or a compact
+            :class:`~flowcg.analysis.ramachandran.RamachandranReference` (its bin masses, e.g. the
+            walker reference shipped for the target); default the whole series.
         bins: bins per axis (64 = FAB).
         n_points: number of checkpoints, from ``min_frames`` to T.
     """
     phi, psi = as_numpy(phi), as_numpy(psi)
-    ref = Reference(*(reference if reference is not None else (phi, psi)))
-    ref_counts = ramachandran_histogram(ref.phi, ref.psi, bins, ref.weights)
+    if isinstance(reference, RamachandranReference):
+        ref_counts = reference.masses[bins]
+    else:
+        ref = Reference(*(reference if reference is not None else (phi, psi)))
+        ref_counts = ramachandran_histogram(ref.phi, ref.psi, bins, ref.weights)
     frames = np.unique(np.geomspace(min(min_frames, len(phi)), len(phi), n_points).astype(int))
     # The running histogram grows by the counts of each new segment: O(T) overall, not O(T · n_points).
     counts = np.zeros((bins, bins))

@@ -123,6 +123,9 @@ def test_md_cost_on_synthetic_series():
     assert md_steps_to_reach(1e-6, curve) == 100_000
     assert md_steps_to_reach(early, curve) == curve.steps[0]
     assert md_steps_to_reach(-1.0, curve) == math.inf
+    # the compact reference shipped for a target (its bin masses) gives the same curve as its frames
+    compact = md_cost_curve(phi, psi, steps_per_frame=100, reference=RamachandranReference.from_frames(*reference), n_points=40)
+    np.testing.assert_allclose(compact.kl, curve.kl, rtol=1e-12, atol=1e-15)
 
 
 def _walker_run(path, build_ps=0.0):
