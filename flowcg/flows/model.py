@@ -15,7 +15,9 @@ the eager evaluation on first use, eager on any failure). Compiling the spline a
 autograd bookkeeping of the small ops around it as costly as the spline. One graph per layer, not
 one for the whole push-forward: layers of equal shapes share inductor's cached kernels, so a
 flow compiles in some 40 s cold (5 s warm), where the whole push-forward took minutes and gave
-no faster a step. Randomness stays outside the compiled region, so the random stream, and the exact resume of a training run, do not depend on
+no faster a step. Inside a compiled layer the spline is recomputed in the backward rather than
+its intermediates saved (:func:`~flowcg.flows.splines.rational_quadratic`): writing and reading
+them back cost more than the arithmetic. Randomness stays outside the compiled region, so the random stream, and the exact resume of a training run, do not depend on
 whether the flow is compiled.
 The transforms follow nflows' convention ``forward(inputs) -> (outputs, logabsdet)``, with
 *forward meaning latent → configuration* here (the sampling direction).
