@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from flowcg.analysis.evaluate import evaluate_samples  # noqa: E402
-from flowcg.analysis.md_cost import MDCostCurve, MDSeries, load_md_series, md_cost_curve, md_steps_to_reach  # noqa: E402
+from flowcg.analysis.md_cost import MDCostCurve, MDSeries, load_md_series, md_speedup, running_kl  # noqa: E402
 from flowcg.analysis.molecular import Reference, keep_l_mask, load_reference  # noqa: E402
 from flowcg.analysis.ramachandran import BASINS, basin_populations, phi_psi, ramachandran_kl  # noqa: E402
 from flowcg.builders import load_run  # noqa: E402
@@ -157,26 +157,6 @@ def spread(run, first: dict, reference: Reference, n: int, seeds: range) -> dict
         sets.append(evaluate_samples(run.target, draw_samples(run.model, run.target, n, batch_size=10_000), reference))
     return {key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "values": v}
             for key in SPREAD_KEYS for v in [[float(m[key]) for m in sets]]}
-
-
-def running_kl(series: MDSeries, yardstick: Reference) -> MDCostCurve:
-    """Running KL64(yardstick‖series[:k]) at 200 log-spaced k (the crossing is resolved to ~7 % there)."""
-    return md_cost_curve(series.reference.phi, series.reference.psi, steps_per_frame=series.steps_per_frame, reference=yardstick,
-                         n_points=200)
-
-
-def md_speedup(model_kl: float, evaluations: int, curve: MDCostCurve, label: str) -> dict:
-    """MD steps the running KL ``curve`` of the MD series ``label`` needs to reach ``model_kl``, per model evaluation."""
-    md_steps = md_steps_to_reach(model_kl, curve)
-    return {
-        "speedup_md_series": label,
-        "kl_64_rw_vs_yardstick": model_kl,
-        "md_series_final_kl_64": float(curve.kl[-1]),
-        "md_steps_to_model_kl": md_steps,
-        # if the series never reaches the model's KL, all its steps bound the speed-up from below
-        "md_speedup": md_steps / evaluations if np.isfinite(md_steps) else None,
-        "md_speedup_lower_bound": float(curve.steps[-1]) / evaluations if not np.isfinite(md_steps) else None,
-    }
 
 
 def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, curve: MDCostCurve | None, n: int, seed: int = 0,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flowcg.analysis.marginals import marginal_kls
-from flowcg.analysis.md_cost import load_md_series, md_cost_curve, md_steps_to_reach
+from flowcg.analysis.md_cost import load_md_series, md_cost_curve, md_speedup, md_steps_to_reach
 from flowcg.analysis.molecular import Reference, load_reference, resolve_reference, shipped_reference
 from flowcg.analysis.ramachandran import (
     RamachandranReference,
@@ -126,6 +126,10 @@ def test_md_cost_on_synthetic_series():
     # the compact reference shipped for a target (its bin masses) gives the same curve as its frames
     compact = md_cost_curve(phi, psi, steps_per_frame=100, reference=RamachandranReference.from_frames(*reference), n_points=40)
     np.testing.assert_allclose(compact.kl, curve.kl, rtol=1e-12, atol=1e-15)
+    # the speed-up per model evaluation, or the series' length as a lower bound when it never gets there
+    assert md_speedup(early, 1000, curve, "md")["md_speedup"] == curve.steps[0] / 1000
+    never = md_speedup(-1.0, 1000, curve, "md")
+    assert never["md_speedup"] is None and never["md_speedup_lower_bound"] == 100
 
 
 def _walker_run(path, build_ps=0.0):
