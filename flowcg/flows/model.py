@@ -160,7 +160,7 @@ class StructuredFlow(nn.Module):
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x), shape (B,)."""
         z, logdet = self._pull_back(x)
-        return self.latent.log_prob(z) + logdet
+        return (self._latent_log_prob or self.latent.log_prob)(z) + logdet
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(z_slow, z_fast) of configurations x: z_slow is the learned collective variable."""

@@ -1,4 +1,6 @@
-"""Reverse-KL objective: KL(q‖p_β) = E_q[log q(x) + β u(x)] + log Z_β, minimised over q.
+"""Training objectives: reverse KL, and an importance-weighted forward KL mixed into it.
+
+Reverse KL: KL(q‖p_β) = E_q[log q(x) + β u(x)] + log Z_β, minimised over q.
 
 The minibatch estimate uses reparameterised draws x = T(z), so gradients flow through x into
 the energy. Tempered energies βu far above the relevant range are softened by a lin-log cut
@@ -21,6 +23,20 @@ whose minimiser over the conditional is p_β(x | s) for every s, whatever the pr
 (the −log p_β(s) term does not depend on q). It trains no slow-prior parameter: π(s) is the
 business of the reverse-KL part (weight 1 − f) and of the prior refit. This is the conditional
 training of the coarse-graining-AL flows, here as a defensive share of an ordinary batch.
+
+Importance-weighted forward KL (``forward_kl_weight`` λ > 0). Reverse KL is mode-seeking: where q
+is too light, the samples that would show it are rare, so the heavy right tail of the importance
+weights w = p_β/q (what caps the Kish ESS) is hardly trained. The forward KL KL(p_β‖q) =
+−E_p[log q] + const is mass-covering and penalises exactly that. Without data, E_p is estimated by
+self-normalised importance sampling on the flow's own draws (detached):
+
+    KL(p_β‖q) ≈ −Σ_i w̄_i log q(x_i) + const,   x_i ~ q,   w̄_i = w_i / Σ_j w_j,
+
+with gradients through log q(x_i) at fixed x_i (the flow's inverse pass). This is the β = 1 limit of
+the reweighted forward KL that TA-BG anneals (Schopmans & Friederich 2025) and the "reverse KL +
+forward KL" mixture of Boltzmann generators (Noé et al. 2019), without a buffer: it is only sound
+where the weights are already tame (Kish ESS of a few tens of percent), i.e. as a late phase. The
+loss is (1 − λ) · reverse KL + λ · forward KL; λ = 1 skips the reverse-KL draws and energy gradients.
 """
 
 from __future__ import annotations
@@ -41,12 +57,13 @@ def lin_log_cut(u: Tensor, linear_until: float = 1e3, clamp_max: float = 1e9) ->
 
 
 @dataclass
-class ReverseKLEstimate:
-    """One minibatch of the objective.
+class KLEstimate:
+    """One minibatch of an objective.
 
     Attributes:
-        loss: Σ_i a_i (log q(x_i) + cut(β u(x_i))) over finite-energy samples, with sample
-            weights a_i renormalised over them; differentiable.
+        loss: the differentiable estimate; for reverse KL Σ_i a_i (log q(x_i) + cut(β u(x_i))) over
+            finite-energy samples with sample weights a_i renormalised over them, for forward KL
+            −Σ_i w̄_i log q(x_i).
         energies_kT: raw reduced energies u(x_i), detached, shape (B,).
         log_q: log q(x_i), detached, shape (B,).
         n_nonfinite: number of samples whose energy was NaN or ±inf.
@@ -69,7 +86,7 @@ def _weighted_mean(a: Tensor, log_density: Tensor, u_kT: Tensor, beta: float, li
 
 
 def reverse_kl(model: StructuredFlow, target: Target, beta: float, batch_size: int, linear_until: float = 1e3, clamp_max: float = 1e9,
-               slow_uniform_fraction: float = 0.0) -> ReverseKLEstimate:
+               slow_uniform_fraction: float = 0.0) -> KLEstimate:
     """Minibatch estimate of E_q[log q + β u] from ``batch_size`` reparameterised draws, a share
     ``slow_uniform_fraction`` of them conditional draws on a uniform slow state (module docstring)."""
     n_uniform = round(slow_uniform_fraction * batch_size)
@@ -86,4 +103,36 @@ def reverse_kl(model: StructuredFlow, target: Target, beta: float, batch_size: i
         uniform_weights = torch.full((n_uniform,), 1.0 / n_uniform, device=z.device, dtype=z.dtype)
         cond, n_cond = _weighted_mean(uniform_weights, log_q_given_slow, u_all[n_joint:], beta, linear_until, clamp_max)
         loss, n_nonfinite = (1.0 - slow_uniform_fraction) * loss + slow_uniform_fraction * cond, n_nonfinite + n_cond
-    return ReverseKLEstimate(loss=loss, energies_kT=u.detach(), log_q=log_q.detach(), n_nonfinite=n_nonfinite)
+    return KLEstimate(loss=loss, energies_kT=u.detach(), log_q=log_q.detach(), n_nonfinite=n_nonfinite)
+
+
+def reweighted_forward_kl(model: StructuredFlow, target: Target, beta: float, batch_size: int) -> KLEstimate:
+    """−Σ w̄_i log q(x_i) over ``batch_size`` detached draws x_i ~ q, w̄ the self-normalised weights
+    of p_β/q (module docstring). Draws with a non-finite weight get w̄ = 0 and keep the batch's
+    shape (compiled kernels see one size); NaN loss if no weight is finite."""
+    with torch.no_grad():
+        draw = model.sample(batch_size)
+        u = target.energy(draw.x)
+        log_w = -beta * u - draw.log_q
+        finite = torch.isfinite(log_w)
+        weights = torch.softmax(torch.where(finite, log_w, torch.full_like(log_w, -torch.inf)), dim=0)
+    log_q = model.log_prob(draw.x)
+    loss = -torch.where(finite, weights * log_q, torch.zeros_like(log_q)).sum()
+    if not finite.any():
+        loss = torch.full((), float("nan"), device=u.device, dtype=u.dtype)
+    return KLEstimate(loss=loss, energies_kT=u, log_q=log_q.detach(), n_nonfinite=int((~finite).sum()))
+
+
+def kl_objective(model: StructuredFlow, target: Target, beta: float, batch_size: int, forward_kl_weight: float = 0.0,
+                 slow_uniform_fraction: float = 0.0, linear_until: float = 1e3, clamp_max: float = 1e9) -> KLEstimate:
+    """(1 − λ) · reverse KL + λ · reweighted forward KL, λ = ``forward_kl_weight``, each on its own
+    ``batch_size`` draws; a term whose weight is 0 is not computed. The returned energies and log q
+    are the reverse-KL batch's when there is one."""
+    if forward_kl_weight <= 0.0:
+        return reverse_kl(model, target, beta, batch_size, linear_until, clamp_max, slow_uniform_fraction)
+    forward = reweighted_forward_kl(model, target, beta, batch_size)
+    if forward_kl_weight >= 1.0:
+        return forward
+    reverse = reverse_kl(model, target, beta, batch_size, linear_until, clamp_max, slow_uniform_fraction)
+    return KLEstimate(loss=(1.0 - forward_kl_weight) * reverse.loss + forward_kl_weight * forward.loss, energies_kT=reverse.energies_kT,
+                      log_q=reverse.log_q, n_nonfinite=reverse.n_nonfinite + forward.n_nonfinite)

@@ -37,7 +37,7 @@ from flowcg.flows.model import StructuredFlow
 from flowcg.sampling.importance import kish_ess, kl_estimate, log_z_estimate
 from flowcg.targets.base import Target
 from flowcg.io import load_torch, save_atomic
-from flowcg.training.objective import reverse_kl
+from flowcg.training.objective import kl_objective
 from flowcg.training.schedules import Schedule
 from flowcg.threads import rebalance
 
@@ -74,6 +74,7 @@ class TrainConfig:
     log_every: int = 10
     show_progress: bool = True
     slow_uniform_fraction: float = 0.0  # share of each batch trained conditionally on a uniform slow state (objective.py)
+    forward_kl_weight: float = 0.0  # λ: loss = (1 − λ) reverse KL + λ importance-weighted forward KL (objective.py)
 
     def __post_init__(self):
         for name in ("batch_size", "steps_per_stage", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
@@ -81,6 +82,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 <= self.slow_uniform_fraction < 1.0:
             raise ConfigError(f"train.slow_uniform_fraction must be in [0, 1), got {self.slow_uniform_fraction}")
+        if not 0.0 <= self.forward_kl_weight <= 1.0:
+            raise ConfigError(f"train.forward_kl_weight must be in [0, 1], got {self.forward_kl_weight}")
+        if self.forward_kl_weight == 1.0 and self.slow_uniform_fraction > 0.0:
+            raise ConfigError("train.slow_uniform_fraction trains the reverse-KL part, which train.forward_kl_weight=1 leaves out")
         if self.final_steps < 0:  # 0: a warm-started run that only evaluates (or refits its prior)
             raise ConfigError(f"train.final_steps must be ≥ 0, got {self.final_steps}")
 
@@ -181,7 +186,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
-        estimate = reverse_kl(self.model, self.target, s["beta"], cfg.batch_size, cfg.linear_until, cfg.clamp_max, cfg.slow_uniform_fraction)
+        estimate = kl_objective(self.model, self.target, s["beta"], cfg.batch_size, cfg.forward_kl_weight, cfg.slow_uniform_fraction,
+                                cfg.linear_until, cfg.clamp_max)
         s["nonfinite_energies"] += estimate.n_nonfinite  # reported once per stage, not per step
         loss = float(estimate.loss.detach())
         if not math.isfinite(loss):
