@@ -41,9 +41,10 @@ def _warm_start(model, init_from, load_weights: bool) -> int:
     if not init_from:
         return 0
     folder = Path(init_from)
+    weights = load_torch(folder / MODEL_NAME, what="model file")["model"]
+    model.match_slow_prior(weights)  # also when resuming: the run's config.yaml records this size
     if load_weights:
-        weights = load_torch(folder / MODEL_NAME, what="model file")["model"]
-        model.match_slow_prior(weights).load_state_dict(weights)
+        model.load_state_dict(weights)
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     inherited = int(metrics.get("energy_evaluations_total", metrics.get("energy_evaluations", 0)))
     log.info("warm start from %s (%d energy evaluations inherited)", folder, inherited)
@@ -67,6 +68,8 @@ def train(cfg: DictConfig) -> dict:
     if has_checkpoint and not cfg.resume:
         raise ConfigError(f"{run_dir} already holds a checkpoint; pass resume=true to continue it, or choose a new hydra.run.dir")
     inherited_evaluations = _warm_start(model, cfg.init_from, load_weights=not has_checkpoint)
+    if cfg.init_from:  # a refit may have resized the warm start's slow mixture; config.yaml must rebuild these weights
+        cfg.model.n_components = model.latent.slow.n_components
     OmegaConf.save(cfg, run_dir / CONFIG_NAME)
     if discovery is not None:
         write_json(discovery.to_dict(), run_dir / DISCOVERY_NAME)

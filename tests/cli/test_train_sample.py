@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 BIN = Path(sys.executable).parent
 TINY = [
@@ -138,4 +139,12 @@ def test_warm_started_prior_refit_counts_its_draws_and_reloads(trained_run, tmp_
     assert metrics["energy_evaluations"] == eval_batch + 2 * 3000
     assert metrics["energy_evaluations_total"] == metrics["energy_evaluations"] + parent["energy_evaluations_total"]
     sampled = _run("flowcg-sample", f"run={run_dir}", "n=1000", f"hydra.run.dir={tmp_path / 'samples'}")
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    # a warm start from that run without a refit of its own keeps 3 components, and its config says so
+    continued = tmp_path / "continued"
+    result = _run("flowcg-train", "experiment=double_well", f"hydra.run.dir={continued}", *constant, f"init_from={run_dir}", "train.final_steps=2",
+                  "prior_refit.n_components=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert OmegaConf.load(continued / "config.yaml").model.n_components == 3
+    sampled = _run("flowcg-sample", f"run={continued}", "n=1000", f"hydra.run.dir={tmp_path / 'continued_samples'}")
     assert sampled.returncode == 0, sampled.stderr[-2000:]
