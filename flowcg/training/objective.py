@@ -115,7 +115,7 @@ def reweighted_forward_kl(model: StructuredFlow, target: Target, beta: float, ba
         u = target.energy(draw.x)
         log_w = -beta * u - draw.log_q
         finite = torch.isfinite(log_w)
-        weights = torch.softmax(torch.where(finite, log_w, torch.full_like(log_w, -torch.inf)), dim=0)
+        weights = torch.softmax(log_w.masked_fill(~finite, -torch.inf), dim=0)
     log_q = model.log_prob(draw.x)
     loss = -torch.where(finite, weights * log_q, torch.zeros_like(log_q)).sum()
     if not finite.any():

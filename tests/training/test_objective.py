@@ -7,36 +7,13 @@ import pytest
 import torch
 
 from flowcg.errors import ConfigError
-from flowcg.flows.build import build_flow
-from flowcg.flows.model import StructuredFlow
-from flowcg.targets.base import Target
 from flowcg.training import TrainConfig
 from flowcg.training.objective import kl_objective, reweighted_forward_kl
 
 
-class _ModelAsTarget(Target):
-    """p(x) = q_true(x), a frozen flow; ``nan_rows`` of every batch get a NaN energy."""
-
-    name = "model_as_target"
-
-    def __init__(self, flow: StructuredFlow, nan_rows: int = 0):
-        super().__init__(event_shape=(flow.latent.dim,))
-        self.flow, self.nan_rows = flow, nan_rows
-
-    def _reduced_energy(self, x):
-        with torch.no_grad():
-            u = -self.flow.log_prob(x)
-        u[: self.nan_rows] = torch.nan
-        return u
-
-
-def _model(seed: int) -> StructuredFlow:
-    return build_flow(dim=3, slow_dim=1, n_components=2, n_couplings=2, hidden=16, prior_init_spread=3.0, seed=seed).double()
-
-
-def test_on_its_own_density_the_weights_are_uniform():
-    model = _model(0)
-    target = _ModelAsTarget(copy.deepcopy(model))
+def test_on_its_own_density_the_weights_are_uniform(small_flow, model_as_target):
+    model = small_flow(2, 0)
+    target = model_as_target(copy.deepcopy(model))
     torch.manual_seed(1)
     estimate = reweighted_forward_kl(model, target, beta=1.0, batch_size=256)
     torch.manual_seed(1)
@@ -45,9 +22,9 @@ def test_on_its_own_density_the_weights_are_uniform():
     assert target.n_energy_evaluations == 256
 
 
-def test_nonfinite_energies_get_no_weight_and_keep_the_batch_shape():
-    model = _model(0)
-    target = _ModelAsTarget(copy.deepcopy(model), nan_rows=5)
+def test_nonfinite_energies_get_no_weight_and_keep_the_batch_shape(small_flow, model_as_target):
+    model = small_flow(2, 0)
+    target = model_as_target(copy.deepcopy(model), nan_rows=5)
     torch.manual_seed(2)
     estimate = reweighted_forward_kl(model, target, beta=1.0, batch_size=64)
     torch.manual_seed(2)
@@ -58,16 +35,16 @@ def test_nonfinite_energies_get_no_weight_and_keep_the_batch_shape():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_forward_kl_fits_the_slow_mixture_weights_of_the_target():
+def test_forward_kl_fits_the_slow_mixture_weights_of_the_target(small_flow, model_as_target):
     """Same bijection and conditional, other slow weights: the forward KL's minimiser over the
     mixture weights is the target's (the exact, in-family optimum; mass moves where q was light)."""
     torch.manual_seed(0)
-    model = _model(0)
+    model = small_flow(2, 0)
     truth = copy.deepcopy(model)
     with torch.no_grad():
         truth.latent.slow.logits.copy_(torch.tensor([1.5, -1.5]))
         model.latent.slow.logits.zero_()
-    target = _ModelAsTarget(truth)
+    target = model_as_target(truth)
     optimizer = torch.optim.Adam([model.latent.slow.logits], lr=0.1)
     for _ in range(120):
         optimizer.zero_grad()
@@ -77,9 +54,9 @@ def test_forward_kl_fits_the_slow_mixture_weights_of_the_target():
     assert learned.tolist() == pytest.approx(torch.softmax(truth.latent.slow.logits, 0).tolist(), abs=0.03)
 
 
-def test_mixed_objective_draws_both_batches():
-    model = _model(0)
-    target = _ModelAsTarget(copy.deepcopy(model))
+def test_mixed_objective_draws_both_batches(small_flow, model_as_target):
+    model = small_flow(2, 0)
+    target = model_as_target(copy.deepcopy(model))
     estimate = kl_objective(model, target, beta=1.0, batch_size=32, forward_kl_weight=0.5)
     assert torch.isfinite(estimate.loss) and target.n_energy_evaluations == 64
 

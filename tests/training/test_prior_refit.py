@@ -6,42 +6,22 @@ import copy
 import pytest
 import torch
 
-from flowcg.flows.build import build_flow
 from flowcg.flows.model import StructuredFlow
 from flowcg.sampling import draw_samples, kish_ess
-from flowcg.targets.base import Target
 from flowcg.training.prior_refit import PriorRefitConfig, refit_slow_prior
 
 
-class _ModelAsTarget(Target):
-    """p(x) = q_true(x): a frozen flow, so log w = log q_true − log q is known exactly."""
-
-    name = "model_as_target"
-
-    def __init__(self, flow: StructuredFlow):
-        super().__init__(event_shape=(flow.latent.dim,))
-        self.flow = flow
-
-    def _reduced_energy(self, x):
-        with torch.no_grad():
-            return -self.flow.log_prob(x)
-
-
-def _model(n_components: int, seed: int) -> StructuredFlow:
-    return build_flow(dim=3, slow_dim=1, n_components=n_components, n_couplings=2, hidden=16, prior_init_spread=3.0, seed=seed).double()
-
-
 @pytest.fixture(scope="module")
-def refit_case():
+def refit_case(small_flow, model_as_target):
     torch.manual_seed(0)
-    model = _model(n_components=1, seed=0)
+    model = small_flow(n_components=1, seed=0)
     truth = copy.deepcopy(model)  # the same conditional and bijection, a 3-mode slow marginal
     with torch.no_grad():
         truth.latent.slow.resize_(3)
         truth.latent.slow.means.copy_(torch.tensor([[-3.0], [0.5], [3.0]]))
         truth.latent.slow.log_stds.fill_(-1.0)
         truth.latent.slow.logits.copy_(torch.tensor([0.0, 1.0, -0.5]))
-    target = _ModelAsTarget(truth)
+    target = model_as_target(truth)
     ess_before = kish_ess(draw_samples(model, target, 20_000).log_w)
     records = refit_slow_prior(model, target, PriorRefitConfig(n_components=3, n_samples=20_000, rounds=2), seed=0)
     return model, truth, target, ess_before, records
@@ -59,9 +39,9 @@ def test_refit_recovers_the_target_slow_marginal(refit_case):
     assert target.n_energy_evaluations == 4 * 20_000
 
 
-def test_refit_model_reloads_into_a_model_built_with_the_old_size(refit_case):
+def test_refit_model_reloads_into_a_model_built_with_the_old_size(refit_case, small_flow):
     model = refit_case[0]
-    fresh = _model(n_components=1, seed=0)
+    fresh = small_flow(n_components=1, seed=0)
     parameters_before = list(fresh.parameters())
     fresh.match_slow_prior(model.state_dict()).load_state_dict(model.state_dict())
     assert fresh.latent.slow.n_components == 3
@@ -70,11 +50,11 @@ def test_refit_model_reloads_into_a_model_built_with_the_old_size(refit_case):
     torch.testing.assert_close(fresh.log_prob(x), model.log_prob(x))
 
 
-def test_refit_config_rejects_bad_values():
+def test_refit_config_rejects_bad_values(small_flow):
     with pytest.raises(ValueError, match="n_components must be ≥ 0"):
         PriorRefitConfig(n_components=-1)
     with pytest.raises(ValueError, match="nothing to refit"):
-        refit_slow_prior(_model(1, 0), None, PriorRefitConfig())
+        refit_slow_prior(small_flow(1, 0), None, PriorRefitConfig())
 
 
 def _torus_model(n_components: int, seed: int) -> StructuredFlow:
@@ -91,7 +71,7 @@ def _torus_model(n_components: int, seed: int) -> StructuredFlow:
     return StructuredFlow(latent, IdentityTransform()).double()
 
 
-def test_defensive_refit_finds_a_basin_the_model_never_visits():
+def test_defensive_refit_finds_a_basin_the_model_never_visits(model_as_target):
     """The target puts 2 % of its mass at s = 2.5 rad, where the model's prior has ~no mass: draws from
     π alone cannot see it, the uniform share of the defensive proposal does."""
     model = _torus_model(1, seed=1)
@@ -103,7 +83,7 @@ def test_defensive_refit_finds_a_basin_the_model_never_visits():
         truth.latent.slow.means.copy_(torch.tensor([[-1.0], [2.5]]))
         truth.latent.slow.log_stds.fill_(-1.5)
         truth.latent.slow.logits.copy_(torch.log(torch.tensor([0.98, 0.02])))
-    target = _ModelAsTarget(truth)
+    target = model_as_target(truth)
     plain, defensive = copy.deepcopy(model), model
     refit_slow_prior(plain, target, PriorRefitConfig(n_components=2, n_samples=20_000), seed=0)
     records = refit_slow_prior(defensive, target, PriorRefitConfig(n_components=2, n_samples=20_000, uniform_fraction=0.3), seed=0)
@@ -117,11 +97,11 @@ def test_defensive_refit_finds_a_basin_the_model_never_visits():
     assert rare_mass(defensive) == pytest.approx(0.02, abs=0.004)
 
 
-def test_conditional_share_of_the_objective_trains_no_slow_prior_parameter():
+def test_conditional_share_of_the_objective_trains_no_slow_prior_parameter(small_flow, model_as_target):
     from flowcg.training.objective import reverse_kl
 
     model = _torus_model(2, seed=0)
-    target = _ModelAsTarget(_torus_model(2, seed=3))
+    target = model_as_target(_torus_model(2, seed=3))
     torch.manual_seed(0)
     estimate = reverse_kl(model, target, beta=1.0, batch_size=64, slow_uniform_fraction=0.5)
     assert torch.isfinite(estimate.loss) and estimate.energies_kT.shape == (32,)
@@ -135,4 +115,4 @@ def test_conditional_share_of_the_objective_trains_no_slow_prior_parameter():
     assert all(g is None or float(g.abs().max()) < 1e-12 for g in slow_grads)
     assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.latent.fast.parameters())
     with pytest.raises(ValueError, match="periodic slow latents"):
-        reverse_kl(_model(1, 0), target, beta=1.0, batch_size=8, slow_uniform_fraction=0.5)
+        reverse_kl(small_flow(1, 0), target, beta=1.0, batch_size=8, slow_uniform_fraction=0.5)
