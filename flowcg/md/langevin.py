@@ -119,14 +119,18 @@ class LangevinBAOAB:
         self.min_distance = min_distance
         self.constraints = constraints
 
-    def maxwell_boltzmann(self, n_replicas: int, generator: torch.Generator, like: Tensor) -> Tensor:
-        """Velocities (B, n_beads, 3) in nm/ps drawn from exp(−m v² / 2kT)."""
+    def maxwell_boltzmann(self, n_replicas: int, generator: torch.Generator, like: Tensor, temperature_K: Tensor | None = None) -> Tensor:
+        """Velocities (B, n_beads, 3) in nm/ps drawn from exp(−m v² / 2kT), at the bath temperature
+        or at a temperature (B,) in K per replica."""
         noise = torch.randn((n_replicas, self.masses.numel(), 3), generator=generator, dtype=like.dtype, device=like.device)
-        return noise * self._thermal_speed(like)
+        return noise * self._thermal_speed(like, temperature_K)
 
-    def _thermal_speed(self, like: Tensor) -> Tensor:
-        """√(kT / m), (1, n_beads, 1) in nm/ps."""
-        return torch.sqrt(self.kT / self.masses.to(like)).view(1, -1, 1)
+    def _thermal_speed(self, like: Tensor, temperature_K: Tensor | None = None) -> Tensor:
+        """√(kT / m) in nm/ps: (1, n_beads, 1) at the bath temperature, (B, n_beads, 1) for temperatures (B,) in K."""
+        if temperature_K is None:
+            return torch.sqrt(self.kT / self.masses.to(like)).view(1, -1, 1)
+        kT_per_replica = kT(torch.as_tensor(temperature_K, dtype=like.dtype, device=like.device)).view(-1, 1, 1)
+        return torch.sqrt(kT_per_replica / self.masses.to(like).view(1, -1, 1))
 
     def _forces(self, x: Tensor) -> Tensor:
         # Detached: the trajectory is data, never part of a training graph.
@@ -176,12 +180,15 @@ class LangevinBAOAB:
         save_every: int = 1,
         seed: int | torch.Generator = 0,
         v0: Tensor | None = None,
+        temperature_K: Tensor | None = None,
     ) -> LangevinResult:
         """Integrate replicas from x0 (B, n_beads, 3) nm for ``n_steps`` steps.
 
         Args:
             seed: an int seed or a ``torch.Generator`` (on x0's device) for the velocities and noise.
             v0: initial velocities (B, n_beads, 3) nm/ps; default Maxwell–Boltzmann at the bath temperature.
+            temperature_K: a bath temperature (B,) in K per replica (replica exchange); default the
+                integrator's. Only the O step and the default velocities depend on it.
         """
         if x0.ndim != 3 or x0.shape[1:] != (self.masses.numel(), 3):
             raise ValueError(f"x0 must have shape (B, {self.masses.numel()}, 3), got {tuple(x0.shape)}")
@@ -190,11 +197,13 @@ class LangevinBAOAB:
         generator = seed if isinstance(seed, torch.Generator) else torch.Generator(device=x0.device).manual_seed(seed)
         n_replicas = x0.shape[0]
         x = x0.detach().clone()
-        v = self._tangent(x, self.maxwell_boltzmann(n_replicas, generator, x) if v0 is None else v0.detach().clone().to(x))
+        if temperature_K is not None and tuple(torch.as_tensor(temperature_K).shape) != (n_replicas,):
+            raise ValueError(f"temperature_K must have shape ({n_replicas},), got {tuple(torch.as_tensor(temperature_K).shape)}")
+        v = self._tangent(x, self.maxwell_boltzmann(n_replicas, generator, x, temperature_K) if v0 is None else v0.detach().clone().to(x))
         inv_mass = (1.0 / self.masses.to(x)).view(1, -1, 1)
         half_dt = 0.5 * self.timestep
         c1 = math.exp(-self.friction * self.timestep)
-        noise_scale = math.sqrt(1.0 - c1 * c1) * self._thermal_speed(x)
+        noise_scale = (math.sqrt(1.0 - c1 * c1) * self._thermal_speed(x, temperature_K)).expand(n_replicas, -1, -1)
 
         forces = self._forces(x)
         stopped_step = torch.full((n_replicas,), -1, dtype=torch.long)
@@ -211,7 +220,7 @@ class LangevinBAOAB:
                 x_old = x[running]
                 v_new = self._tangent(x_old, v[running] + half_dt * forces[running] * inv_mass)
                 x_new, v_new, first_ok = self._drift(x_old, v_new, half_dt)
-                v_new = self._tangent(x_new, c1 * v_new + noise_scale * noise[running])
+                v_new = self._tangent(x_new, c1 * v_new + noise_scale[running] * noise[running])
                 x_new, v_new, second_ok = self._drift(x_new, v_new, half_dt)
                 f_new = self._forces(x_new)
                 v_new = self._tangent(x_new, v_new + half_dt * f_new * inv_mass)

@@ -23,10 +23,17 @@ each grown from its own residue's torsions with its own well-tempered heights; t
 reweights exactly as before. Targets with bond constraints (``constraints=hbonds``) are integrated
 with SHAKE/RATTLE (:mod:`flowcg.md.constraints`).
 
+Replica exchange instead of a bias (``n_temperatures`` = K > 1, ``max_temperature_K``, no build):
+the walkers form ladders of K temperatures that swap configurations every ``exchange_fs``
+(:mod:`flowcg.md.replica_exchange`); every frame records its potential energy and bath temperature,
+and the log weights back to the target's temperature come from MBAR over all of them. It is the
+unbiased second method that checks a biased reference.
+
 Files in the run folder: ``bias.npy`` (the Fourier coefficients, (2K+1, 2K+1) or one such matrix
 per residue; frozen after the build), ``state.pt`` (positions, velocities, RNG state, phase, steps
 done), ``reference.npz`` (per frame ``phi``, ``psi`` in rad (one column per residue; a dipeptide's
-single column stored flat), ``bias_kj_mol``, ``log_weight`` = V/kT, ``walker``, ``time_ps``),
+single column stored flat), ``bias_kj_mol``, ``log_weight`` = V/kT, ``walker``, ``time_ps``; with a
+temperature ladder also ``potential_kj_mol`` and ``bath_temperature_K``, and ``log_weight`` from MBAR),
 ``ramachandran_reference.npz`` (a dipeptide) or ``ramachandran_reference_residue<k>.npz`` (k = 1 …
 per residue), ``metrics.json``, and with ``positions_every`` = n > 0 ``positions.npz``: the all-atom
 ``positions_nm`` (float32) of every walker at every n-th recorded frame and the ``frame`` rows of
@@ -48,12 +55,13 @@ import torch
 from openmm import unit
 from torch import Tensor
 
-from flowcg.analysis.ramachandran import RamachandranReference, reference_paths, residue_prefix, residue_torsion_atoms
+from flowcg.analysis.ramachandran import RamachandranReference, basin_populations, reference_paths, residue_prefix, residue_torsion_atoms
 from flowcg.coordinates.backbone import backbone_dihedrals
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic, write_atomic
 from flowcg.md.constraints import BondConstraints
 from flowcg.md.langevin import LangevinBAOAB
+from flowcg.md.replica_exchange import TemperatureLadder, mbar_log_weights
 from flowcg.md.torsion_bias import TorsionBias
 from flowcg.sampling.importance import kish_ess, normalized_weights
 from flowcg.targets.molecular import MolecularTarget
@@ -84,6 +92,9 @@ class WalkerSettings:
     chunk_ps: float = 10.0           # production frames are committed this often (per walker)
     seed: int = 0
     positions_every: int = 0         # also keep all-atom positions at every n-th recorded frame (0: none), positions.npz
+    n_temperatures: int = 1          # K > 1: ladders of K temperatures with replica exchange instead of a bias
+    max_temperature_K: float | None = None  # the top of the geometric ladder (K > 1)
+    exchange_fs: float = 1000.0      # neighbour swaps this often (K > 1); a multiple of save_interval_fs
 
     def __post_init__(self):
         for name in ("n_walkers", "timestep_fs", "deposit_fs", "hill_width_rad", "save_interval_fs", "chunk_ps"):
@@ -93,6 +104,17 @@ class WalkerSettings:
             raise ConfigError(f"walkers.bias_factor must be > 1, got {self.bias_factor}")
         if min(self.build_ps, self.equilibration_ps, self.hill_height_kj_mol, self.friction_per_ps, self.positions_every) < 0:
             raise ConfigError("walkers.build_ps, equilibration_ps, hill_height_kj_mol, friction_per_ps and positions_every must be ≥ 0")
+        if self.n_temperatures < 1:
+            raise ConfigError(f"walkers.n_temperatures must be ≥ 1, got {self.n_temperatures}")
+        if self.n_temperatures > 1:
+            if self.max_temperature_K is None:
+                raise ConfigError("walkers.n_temperatures > 1 needs walkers.max_temperature_K (the top of the ladder)")
+            if self.build_ps > 0:
+                raise ConfigError("replica exchange (walkers.n_temperatures > 1) runs without a bias: set walkers.build_ps=0")
+            if self.n_walkers % self.n_temperatures:
+                raise ConfigError(f"walkers.n_walkers ({self.n_walkers}) must be a multiple of walkers.n_temperatures ({self.n_temperatures})")
+            if self.exchange_fs <= 0 or self.steps(self.exchange_fs) % self.steps(self.save_interval_fs):
+                raise ConfigError(f"walkers.exchange_fs ({self.exchange_fs}) must be a positive multiple of walkers.save_interval_fs ({self.save_interval_fs})")
 
     def steps(self, fs: float) -> int:
         return max(1, round(fs / self.timestep_fs))
@@ -117,6 +139,11 @@ class BiasedWalkers:
             constraints=BondConstraints(constraints, masses) if constraints else None,
         )
         self.kT = target.kT  # kJ/mol
+        self.ladder = (TemperatureLadder(target.temperature, settings.max_temperature_K, settings.n_temperatures)
+                       if settings.n_temperatures > 1 else None)
+        self.walker_temperatures_K = self.ladder.walker_temperatures_K(settings.n_walkers) if self.ladder else None
+        self.record_keys = ("phi", "psi", "bias_kj_mol", "walker", "time_ps") + (("potential_kj_mol", "bath_temperature_K") if self.ladder else ())
+        self._log_weight_cache: tuple[int, np.ndarray] | None = None
         self.dtype = torch.float32 if target.forcefield is None else target.forcefield.dtype
         if self.paths["state.pt"].exists():
             self._restore()
@@ -131,7 +158,7 @@ class BiasedWalkers:
         x0 = torch.as_tensor(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
         self.x = x0.to(self.dtype).expand(self.settings.n_walkers, -1, -1).contiguous()
         self.generator = torch.Generator().manual_seed(self.settings.seed)
-        self.v = self.integrator.maxwell_boltzmann(self.settings.n_walkers, self.generator, self.x)
+        self.v = self.integrator.maxwell_boltzmann(self.settings.n_walkers, self.generator, self.x, self.walker_temperatures_K)
         self.alive = torch.ones(self.settings.n_walkers, dtype=torch.bool)
         self.steps_done = dict.fromkeys(PHASES, 0)
         self.biases = [TorsionBias.zeros(self.settings.fourier_order) for _ in range(self.n_residues)]
@@ -139,8 +166,16 @@ class BiasedWalkers:
         torsion_shape = (0,) if self.n_residues == 1 else (0, self.n_residues)
         self.records = {"phi": np.zeros(torsion_shape, np.float32), "psi": np.zeros(torsion_shape, np.float32),
                         "bias_kj_mol": np.zeros(0, np.float32), "walker": np.zeros(0, np.int32), "time_ps": np.zeros(0, np.float32)}
+        if self.ladder:
+            self.records.update(potential_kj_mol=np.zeros(0, np.float64), bath_temperature_K=np.zeros(0, np.float64))
+        self.exchanges = self._no_exchanges()
         self.pending: list[dict] = []
         self.positions = self._no_positions()
+
+    def _no_exchanges(self) -> dict[str, np.ndarray]:
+        """Swap counts per neighbour pair (k, k+1) of the ladder: tried, accepted."""
+        pairs = self.settings.n_temperatures - 1
+        return {"attempted": np.zeros(pairs, np.int64), "accepted": np.zeros(pairs, np.int64)}
 
     def _no_positions(self) -> dict[str, np.ndarray]:
         return {"positions_nm": np.zeros((0, self.target.system.getNumParticles(), 3), np.float32), "frame": np.zeros(0, np.int64)}
@@ -161,7 +196,7 @@ class BiasedWalkers:
             raise UnreadableFileError(f"{self.run_dir}: state.pt holds {len(self.biases)} residue biases, the target has {self.n_residues}")
         frames = state["frames"]
         with np.load(self.paths["reference.npz"]) as data:
-            self.records = {key: data[key][:frames] for key in ("phi", "psi", "bias_kj_mol", "walker", "time_ps")}
+            self.records = {key: data[key][:frames] for key in self.record_keys}
         if len(self.records["phi"]) != frames:
             raise UnreadableFileError(f"{self.run_dir}: reference.npz holds {len(self.records['phi'])} frames, state.pt {frames}")
         kept = state.get("position_frames", 0)
@@ -171,12 +206,21 @@ class BiasedWalkers:
             self.positions = {key: data[key][:kept] for key in self.positions}
             if len(self.positions["frame"]) != kept:
                 raise UnreadableFileError(f"{self.run_dir}: positions.npz holds {len(self.positions['frame'])} frames, state.pt {kept}")
+        self.exchanges = {k: np.asarray(v).copy() for k, v in state.get("exchanges", self._no_exchanges()).items()}
         self.pending = []
         log.info("resumed %s: %s steps done, %d frames", self.run_dir, self.steps_done, frames)
 
     def log_weights(self) -> np.ndarray:
-        """log w = V(φ, ψ) / kT of every recorded frame."""
-        return self.records["bias_kj_mol"].astype(np.float64) / self.kT
+        """log w of every recorded frame back to the target: V(φ, ψ) / kT for a biased run, MBAR over
+        the ladder's temperatures for replica exchange (cached per frame count: MBAR takes seconds)."""
+        if not self.ladder:
+            return self.records["bias_kj_mol"].astype(np.float64) / self.kT
+        frames = len(self.records["walker"])
+        if self._log_weight_cache is None or self._log_weight_cache[0] != frames:
+            log_w = (mbar_log_weights(self.records["potential_kj_mol"], self.records["bath_temperature_K"], self.target.temperature)
+                     if frames else np.zeros(0))
+            self._log_weight_cache = (frames, log_w)
+        return self._log_weight_cache[1]
 
     def _commit(self, phase: str) -> None:
         """Frames recorded since the last commit join the records; reference.npz, then (while the bias
@@ -196,6 +240,7 @@ class BiasedWalkers:
             "settings": asdict(self.settings), "x": self.x, "v": self.v, "alive": self.alive, "rng": self.generator.get_state(),
             "steps_done": self.steps_done, "wall_time_s": self.wall_time_s, "bias": coefficients,
             "frames": len(self.records["phi"]), "position_frames": len(self.positions["frame"]),
+            "exchanges": {k: torch.from_numpy(v) for k, v in self.exchanges.items()},
         }, self.paths["state.pt"])
 
     # ---- dynamics ----------------------------------------------------------------------------
@@ -225,11 +270,20 @@ class BiasedWalkers:
     def _advance(self, n_steps: int) -> None:
         """Integrate the live walkers by ``n_steps``; a walker that blows up is stopped, logged and left out from then on."""
         live = torch.nonzero(self.alive).squeeze(1)
-        result = self.integrator.run(self.x[live], n_steps, save_every=n_steps, seed=self.generator, v0=self.v[live])
+        temperatures = self.walker_temperatures_K[live] if self.ladder else None
+        result = self.integrator.run(self.x[live], n_steps, save_every=n_steps, seed=self.generator, v0=self.v[live], temperature_K=temperatures)
         self.x[live], self.v[live] = result.positions, result.velocities
         for local in result.stopped.tolist():
             log.warning("walker %d stopped (%s); it records no further frames", int(live[local]), result.stop_reason[local])
             self.alive[live[local]] = False
+
+    def _exchange(self, parity: int) -> None:
+        """Neighbour swaps in every ladder (pairs k ≡ parity mod 2), at the current potential energies."""
+        with torch.no_grad():
+            energy, _ = self.target.energy_and_forces(self.x)
+        self.x, self.v, accepted = self.ladder.exchange(self.x, self.v, energy, self.alive, parity, self.generator)
+        self.exchanges["attempted"][parity::2] += self.settings.n_walkers // self.settings.n_temperatures
+        self.exchanges["accepted"] += accepted.numpy()
 
     def _deposit(self) -> None:
         """Well-tempered hills at every live walker, per residue k: h = h₀ exp(−V_k / (k_B ΔT)), ΔT = (γ − 1) T."""
@@ -246,8 +300,13 @@ class BiasedWalkers:
             phi, psi = self.torsions(self.x[walkers].double())
             flat = self.n_residues == 1  # a dipeptide's single column is stored flat (the reference.npz format)
             values = {"phi": phi[:, 0] if flat else phi, "psi": psi[:, 0] if flat else psi, "bias_kj_mol": self.bias(phi, psi)}
-        time_ps = self.steps_done["production"] * self.settings.timestep_fs / 1000.0
         new = {k: v.numpy().astype(np.float32) for k, v in values.items()}
+        if self.ladder:
+            with torch.no_grad():
+                energy, _ = self.target.energy_and_forces(self.x[walkers])
+            new["potential_kj_mol"] = energy.double().numpy()
+            new["bath_temperature_K"] = self.walker_temperatures_K[walkers].numpy()
+        time_ps = self.steps_done["production"] * self.settings.timestep_fs / 1000.0
         new["walker"] = walkers.numpy().astype(np.int32)
         new["time_ps"] = np.full(len(walkers), time_ps, np.float32)
         every = self.settings.positions_every
@@ -264,7 +323,10 @@ class BiasedWalkers:
         targets = {"build": s.steps(s.build_ps * 1000.0) if s.build_ps else 0,
                    "equilibrate": s.steps(s.equilibration_ps * 1000.0) if s.equilibration_ps else 0,
                    "production": s.steps(production_ps * 1000.0)}
-        stride = {"build": s.steps(s.deposit_fs), "equilibrate": s.steps(s.chunk_ps * 1000.0), "production": s.steps(s.save_interval_fs)}
+        exchange_steps = s.steps(s.exchange_fs)
+        stride = {"build": s.steps(s.deposit_fs),
+                  "equilibrate": min(s.steps(s.chunk_ps * 1000.0), exchange_steps) if self.ladder else s.steps(s.chunk_ps * 1000.0),
+                  "production": s.steps(s.save_interval_fs)}
         chunk_steps = s.steps(s.chunk_ps * 1000.0)
         for phase in PHASES:
             started, last_commit = time.perf_counter(), self.steps_done[phase]
@@ -274,7 +336,10 @@ class BiasedWalkers:
                 self.steps_done[phase] += n
                 if phase == "build":
                     self._deposit()
-                elif phase == "production" and n == stride[phase]:
+                if self.ladder and phase != "build" and self.steps_done[phase] % exchange_steps == 0:
+                    rounds = sum(self.steps_done[p] // exchange_steps for p in ("equilibrate", "production"))
+                    self._exchange(parity=rounds % 2)
+                if phase == "production" and n == stride[phase]:
                     self._record()
                 if self.steps_done[phase] - last_commit >= chunk_steps or self.steps_done[phase] >= targets[phase]:
                     self.wall_time_s += time.perf_counter() - started
@@ -298,9 +363,21 @@ class BiasedWalkers:
         length_ps = self.steps_done["production"] * self.settings.timestep_fs / 1000.0
         return [RamachandranReference.from_frames(
             phi[:, k], psi[:, k], weights, self.target.temperature,
-            f"{self.settings.n_walkers} biased walkers x {length_ps:g} ps ({self.target.name}, {self.target.temperature:g} K"
+            f"{self._description()} x {length_ps:g} ps ({self.target.name}, {self.target.temperature:g} K"
             f"{'' if self.n_residues == 1 else f', residue {k + 1} of {self.n_residues}'}), reweighted",
-            halves=r["walker"] < self.settings.n_walkers // 2) for k in range(self.n_residues)]
+            halves=self._first_half(r["walker"])) for k in range(self.n_residues)]
+
+    def _description(self) -> str:
+        s = self.settings
+        if not self.ladder:
+            return f"{s.n_walkers} biased walkers"
+        return (f"replica exchange, {s.n_walkers // s.n_temperatures} ladders of {s.n_temperatures} temperatures "
+                f"{self.target.temperature:g}-{s.max_temperature_K:g} K (MBAR),")
+
+    def _first_half(self, walker: np.ndarray) -> np.ndarray:
+        """Whether each frame's walker is in the first half of the independent runs (walkers, or whole ladders)."""
+        per_run = self.settings.n_temperatures
+        return walker // per_run < (self.settings.n_walkers // per_run) // 2
 
     def metrics(self, references: list[RamachandranReference] | None = None) -> dict:
         """Run summary: aggregate length and speed, weight ESS, reweighted basins, walker-split KL / TV
@@ -320,6 +397,9 @@ class BiasedWalkers:
             "ns_per_day_aggregate": aggregate_ns / self.wall_time_s * 86400 if self.wall_time_s > 0 else None,
             "bias_max_kj_mol": max(bias_ranges),  # the largest residue bias's range, its minimum taken as 0
         }
+        if self.ladder:
+            metrics["temperatures_K"] = self.ladder.temperatures_K.tolist()
+            metrics["exchange_acceptance"] = (self.exchanges["accepted"] / np.maximum(self.exchanges["attempted"], 1)).tolist()
         if len(log_w):
             references = references or self.ramachandran_references()
             metrics["weight_ess"] = kish_ess(log_w)
@@ -328,7 +408,43 @@ class BiasedWalkers:
                 metrics.update({f"{prefix}basin_{name}": v for name, v in reference.basins.items()})
                 metrics.update({f"{prefix}{name}_walker_halves": v for name, v in reference.noise_floor.items()})
             metrics.update(self._time_halves())
+            metrics.update(self._basin_standard_errors())
+            if self.ladder:
+                metrics.update(self._target_temperature_basins())
         return metrics
+
+    def _basin_standard_errors(self, n_groups: int = 16) -> dict:
+        """Standard error of every reweighted basin share (``basin_<b>_standard_error``) from the
+        spread of ``n_groups`` disjoint groups of walkers (whole ladders with replica exchange), each
+        group's share weighted within the group: the groups are independent runs, so this counts
+        the correlation in time that a per-frame error would miss."""
+        runs = self.records["walker"] // self.settings.n_temperatures
+        n_runs = self.settings.n_walkers // self.settings.n_temperatures
+        if n_runs < n_groups:
+            return {}
+        group = runs * n_groups // n_runs
+        log_w, (phi, psi) = self.log_weights(), self._recorded_torsions()
+        out = {}
+        for k in range(self.n_residues):
+            shares = [basin_populations(phi[group == g, k], psi[group == g, k], normalized_weights(log_w[group == g]))
+                      for g in range(n_groups)]
+            prefix = residue_prefix(k, self.n_residues)
+            for name in shares[0]:
+                values = np.array([share[name] for share in shares])
+                out[f"{prefix}basin_{name}_standard_error"] = float(values.std(ddof=1) / np.sqrt(n_groups))
+        return out
+
+    def _target_temperature_basins(self) -> dict:
+        """The basins of the frames recorded at the target's temperature alone, unweighted
+        (``basin_<b>_target_temperature_frames``): replica exchange's estimator without MBAR."""
+        at_target = self.records["bath_temperature_K"] == self.ladder.temperatures_K[0].item()
+        phi, psi = self._recorded_torsions()
+        out = {}
+        for k in range(self.n_residues):
+            reference = RamachandranReference.from_frames(phi[at_target, k], psi[at_target, k])
+            prefix = residue_prefix(k, self.n_residues)
+            out.update({f"{prefix}basin_{name}_target_temperature_frames": v for name, v in reference.basins.items()})
+        return out
 
     def _time_halves(self) -> dict:
         """The first half of the production against the second, per residue: KL / TV and the basins
