@@ -190,3 +190,20 @@ def test_cuda_training_step_and_sampling_match_cpu(vacuum):
     estimate = reverse_kl(cuda_model, target, 1.0, 512)
     estimate.loss.backward()
     assert torch.isfinite(estimate.loss) and all(torch.isfinite(p.grad).all() for p in cuda_model.parameters() if p.grad is not None)
+
+
+def test_cauchy_rotor_latents_sit_on_the_embedded_rotors_and_keep_an_exact_density(vacuum):
+    model = build_internal_model(vacuum, n_couplings=2, hidden=16, fast_hidden=8, rotor_latent="cauchy", seed=3).double()
+    embedding = model.bijection._transforms[1]
+    permutation = model.bijection._transforms[0]._permutation  # coordinate c holds latent permutation[c]
+    embedded_latents = sorted(int(permutation[c]) for c in embedding.periodic_mask.nonzero().ravel())
+    cauchy_latents = (model.latent.fast.cauchy_mask.nonzero().ravel() + model.slow_dim).tolist()
+    assert cauchy_latents == embedded_latents and len(cauchy_latents) == 5  # the 7 rotors but φ, ψ
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    draw = model.rsample(64)
+    assert torch.isfinite(draw.log_q).all()
+    assert torch.allclose(model.log_prob(draw.x.detach()), draw.log_q.detach(), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown rotor_latent"):
+        build_internal_model(vacuum, rotor_latent="student")

@@ -177,3 +177,36 @@ def test_weighted_em_does_not_depend_on_the_block_size():
         fits.append(torch.cat([fitted.means.flatten(), fitted.log_stds.flatten(), fitted.logits]))
     torch.testing.assert_close(fits[0], fits[1], rtol=0, atol=1e-10)
     torch.testing.assert_close(fits[0], fits[2], rtol=0, atol=1e-10)
+
+
+def test_cauchy_dims_match_torch_distributions_and_keep_the_state_dict():
+    mask = torch.tensor([False, True, False])
+    conditional = ConditionalDiagonalGaussian(2, 3, cauchy_mask=mask).double()
+    with torch.no_grad():
+        for p in conditional.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    z_slow, z_fast = torch.randn(10, 2, dtype=torch.float64), 5 * torch.randn(10, 3, dtype=torch.float64)
+    mean, log_std = conditional.mean_and_log_std(z_slow)
+    expected = (D.Normal(mean[:, [0, 2]], log_std[:, [0, 2]].exp()).log_prob(z_fast[:, [0, 2]]).sum(-1)
+                + D.Cauchy(mean[:, 1], log_std[:, 1].exp()).log_prob(z_fast[:, 1]))
+    assert torch.allclose(conditional.log_prob(z_fast, z_slow), expected, atol=1e-10)
+    # the mask follows from the configuration: the same weights load into either kind
+    assert set(conditional.state_dict()) == set(ConditionalDiagonalGaussian(2, 3).state_dict())
+    draws = StandardNormal(1, 2, cauchy_mask=torch.tensor([True, False])).rsample(torch.zeros(40_000, 1))
+    quartiles = torch.quantile(draws, torch.tensor([0.25, 0.75]), dim=0)
+    assert torch.allclose(quartiles[:, 0], torch.tensor([-1.0, 1.0]), atol=0.05)  # standard Cauchy
+    assert torch.allclose(quartiles[:, 1], torch.tensor([-0.6745, 0.6745]), atol=0.05)  # standard normal
+
+
+def test_a_cauchy_latent_puts_mass_at_the_circle_seam():
+    """Through τ = 2 atan(z), C(0, 1) is uniform on the circle; N(0, 1) vanishes at the seam ±π."""
+    from flowcg.flows.circular import CircleEmbedding
+
+    embedding = CircleEmbedding(torch.tensor([True]))
+    tau = torch.tensor([[0.0], [2.5], [math.pi - 1e-3]], dtype=torch.float64)
+    z, inverse_log_det = embedding.inverse(tau)  # log q(τ) = log p(z) + log|dz/dτ|
+    zero = torch.zeros(3, 1, dtype=torch.float64)
+    on_circle = {kind: StandardNormal(1, 1, cauchy_mask=torch.tensor([kind == "cauchy"])).double().log_prob(z, zero) + inverse_log_det
+                 for kind in ("cauchy", "gaussian")}
+    assert torch.allclose(on_circle["cauchy"], torch.full((3,), -math.log(2 * math.pi), dtype=torch.float64), atol=1e-9)
+    assert on_circle["gaussian"][2] < -1e5  # a zero of q at the seam, where a rotor's barrier can still hold mass
