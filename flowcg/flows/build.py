@@ -27,17 +27,19 @@ FAST_DENSITIES = {"conditional": ConditionalDiagonalGaussian, "standard": Standa
 
 def structured_latent(dim: int, slow_dim: int, n_components: int, fast: str, fast_hidden: int,
                       prior_init_spread: float, prior_init_std: float, seed: int, periodic_slow: bool = False,
-                      slow_blocks: list[list[int]] | None = None, cauchy_mask: torch.Tensor | None = None) -> StructuredLatent:
+                      slow_blocks: list[list[int]] | None = None, cauchy_mask: torch.Tensor | None = None,
+                      cauchy_weight: float = 1.0) -> StructuredLatent:
     """Mixture prior on the first ``slow_dim`` latents (wrapped normals if ``periodic_slow``), a
     ``fast`` density on the rest. ``slow_blocks`` (a partition of the slow latents into two or
     more blocks) makes the prior a product of one mixture per block (:class:`BlockMixture`).
-    ``cauchy_mask`` (dim − slow_dim,) marks fast latents drawn from a Cauchy instead (flowcg.latent.conditional)."""
+    ``cauchy_mask`` (dim − slow_dim,) marks fast latents drawn from the defensive mixture with a Cauchy of
+    weight ``cauchy_weight`` (flowcg.latent.conditional)."""
     if not 1 <= slow_dim <= dim:
         raise ConfigError(f"slow_dim must lie in [1, {dim}], got {slow_dim}")
     if fast not in FAST_DENSITIES:
         raise ConfigError(f"unknown fast density '{fast}'; choose one of {', '.join(FAST_DENSITIES)}")
     fast_kwargs = {"hidden": fast_hidden, "periodic_slow": periodic_slow} if fast == "conditional" else {}
-    fast_kwargs["cauchy_mask"] = cauchy_mask
+    fast_kwargs.update(cauchy_mask=cauchy_mask, cauchy_weight=cauchy_weight)
     mixture_options = dict(n_components=n_components, init_spread=prior_init_spread, init_std=prior_init_std, seed=seed, periodic=periodic_slow)
     slow = (BlockMixture(slow_blocks, **mixture_options) if slow_blocks and len(slow_blocks) > 1
             else DiagonalGaussianMixture(slow_dim, **mixture_options))
@@ -50,8 +52,6 @@ def structured_latent(dim: int, slow_dim: int, n_components: int, fast: str, fas
 SLOW_PRIORS = ("gaussian", "wrapped")
 #: joint: one mixture over all slow latents | bonded: one per group of slow torsions whose rotation axes share an atom
 SLOW_BLOCKS = ("joint", "bonded")
-#: the fast latents of circle-embedded rotor torsions: gaussian (q vanishes at the seam's image) | cauchy (wrapped Cauchy, positive everywhere)
-ROTOR_LATENTS = ("gaussian", "cauchy")
 
 
 def build_flow(
@@ -133,7 +133,7 @@ def build_internal_flow(
     n_blocks: int = 2,
     num_bins: int = 8,
     tail_bound: float = 8.0,
-    rotor_latent: str = "gaussian",
+    rotor_cauchy_weight: float = 0.0,
     prior_init_spread: float = math.pi,
     prior_init_std: float = 0.5,
     seed: int = 0,
@@ -152,9 +152,9 @@ def build_internal_flow(
     [−``tail_bound``, ``tail_bound``] harmonic widths and are the identity outside; 8, not 5,
     because at 5 the largest importance weights of alanine dipeptide sat at the bound (stiff amide
     impropers whose force-field tails are heavier than Gaussian; ``data_free_benchmarks/RESULTS.md``).
-    ``rotor_latent="cauchy"`` draws the fast latents of the circle-embedded rotors from a Cauchy
-    (wrapped Cauchy on the circle, positive everywhere) instead of a Gaussian, whose density vanishes
-    at the seam (:mod:`flowcg.latent.conditional`).
+    ``rotor_cauchy_weight`` ε > 0 draws the fast latents of the circle-embedded rotors from
+    (1 − ε) Gaussian + ε Cauchy (the Cauchy's image, the wrapped Cauchy, is positive on the whole
+    circle) instead of a Gaussian alone, whose density vanishes at the seam (:mod:`flowcg.latent.conditional`).
     """
     dim = transform.dim
     rotor_mask = transform.rotor_mask.cpu()
@@ -166,8 +166,8 @@ def build_internal_flow(
     wrapped = slow_prior == "wrapped"
     if wrapped and not all(rotor_mask[i] for i in slow):
         raise ConfigError("slow_prior 'wrapped' needs every slow coordinate to be a rotor torsion")
-    if rotor_latent not in ROTOR_LATENTS:
-        raise ConfigError(f"unknown rotor_latent '{rotor_latent}'; choose one of {', '.join(ROTOR_LATENTS)}")
+    if not 0.0 <= rotor_cauchy_weight <= 1.0:
+        raise ConfigError(f"rotor_cauchy_weight must be in [0, 1], got {rotor_cauchy_weight}")
     blocks = coupled_torsion_blocks(transform, slow) if slow_blocks == "bonded" else None
     # latent order [slow | fast] -> flow order: slow latents land on their coordinates
     flow_order = slow + [i for i in range(dim) if i not in slow]
@@ -177,9 +177,9 @@ def build_internal_flow(
     embedded = rotor_mask & ~torch.isin(torch.arange(dim), torch.tensor(slow)) if wrapped else rotor_mask
     embedded_latents = torch.zeros(dim, dtype=torch.bool)
     embedded_latents[latent_of_coordinate[embedded]] = True
-    cauchy_mask = embedded_latents[slow_dim:] if rotor_latent == "cauchy" else None
     latent = structured_latent(dim, slow_dim, n_components, fast, fast_hidden, prior_init_spread, prior_init_std, seed,
-                               periodic_slow=wrapped, slow_blocks=blocks, cauchy_mask=cauchy_mask)
+                               periodic_slow=wrapped, slow_blocks=blocks, cauchy_mask=embedded_latents[slow_dim:],
+                               cauchy_weight=rotor_cauchy_weight)
     generator = torch.Generator().manual_seed(seed)
     layers: list[Transform] = [Permutation(latent_of_coordinate), CircleEmbedding(embedded)]
     # The slow coordinates condition every coupling but, unless transform_slow, are never

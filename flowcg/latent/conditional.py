@@ -17,8 +17,10 @@ mass there (a methyl rotor's barrier) the importance weights p/q are unbounded. 
 alanine-dipeptide model the masked dims held 0.02–0.04 % of random draws beyond 4 σ but 47–93 % of
 the squared weight of the 300 largest weights (``data_free_benchmarks/RESULTS.md``). A Cauchy
 latent C(m, s) instead maps to the wrapped Cauchy density on the circle, positive everywhere
-(C(0, 1) to the uniform one exactly); with ``cauchy_mask`` those dims use C(m(z_s), s(z_s))
-with the same location / log-scale heads, and are drawn as m + s tan(π(u − ½)).
+(C(0, 1) to the uniform one exactly). With ``cauchy_mask`` and ``cauchy_weight`` ε those dims use
+the defensive mixture (1 − ε) N(m, s²) + ε C(m, s) (Hesterberg 1995) with the same location /
+log-scale heads: ε = 1 is the plain Cauchy; 0 < ε < 1 keeps the Gaussian's body and bounds
+p/q by the Cauchy's floor. A draw picks the Cauchy with probability ε, as m + s tan(π(u − ½)).
 """
 
 from __future__ import annotations
@@ -44,15 +46,18 @@ def _zero_init_mlp(in_features: int, out_features: int, hidden: int, n_hidden_la
 class _FastDensity(nn.Module):
     """Location–scale density, per dim Gaussian or (``cauchy_mask``) Cauchy; subclasses give the location and log-scale."""
 
-    def __init__(self, fast_dim: int, cauchy_mask: Tensor | None = None):
+    def __init__(self, fast_dim: int, cauchy_mask: Tensor | None = None, cauchy_weight: float = 1.0):
         super().__init__()
         self.fast_dim = fast_dim
         mask = torch.zeros(fast_dim, dtype=torch.bool) if cauchy_mask is None else torch.as_tensor(cauchy_mask, dtype=torch.bool)
         if mask.shape != (fast_dim,):
             raise ValueError(f"cauchy_mask must have shape ({fast_dim},), got {tuple(mask.shape)}")
+        if not 0.0 <= cauchy_weight <= 1.0:
+            raise ValueError(f"cauchy_weight must be in [0, 1], got {cauchy_weight}")
         # not persistent: it follows from the model's configuration, and weights saved without it still load
         self.register_buffer("cauchy_mask", mask, persistent=False)
-        self.has_cauchy = bool(mask.any())
+        self.cauchy_weight = float(cauchy_weight)
+        self.has_cauchy = bool(mask.any()) and cauchy_weight > 0.0
 
     def mean_and_log_std(self, z_slow: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -62,7 +67,8 @@ class _FastDensity(nn.Module):
         noise = torch.randn_like(mean)
         if self.has_cauchy:
             cauchy = torch.tan(math.pi * (torch.rand_like(mean) - 0.5))
-            noise = torch.where(self.cauchy_mask, cauchy, noise)
+            pick = self.cauchy_mask if self.cauchy_weight == 1.0 else self.cauchy_mask & (torch.rand_like(mean) < self.cauchy_weight)
+            noise = torch.where(pick, cauchy, noise)
         return mean + torch.exp(log_std) * noise
 
     def log_prob(self, z_fast: Tensor, z_slow: Tensor) -> Tensor:
@@ -70,15 +76,18 @@ class _FastDensity(nn.Module):
         t = (z_fast - mean) * torch.exp(-log_std)
         per_dim = -0.5 * t.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         if self.has_cauchy:
-            per_dim = torch.where(self.cauchy_mask, -torch.log1p(t.square()) - log_std - math.log(math.pi), per_dim)
+            cauchy = -torch.log1p(t.square()) - log_std - math.log(math.pi)
+            if self.cauchy_weight < 1.0:
+                cauchy = torch.logaddexp(per_dim + math.log1p(-self.cauchy_weight), cauchy + math.log(self.cauchy_weight))
+            per_dim = torch.where(self.cauchy_mask, cauchy, per_dim)
         return per_dim.sum(-1)
 
 
 class StandardNormal(_FastDensity):
-    """p(z_f | z_s) = N(0, I_df) (standard Cauchy on the ``cauchy_mask`` dims), ignoring z_s."""
+    """p(z_f | z_s) = N(0, I_df) (the defensive Cauchy mixture on the ``cauchy_mask`` dims), ignoring z_s."""
 
-    def __init__(self, slow_dim: int, fast_dim: int, cauchy_mask: Tensor | None = None):
-        super().__init__(fast_dim, cauchy_mask)
+    def __init__(self, slow_dim: int, fast_dim: int, cauchy_mask: Tensor | None = None, cauchy_weight: float = 1.0):
+        super().__init__(fast_dim, cauchy_mask, cauchy_weight)
 
     def mean_and_log_std(self, z_slow: Tensor) -> tuple[Tensor, Tensor]:
         zero = z_slow.new_zeros(z_slow.shape[0], self.fast_dim)
@@ -88,11 +97,11 @@ class StandardNormal(_FastDensity):
 class ConditionalDiagonalGaussian(_FastDensity):
     """p(z_f | z_s) = N(A h(z_s) + MLP_m(h(z_s)), diag exp(c + MLP_s(h(z_s)))²), with h the identity,
     or h(z_s) = (cos z_s, sin z_s) when the slow latents are angles (``periodic_slow``), so that the
-    conditional is continuous on the circle; Cauchy with that location and scale on ``cauchy_mask``."""
+    conditional is continuous on the circle; on ``cauchy_mask`` the defensive Cauchy mixture with that location and scale."""
 
     def __init__(self, slow_dim: int, fast_dim: int, hidden: int = 64, n_hidden_layers: int = 2, periodic_slow: bool = False,
-                 cauchy_mask: Tensor | None = None):
-        super().__init__(fast_dim, cauchy_mask)
+                 cauchy_mask: Tensor | None = None, cauchy_weight: float = 1.0):
+        super().__init__(fast_dim, cauchy_mask, cauchy_weight)
         self.periodic_slow = periodic_slow
         features = 2 * slow_dim if periodic_slow else slow_dim
         self.linear_mean = nn.Linear(features, fast_dim, bias=False)

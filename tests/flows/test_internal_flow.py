@@ -193,7 +193,8 @@ def test_cuda_training_step_and_sampling_match_cpu(vacuum):
 
 
 def test_cauchy_rotor_latents_sit_on_the_embedded_rotors_and_keep_an_exact_density(vacuum):
-    model = build_internal_model(vacuum, n_couplings=2, hidden=16, fast_hidden=8, rotor_latent="cauchy", seed=3).double()
+    """The defensive Gaussian–Cauchy mixture on the circle-embedded rotor latents: the right dims, an exact density."""
+    model = build_internal_model(vacuum, n_couplings=2, hidden=16, fast_hidden=8, rotor_cauchy_weight=0.3, seed=3).double()
     embedding = model.bijection._transforms[1]
     permutation = model.bijection._transforms[0]._permutation  # coordinate c holds latent permutation[c]
     embedded_latents = sorted(int(permutation[c]) for c in embedding.periodic_mask.nonzero().ravel())
@@ -205,5 +206,6 @@ def test_cauchy_rotor_latents_sit_on_the_embedded_rotors_and_keep_an_exact_densi
     draw = model.rsample(64)
     assert torch.isfinite(draw.log_q).all()
     assert torch.allclose(model.log_prob(draw.x.detach()), draw.log_q.detach(), atol=1e-6)
-    with pytest.raises(ValueError, match="unknown rotor_latent"):
-        build_internal_model(vacuum, rotor_latent="student")
+    with pytest.raises(ValueError, match="rotor_cauchy_weight must be in"):
+        build_internal_model(vacuum, rotor_cauchy_weight=1.5)
+    assert not build_internal_model(vacuum, n_couplings=2, hidden=16, seed=3).latent.fast.has_cauchy  # the default: Gaussian

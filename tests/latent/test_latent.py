@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from torch import distributions as D
 
@@ -210,3 +211,24 @@ def test_a_cauchy_latent_puts_mass_at_the_circle_seam():
                  for kind in ("cauchy", "gaussian")}
     assert torch.allclose(on_circle["cauchy"], torch.full((3,), -math.log(2 * math.pi), dtype=torch.float64), atol=1e-9)
     assert on_circle["gaussian"][2] < -1e5  # a zero of q at the seam, where a rotor's barrier can still hold mass
+
+
+def test_defensive_mixture_of_gaussian_and_cauchy():
+    weight = 0.2
+    fast = ConditionalDiagonalGaussian(1, 2, cauchy_mask=torch.tensor([True, False]), cauchy_weight=weight).double()
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    z_slow, z_fast = torch.randn(20, 1, dtype=torch.float64), 4 * torch.randn(20, 2, dtype=torch.float64)
+    mean, log_std = fast.mean_and_log_std(z_slow)
+    scale = log_std.exp()
+    mixture = torch.logaddexp(math.log(1 - weight) + D.Normal(mean[:, 0], scale[:, 0]).log_prob(z_fast[:, 0]),
+                              math.log(weight) + D.Cauchy(mean[:, 0], scale[:, 0]).log_prob(z_fast[:, 0]))
+    expected = mixture + D.Normal(mean[:, 1], scale[:, 1]).log_prob(z_fast[:, 1])
+    assert torch.allclose(fast.log_prob(z_fast, z_slow), expected, atol=1e-10)
+    # draws: a standard-normal body with a share `weight` of Cauchy draws, visible beyond |z| = 6
+    draws = StandardNormal(1, 1, cauchy_mask=torch.tensor([True]), cauchy_weight=weight).rsample(torch.zeros(200_000, 1))
+    beyond = float((draws.abs() > 6).double().mean())
+    assert abs(beyond - weight * 2 * math.atan(1 / 6) / math.pi) < 0.002  # P(|C| > 6) = (2/π) atan(1/6)
+    with pytest.raises(ValueError, match="cauchy_weight"):
+        StandardNormal(1, 1, cauchy_mask=torch.tensor([True]), cauchy_weight=1.5)
