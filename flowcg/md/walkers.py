@@ -66,6 +66,7 @@ from flowcg.md.torsion_bias import TorsionBias
 from flowcg.sampling.importance import kish_ess, normalized_weights
 from flowcg.targets.molecular import MolecularTarget
 from flowcg.targets.systems import langevin_simulation, thermalize
+from flowcg.threads import rebalance
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ class BiasedWalkers:
                     self.wall_time_s += time.perf_counter() - started
                     started, last_commit = time.perf_counter(), self.steps_done[phase]
                     self._commit(phase)
+                    rebalance()  # another flowcg process may have started or ended since (flowcg.threads)
                     log.info("%s: %.1f of %.1f ps per walker (%d walkers live), %.0f s", phase,
                              self.steps_done[phase] * s.timestep_fs / 1000.0, targets[phase] * s.timestep_fs / 1000.0,
                              int(self.alive.sum()), self.wall_time_s)

@@ -96,3 +96,13 @@ def test_peptide_walkers_bias_every_residue_and_keep_the_constraints(tmp_path):
         reference = RamachandranReference.load(tmp_path / f"ramachandran_reference_residue{k}.npz")
         assert f"residue {k} of 3" in reference.description
     assert np.load(tmp_path / "bias.npy").shape == (3, 2 * SETTINGS.fourier_order + 1, 2 * SETTINGS.fourier_order + 1)
+
+
+def test_walkers_rebalance_threads_at_every_commit(target, tmp_path, monkeypatch):
+    """A run of hours must take up the cores another flowcg process leaves (flowcg.threads)."""
+    import flowcg.md.walkers
+
+    calls = []
+    monkeypatch.setattr(flowcg.md.walkers, "rebalance", lambda: calls.append(1))
+    BiasedWalkers(target, tmp_path, SETTINGS).run(0.1)
+    assert len(calls) >= 4  # the build, the equilibration and two production chunks each commit
