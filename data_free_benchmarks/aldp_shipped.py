@@ -14,6 +14,9 @@ halves of its walkers, or of its time for a plain-MD reference). A peptide is sc
 against its ``<target>_residue<k>.npz`` references (rows per residue). Results:
 ``results/<label>_shipped.{json,md}`` (label: the name, or ``--label``).
 
+``--reference <file>`` scores against another dipeptide reference (e.g. the
+``ramachandran_reference.npz`` of a replica-exchange ``flowcg-reference`` run) instead.
+
 ``--md-series <folder>`` (an unbiased ``flowcg-reference method=walkers`` run, see
 :mod:`flowcg.analysis.md_cost`) adds the MD-equivalent speed-up of every set: the MD steps at which
 the series' running KL64 against the same shipped reference first reaches the set's KL64_rw,
@@ -36,7 +39,7 @@ import numpy as np
 
 from flowcg.analysis.md_cost import load_md_series, md_speedup, running_kl
 from flowcg.analysis.molecular import per_residue_references, shipped_reference
-from flowcg.analysis.ramachandran import ramachandran_metrics
+from flowcg.analysis.ramachandran import RamachandranReference, ramachandran_metrics
 from flowcg.builders import cpu_model, load_run
 from flowcg.io import load_json, load_npz, save_json_atomic, write_atomic
 from flowcg.sampling.importance import pareto_khat
@@ -93,6 +96,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--md-series", type=Path, default=None, help="unbiased flowcg-reference walker run: add the MD-equivalent speed-up")
     parser.add_argument("--evaluations", type=int, default=None, help="the model's training energy evaluations (default: a --run's metrics.json)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="score against this Ramachandran reference file (a dipeptide's; e.g. a replica-exchange run's) instead of the shipped one")
     args = parser.parse_args()
     if args.md_series and not (args.run or args.evaluations):
         parser.error("--md-series needs the model's training evaluations: --run, or --evaluations")
@@ -100,7 +105,7 @@ def main() -> None:
     label = args.label or (args.run.name if args.run else args.name)
     folders = {seed: draw_set(model, label, seed, args.n) for seed in args.seeds}
     run = load_run(args.run) if args.run else load_pretrained(args.name)
-    reference = shipped_reference(run.target.name, run.target.temperature)
+    reference = RamachandranReference.load(args.reference) if args.reference else shipped_reference(run.target.name, run.target.temperature)
     if reference is None:
         sys.exit(f"sets drawn in {HERE / 'runs' / 'shipped' / label}; no walker reference is shipped for {run.target.name} to score them against")
     sets = {seed: score(folder, reference) for seed, folder in folders.items()}
