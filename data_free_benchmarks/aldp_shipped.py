@@ -15,7 +15,8 @@ against its ``<target>_residue<k>.npz`` references (rows per residue). Results:
 ``results/<label>_shipped.{json,md}`` (label: the name, or ``--label``).
 
 ``--reference <file>`` scores against another dipeptide reference (e.g. the
-``ramachandran_reference.npz`` of a replica-exchange ``flowcg-reference`` run) instead.
+``ramachandran_reference.npz`` of a replica-exchange ``flowcg-reference`` run) instead; with
+``--sets <label>`` the sets already drawn under that label are scored (results under ``--label``).
 
 ``--md-series <folder>`` (an unbiased ``flowcg-reference method=walkers`` run, see
 :mod:`flowcg.analysis.md_cost`) adds the MD-equivalent speed-up of every set: the MD steps at which
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--md-series", type=Path, default=None, help="unbiased flowcg-reference walker run: add the MD-equivalent speed-up")
     parser.add_argument("--evaluations", type=int, default=None, help="the model's training energy evaluations (default: a --run's metrics.json)")
+    parser.add_argument("--sets", default=None, help="the sets' folder name under runs/shipped/ (default: the label), e.g. to score them against --reference")
     parser.add_argument("--reference", type=Path, default=None,
                         help="score against this Ramachandran reference file (a dipeptide's; e.g. a replica-exchange run's) instead of the shipped one")
     args = parser.parse_args()
@@ -103,7 +105,7 @@ def main() -> None:
         parser.error("--md-series needs the model's training evaluations: --run, or --evaluations")
     model = f"run={args.run.resolve()}" if args.run else f"pretrained={args.name}"
     label = args.label or (args.run.name if args.run else args.name)
-    folders = {seed: draw_set(model, label, seed, args.n) for seed in args.seeds}
+    folders = {seed: draw_set(model, args.sets or label, seed, args.n) for seed in args.seeds}
     run = load_run(args.run) if args.run else load_pretrained(args.name)
     reference = RamachandranReference.load(args.reference) if args.reference else shipped_reference(run.target.name, run.target.temperature)
     if reference is None:
