@@ -35,6 +35,8 @@ from flowcg.io import load_npz, save_json_atomic
 from flowcg.sampling.importance import pareto_khat
 
 HERE = Path(__file__).resolve().parent
+#: samples listed one by one in the JSON (the counts and shares use all ``--top``)
+DETAILED = 20
 
 
 def standardised(run, standardisation: HarmonicStandardization, frames_nm: np.ndarray) -> np.ndarray:
@@ -99,10 +101,10 @@ def main() -> None:
               "beyond": args.beyond, "top_with_far_rotor_latent": int(far_top.sum()),
               "top_share_of_w2_with_far_rotor_latent": float((w_top[far_top] ** 2).sum() / (w_top**2).sum()),
               "typical_fraction_with_far_rotor_latent": float(far_typical.mean()),
-              "samples": samples, "cpu": cpu_model()}
+              "samples": samples[:DETAILED], "cpu": cpu_model()}
     name = args.name or f"{args.set.parent.name}_{args.set.name}"
     save_json_atomic(result, HERE / "results" / f"weight_tail_{name}.json")
-    for s in samples:
+    for s in samples[:DETAILED]:
         print(s["rank"], f"{s['log_w_above_median']:+.2f}", ", ".join(f"{e['coordinate']} {e['y']:+.2f}" for e in s["most_extreme"]),
               f"| rotor latent {s['rotor_latent']['fast_index']} |t| {s['rotor_latent']['abs_t']:.2f}")
     print({k: result[k] for k in ("tail_bound", "pareto_khat", "typical_abs_y_99_99_percentile", "typical_fraction_beyond_bound", "top_at_bound",
