@@ -47,13 +47,6 @@ def standardised(run, standardisation: HarmonicStandardization, frames_nm: np.nd
     return y.double().numpy()
 
 
-def embedded_rotor_latents(model) -> list[int]:
-    """Fast-latent indices of the rotor torsions the flow maps onto the circle by 2 atan(z)."""
-    permutation, embedding = model.bijection._transforms[0]._permutation, model.bijection._transforms[1]
-    latents = sorted(int(permutation[c]) for c in embedding.periodic_mask.nonzero().ravel())
-    return [latent - model.slow_dim for latent in latents if latent >= model.slow_dim]
-
-
 def standardised_fast_latents(model, frames_nm: np.ndarray) -> np.ndarray:
     """t = (z_fast − m(z_slow)) / s(z_slow) of Cartesian frames (B, N, 3) nm."""
     with torch.no_grad():
@@ -83,7 +76,7 @@ def main() -> None:
     names = [f"{coordinates.kind[i]} {'-'.join(str(int(a)) for a in coordinates.atom_indices[i])}" for i in np.flatnonzero(stiff)]
     bound = float(run.config.model.tail_bound)
     median = float(np.median(log_w))
-    rotors = embedded_rotor_latents(run.model)
+    rotors = run.model.latent.fast.cauchy_mask.nonzero().ravel().tolist()  # the circle-embedded rotor latents (flowcg.flows.build)
     t_top, t_typical = (np.abs(standardised_fast_latents(run.model, frames)[:, rotors]) for frames in (top, typical))
     far_top, far_typical = t_top.max(1) > args.beyond, t_typical.max(1) > args.beyond
     w_top = np.exp(log_w[order] - log_w[order[0]])

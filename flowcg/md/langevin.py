@@ -127,10 +127,8 @@ class LangevinBAOAB:
 
     def _thermal_speed(self, like: Tensor, temperature_K: Tensor | None = None) -> Tensor:
         """√(kT / m) in nm/ps: (1, n_beads, 1) at the bath temperature, (B, n_beads, 1) for temperatures (B,) in K."""
-        if temperature_K is None:
-            return torch.sqrt(self.kT / self.masses.to(like)).view(1, -1, 1)
-        kT_per_replica = kT(torch.as_tensor(temperature_K, dtype=like.dtype, device=like.device)).view(-1, 1, 1)
-        return torch.sqrt(kT_per_replica / self.masses.to(like).view(1, -1, 1))
+        thermal = self.kT if temperature_K is None else kT(torch.as_tensor(temperature_K, dtype=like.dtype, device=like.device)).view(-1, 1, 1)
+        return torch.sqrt(thermal / self.masses.to(like).view(1, -1, 1))
 
     def _forces(self, x: Tensor) -> Tensor:
         # Detached: the trajectory is data, never part of a training graph.
@@ -197,13 +195,14 @@ class LangevinBAOAB:
         generator = seed if isinstance(seed, torch.Generator) else torch.Generator(device=x0.device).manual_seed(seed)
         n_replicas = x0.shape[0]
         x = x0.detach().clone()
-        if temperature_K is not None and tuple(torch.as_tensor(temperature_K).shape) != (n_replicas,):
+        per_replica = temperature_K is not None
+        if per_replica and tuple(torch.as_tensor(temperature_K).shape) != (n_replicas,):
             raise ValueError(f"temperature_K must have shape ({n_replicas},), got {tuple(torch.as_tensor(temperature_K).shape)}")
         v = self._tangent(x, self.maxwell_boltzmann(n_replicas, generator, x, temperature_K) if v0 is None else v0.detach().clone().to(x))
         inv_mass = (1.0 / self.masses.to(x)).view(1, -1, 1)
         half_dt = 0.5 * self.timestep
         c1 = math.exp(-self.friction * self.timestep)
-        noise_scale = (math.sqrt(1.0 - c1 * c1) * self._thermal_speed(x, temperature_K)).expand(n_replicas, -1, -1)
+        noise_scale = math.sqrt(1.0 - c1 * c1) * self._thermal_speed(x, temperature_K)  # (1 or B, n_beads, 1)
 
         forces = self._forces(x)
         stopped_step = torch.full((n_replicas,), -1, dtype=torch.long)
@@ -220,7 +219,8 @@ class LangevinBAOAB:
                 x_old = x[running]
                 v_new = self._tangent(x_old, v[running] + half_dt * forces[running] * inv_mass)
                 x_new, v_new, first_ok = self._drift(x_old, v_new, half_dt)
-                v_new = self._tangent(x_new, c1 * v_new + noise_scale[running] * noise[running])
+                scale = noise_scale[running] if per_replica else noise_scale  # no per-step gather at one temperature
+                v_new = self._tangent(x_new, c1 * v_new + scale * noise[running])
                 x_new, v_new, second_ok = self._drift(x_new, v_new, half_dt)
                 f_new = self._forces(x_new)
                 v_new = self._tangent(x_new, v_new + half_dt * f_new * inv_mass)

@@ -139,8 +139,7 @@ def mbar_log_weights(potential_kj_mol: np.ndarray, bath_temperature_K: np.ndarra
         raise ValueError(f"potential_kj_mol and bath_temperature_K must be matching vectors, got {potential.shape}, {bath.shape}")
     if not np.isfinite(potential).all():
         raise ValueError(f"{int((~np.isfinite(potential)).sum())} frames have a non-finite potential energy")
-    states = np.unique(bath)
-    counts = np.array([(bath == t).sum() for t in states])
+    states, counts = np.unique(bath, return_counts=True)
     reduced = potential[None, :] / kT(states)[:, None]  # u_kn = β_k U_n
     # robust: the adaptive solver, started from the free energies of neighbouring-state reweighting
     mbar = MBAR(reduced, counts, initialize="BAR", solver_protocol="robust")

@@ -326,7 +326,8 @@ class BiasedWalkers:
                    "production": s.steps(production_ps * 1000.0)}
         exchange_steps = s.steps(s.exchange_fs)
         stride = {"build": s.steps(s.deposit_fs),
-                  "equilibrate": min(s.steps(s.chunk_ps * 1000.0), exchange_steps) if self.ladder else s.steps(s.chunk_ps * 1000.0),
+                  # with a ladder, every exchange time is a stride end (a shorter chunk could skip some); commits still follow chunk_ps
+                  "equilibrate": exchange_steps if self.ladder else s.steps(s.chunk_ps * 1000.0),
                   "production": s.steps(s.save_interval_fs)}
         chunk_steps = s.steps(s.chunk_ps * 1000.0)
         for phase in PHASES:
