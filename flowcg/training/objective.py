@@ -37,6 +37,8 @@ the reweighted forward KL that TA-BG anneals (Schopmans & Friederich 2025) and t
 forward KL" mixture of Boltzmann generators (Noé et al. 2019), without a buffer: it is only sound
 where the weights are already tame (Kish ESS of a few tens of percent), i.e. as a late phase. The
 loss is (1 − λ) · reverse KL + λ · forward KL; λ = 1 skips the reverse-KL draws and energy gradients.
+With a :class:`~flowcg.training.buffer.ReweightedBuffer` the forward KL's minibatch is resampled
+from the buffer instead of drawn and evaluated afresh (TA-BG's annealing; see that module).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from torch import Tensor
 
 from flowcg.flows.model import StructuredFlow
 from flowcg.targets.base import Target
+from flowcg.training.buffer import ReweightedBuffer
 
 
 def lin_log_cut(u: Tensor, linear_until: float = 1e3, clamp_max: float = 1e9) -> Tensor:
@@ -123,14 +126,24 @@ def reweighted_forward_kl(model: StructuredFlow, target: Target, beta: float, ba
     return KLEstimate(loss=loss, energies_kT=u, log_q=log_q.detach(), n_nonfinite=int((~finite).sum()))
 
 
+def buffered_forward_kl(model: StructuredFlow, buffer: ReweightedBuffer, batch_size: int) -> KLEstimate:
+    """−(1/b) Σ log q(x_j) over ``batch_size`` configurations resampled from ``buffer`` ∝ its
+    weights (no energy evaluation; :mod:`flowcg.training.buffer`). ``energies_kT`` is empty."""
+    log_q = model.log_prob(buffer.minibatch(batch_size))
+    return KLEstimate(loss=-log_q.mean(), energies_kT=log_q.new_empty(0), log_q=log_q.detach(), n_nonfinite=0)
+
+
 def kl_objective(model: StructuredFlow, target: Target, beta: float, batch_size: int, forward_kl_weight: float = 0.0,
-                 slow_uniform_fraction: float = 0.0, linear_until: float = 1e3, clamp_max: float = 1e9) -> KLEstimate:
+                 slow_uniform_fraction: float = 0.0, linear_until: float = 1e3, clamp_max: float = 1e9,
+                 buffer: ReweightedBuffer | None = None) -> KLEstimate:
     """(1 − λ) · reverse KL + λ · reweighted forward KL, λ = ``forward_kl_weight``, each on its own
-    ``batch_size`` draws; a term whose weight is 0 is not computed. The returned energies and log q
-    are the reverse-KL batch's when there is one."""
+    ``batch_size`` draws (the forward KL's resampled from ``buffer`` if given); a term whose weight
+    is 0 is not computed. The returned energies and log q are the reverse-KL batch's when there is one."""
     if forward_kl_weight <= 0.0:
         return reverse_kl(model, target, beta, batch_size, linear_until, clamp_max, slow_uniform_fraction)
-    forward = reweighted_forward_kl(model, target, beta, batch_size)
+    if buffer is not None and buffer.beta != beta:
+        raise ValueError(f"the buffer's weights target beta={buffer.beta:.4g}, the objective beta={beta:.4g}")
+    forward = buffered_forward_kl(model, buffer, batch_size) if buffer is not None else reweighted_forward_kl(model, target, beta, batch_size)
     if forward_kl_weight >= 1.0:
         return forward
     reverse = reverse_kl(model, target, beta, batch_size, linear_until, clamp_max, slow_uniform_fraction)
