@@ -21,8 +21,9 @@ Draws with a non-finite energy get weight 0.
 
 TA-BG's recipe (``../shared/ANCHORS.md``): reverse KL at 1200 K, then 10 geometric steps to 300 K,
 each 30 000 steps of batch 2048 on a buffer of 5·10⁶ draws. Here the buffer is a ``train``
-setting (``train.buffer_size``), drawn at the start of every stage of a phase
-(:class:`~flowcg.training.trainer.Trainer`), so an annealing phase is a tempering schedule with
+setting (``train.buffer_size``), drawn at the start of every stage of a phase and, with
+``train.buffer_refresh_steps``, again every so many steps within it (TA-BG's ``update_buffer_every``;
+:class:`~flowcg.training.trainer.Trainer`), so an annealing phase is a tempering schedule with
 ``forward_kl_weight: 1`` and a buffer.
 """
 
@@ -54,10 +55,10 @@ class ReweightedBuffer:
         x: (N, *event_shape) configurations, detached.
         log_w: (N,) log importance weights −β u − log q₀ (−inf for non-finite energies).
         beta: the inverse temperature the weights target.
-        stage: the trainer's stage the buffer belongs to (resume checks it).
+        step: the training step before which it was drawn (a resumed run checks it).
 
     Examples:
-        >>> buffer = ReweightedBuffer(torch.zeros(4, 1), torch.log(torch.tensor([1.0, 1.0, 2.0, 0.0])), beta=1.0, stage=0)
+        >>> buffer = ReweightedBuffer(torch.zeros(4, 1), torch.log(torch.tensor([1.0, 1.0, 2.0, 0.0])), beta=1.0, step=0)
         >>> round(buffer.kish_ess, 3)   # (Σw)² / (N Σw²) = 16 / (4 · 6)
         0.667
         >>> x = buffer.minibatch(1000)
@@ -68,7 +69,7 @@ class ReweightedBuffer:
     x: Tensor
     log_w: Tensor
     beta: float
-    stage: int
+    step: int
 
     def __post_init__(self):
         finite = torch.isfinite(self.log_w)
@@ -80,7 +81,7 @@ class ReweightedBuffer:
 
     @classmethod
     @torch.no_grad()
-    def draw(cls, model: StructuredFlow, target: Target, beta: float, size: int, chunk: int, stage: int) -> "ReweightedBuffer":
+    def draw(cls, model: StructuredFlow, target: Target, beta: float, size: int, chunk: int, step: int) -> "ReweightedBuffer":
         """``size`` draws from ``model`` in chunks of ``chunk`` (the compiled batch size), each
         evaluated once by ``target`` (counted in its ``n_energy_evaluations``)."""
         xs, log_ws = [], []
@@ -89,7 +90,7 @@ class ReweightedBuffer:
             u = target.energy(draw.x)
             xs.append(draw.x)
             log_ws.append(-beta * u - draw.log_q)
-        return cls(torch.cat(xs), torch.cat(log_ws), beta, stage)
+        return cls(torch.cat(xs), torch.cat(log_ws), beta, step)
 
     @property
     def kish_ess(self) -> float:
@@ -103,9 +104,9 @@ class ReweightedBuffer:
         return self.x[index.to(self.x.device)]
 
     def save(self, path) -> None:
-        save_atomic({"x": self.x, "log_w": self.log_w, "beta": self.beta, "stage": self.stage}, path)
+        save_atomic({"x": self.x, "log_w": self.log_w, "beta": self.beta, "step": self.step}, path)
 
     @classmethod
     def load(cls, path, device) -> "ReweightedBuffer":
         saved = load_torch(path, map_location=device, what="reweighted buffer")
-        return cls(saved["x"], saved["log_w"], float(saved["beta"]), int(saved["stage"]))
+        return cls(saved["x"], saved["log_w"], float(saved["beta"]), int(saved["step"]))

@@ -18,8 +18,8 @@ RNG states, schedule position, counters, history) is written atomically to
 config, ends with exactly the parameters of an uninterrupted run.
 
 With ``buffer_size`` > 0 every stage starts by drawing a :class:`~flowcg.training.buffer.ReweightedBuffer`
-at its β (saved as ``<run_dir>/buffer.pt``, so a stage resumed mid-way trains on the same draws), and
-the forward-KL term of every step is resampled from it: TA-BG's temperature annealing when the phase's
+at its β, and again every ``buffer_refresh_steps`` steps if set (saved as ``<run_dir>/buffer.pt``, so a
+stage resumed mid-way trains on the same draws), and the forward-KL term of every step is resampled from it: TA-BG's temperature annealing when the phase's
 schedule steps β down from a hotter, already trained flow.
 """
 
@@ -83,6 +83,7 @@ class TrainConfig:
     slow_uniform_fraction: float = 0.0  # share of each batch trained conditionally on a uniform slow state (objective.py)
     forward_kl_weight: float = 0.0  # λ: loss = (1 − λ) reverse KL + λ importance-weighted forward KL (objective.py)
     buffer_size: int = 0  # > 0: the forward KL resamples a buffer of this many draws per stage (buffer.py)
+    buffer_refresh_steps: int = 0  # > 0: the buffer is drawn anew every this many steps of a stage (0: once per stage)
 
     def __post_init__(self):
         for name in ("batch_size", "steps_per_stage", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
@@ -94,6 +95,8 @@ class TrainConfig:
             raise ConfigError(f"train.forward_kl_weight must be in [0, 1], got {self.forward_kl_weight}")
         if self.forward_kl_weight == 1.0 and self.slow_uniform_fraction > 0.0:
             raise ConfigError("train.slow_uniform_fraction trains the reverse-KL part, which train.forward_kl_weight=1 leaves out")
+        if self.buffer_refresh_steps < 0:
+            raise ConfigError(f"train.buffer_refresh_steps must be ≥ 0, got {self.buffer_refresh_steps}")
         if self.buffer_size < 0:
             raise ConfigError(f"train.buffer_size must be ≥ 0, got {self.buffer_size}")
         if self.buffer_size and not self.forward_kl_weight > 0.0:
@@ -184,20 +187,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ the stage's buffer
     def _ensure_buffer(self) -> None:
-        """Have the current stage's buffer (``buffer_size`` > 0): drawn at the stage's first step and
-        saved, or, for a stage resumed mid-way, read back."""
+        """Have the buffer the current step trains on (``buffer_size`` > 0): drawn and saved at the
+        first step of a stage or of a refresh block, read back when a run resumes inside one."""
         cfg, s = self.config, self.state
-        if not cfg.buffer_size or (self.buffer is not None and self.buffer.stage == s["stage"]):
+        if not cfg.buffer_size:
+            return
+        since_draw = s["stage_step"] % cfg.buffer_refresh_steps if cfg.buffer_refresh_steps else s["stage_step"]
+        drawn_at = s["step"] - since_draw
+        if self.buffer is not None and self.buffer.step == drawn_at:
             return
         path = self.run_dir / BUFFER_NAME
-        if s["stage_step"] > 0:
+        if since_draw:
             self.buffer = ReweightedBuffer.load(path, next(self.model.parameters()).device)
-            if self.buffer.stage != s["stage"]:
-                raise InputError(f"{path} belongs to stage {self.buffer.stage}, the checkpoint to stage {s['stage']}: the run folder is inconsistent")
+            if self.buffer.step != drawn_at:
+                raise InputError(f"{path} was drawn before step {self.buffer.step}, the checkpoint needs the one of step {drawn_at}: the run folder is inconsistent")
             return
-        self.buffer = ReweightedBuffer.draw(self.model, self.target, s["beta"], cfg.buffer_size, cfg.eval_batch_size, s["stage"])
+        self.buffer = ReweightedBuffer.draw(self.model, self.target, s["beta"], cfg.buffer_size, cfg.eval_batch_size, s["step"])
         self.buffer.save(path)
-        log.info("stage %d: buffer of %d draws at beta=%.4g, Kish ESS %.4f", s["stage"], cfg.buffer_size, s["beta"], self.buffer.kish_ess)
+        log.info("step %d (stage %d): buffer of %d draws at beta=%.4g, Kish ESS %.4f", s["step"], s["stage"], cfg.buffer_size, s["beta"], self.buffer.kish_ess)
 
     # ------------------------------------------------------------------ one step
     def _learning_rate(self) -> float:
@@ -278,9 +285,8 @@ class Trainer:
         try:
             while not s["done"]:
                 stage_length = cfg.final_steps if s["beta"] >= 1.0 else cfg.steps_per_stage
-                if stage_length:
-                    self._ensure_buffer()
                 while s["stage_step"] < stage_length:
+                    self._ensure_buffer()
                     loss, grad_norm = self.train_step()
                     if math.isfinite(loss):  # the stage's mean loss, kept in the state so it survives a resume
                         s["stage_loss_sum"] = s.get("stage_loss_sum", 0.0) + loss

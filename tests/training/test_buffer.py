@@ -20,17 +20,17 @@ def test_the_weights_are_those_of_the_drawing_flow(small_flow, model_as_target):
     truth = small_flow(2, 1)
     target = model_as_target(truth)
     torch.manual_seed(3)
-    buffer = ReweightedBuffer.draw(model, target, beta=0.7, size=1000, chunk=256, stage=4)
+    buffer = ReweightedBuffer.draw(model, target, beta=0.7, size=1000, chunk=256, step=4)
     torch.manual_seed(3)
     x = torch.cat([model.sample(n).x for n in (256, 256, 256, 232)])
-    assert torch.equal(buffer.x, x) and buffer.stage == 4 and target.n_energy_evaluations == 1000
+    assert torch.equal(buffer.x, x) and buffer.step == 4 and target.n_energy_evaluations == 1000
     expected = 0.7 * truth.log_prob(x) - model.log_prob(x)
     assert torch.allclose(buffer.log_w, expected.detach(), atol=1e-9)
 
 
 def test_resampling_follows_the_weights():
     log_w = torch.log(torch.tensor([1.0, 3.0, 0.0, 6.0]))
-    buffer = ReweightedBuffer(torch.arange(4.0).view(4, 1), log_w, beta=1.0, stage=0)
+    buffer = ReweightedBuffer(torch.arange(4.0).view(4, 1), log_w, beta=1.0, step=0)
     torch.manual_seed(0)
     picked = buffer.minibatch(200_000).view(-1).long()
     share = torch.bincount(picked, minlength=4) / len(picked)
@@ -42,7 +42,7 @@ def test_the_top_weights_are_clipped_and_nonfinite_ones_dropped():
     log_w = torch.zeros(n, dtype=torch.float64)
     log_w[0] = 50.0  # one draw that would otherwise fill every minibatch
     log_w[1] = math.nan
-    buffer = ReweightedBuffer(torch.arange(float(n)).view(n, 1), log_w, beta=1.0, stage=0)
+    buffer = ReweightedBuffer(torch.arange(float(n)).view(n, 1), log_w, beta=1.0, step=0)
     assert math.ceil(CLIP_FRACTION * n) == 2
     torch.manual_seed(0)
     picked = buffer.minibatch(100_000).view(-1).long()
@@ -52,13 +52,13 @@ def test_the_top_weights_are_clipped_and_nonfinite_ones_dropped():
 
 def test_a_buffer_with_nothing_finite_is_a_clear_error():
     with pytest.raises(InputError, match="no draw of the buffer"):
-        ReweightedBuffer(torch.zeros(3, 1), torch.full((3,), math.nan), beta=0.5, stage=0)
+        ReweightedBuffer(torch.zeros(3, 1), torch.full((3,), math.nan), beta=0.5, step=0)
 
 
 def test_buffered_forward_kl_is_the_mean_log_q_of_the_resampled_batch(small_flow, model_as_target):
     model = small_flow(2, 0)
     target = model_as_target(copy.deepcopy(model))
-    buffer = ReweightedBuffer.draw(model, target, beta=1.0, size=512, chunk=512, stage=0)
+    buffer = ReweightedBuffer.draw(model, target, beta=1.0, size=512, chunk=512, step=0)
     evaluations = target.n_energy_evaluations
     torch.manual_seed(5)
     estimate = kl_objective(model, target, beta=1.0, batch_size=64, forward_kl_weight=1.0, buffer=buffer)
@@ -71,17 +71,18 @@ def test_buffered_forward_kl_is_the_mean_log_q_of_the_resampled_batch(small_flow
 
 
 def test_save_and_load_round_trip(tmp_path):
-    buffer = ReweightedBuffer(torch.randn(10, 3), torch.randn(10), beta=0.25, stage=2)
+    buffer = ReweightedBuffer(torch.randn(10, 3), torch.randn(10), beta=0.25, step=2)
     buffer.save(tmp_path / "buffer.pt")
     loaded = ReweightedBuffer.load(tmp_path / "buffer.pt", "cpu")
     assert torch.equal(loaded.x, buffer.x) and torch.equal(loaded.log_w, buffer.log_w)
-    assert (loaded.beta, loaded.stage) == (0.25, 2)
+    assert (loaded.beta, loaded.step) == (0.25, 2)
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(buffer_size=-1, forward_kl_weight=1.0), "buffer_size must be"),
     (dict(buffer_size=1024), "forward_kl_weight > 0"),
     (dict(buffer_size=100, batch_size=256, forward_kl_weight=1.0), "at least one batch"),
+    (dict(buffer_size=1024, forward_kl_weight=1.0, buffer_refresh_steps=-1), "buffer_refresh_steps must be"),
 ])
 def test_bad_buffer_settings_fail_clearly(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -104,25 +105,29 @@ class KillableDoubleWell(DoubleWell):
         return super()._reduced_energy(x)
 
 
-def _annealer(target, run_dir):
+def _annealer(target, run_dir, refresh):
     torch.manual_seed(0)
     model = build_flow(2, 1, 2, n_couplings=2, hidden=16, prior_init_spread=2.0)
-    return Trainer(model, target, build_schedule("geometric", beta0=0.5, n_stages=3), TrainConfig(**ANNEAL), run_dir)
+    config = TrainConfig(**ANNEAL, buffer_refresh_steps=refresh)
+    return Trainer(model, target, build_schedule("geometric", beta0=0.5, n_stages=3), config, run_dir)
 
 
-def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluation_draws(tmp_path):
-    reference = _annealer(KillableDoubleWell(), tmp_path / "a")
+@pytest.mark.parametrize("refresh, buffers, kill_after_calls", [
+    (0, 3, 5),   # one buffer per stage (6, 6, 10 steps); killed in stage 1 after its buffer (2 chunks) and steps
+    (4, 7, 4),   # drawn anew every 4 steps of a stage: 2 + 2 + 3 buffers; killed at stage 0's evaluation, resumed at step 5 inside the block drawn at step 4
+])
+def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluation_draws(tmp_path, refresh, buffers, kill_after_calls):
+    reference = _annealer(KillableDoubleWell(), tmp_path / "a", refresh)
     state = reference.fit()
-    # three stages, each one buffer and one evaluation batch: the steps cost no energy evaluation
-    assert reference.target.n_energy_evaluations == 3 * (256 + 128)
+    # the steps themselves cost no energy evaluation: only the buffers and each stage's evaluation batch
+    assert reference.target.n_energy_evaluations == buffers * 256 + 3 * 128
     assert all(0 < record["buffer_ess"] <= 1 for record in state["stages"])
     assert not (tmp_path / "a" / "buffer.pt").exists()
 
-    # killed in stage 1, after its buffer and its first steps (calls: 2 buffer chunks + 1 evaluation per stage)
-    killed = _annealer(KillableDoubleWell(kill_after_calls=5), tmp_path / "b")
+    killed = _annealer(KillableDoubleWell(kill_after_calls=kill_after_calls), tmp_path / "b", refresh)
     with pytest.raises(RuntimeError, match="killed"):
         killed.fit()
-    resumed = _annealer(KillableDoubleWell(), tmp_path / "b")
+    resumed = _annealer(KillableDoubleWell(), tmp_path / "b", refresh)
     state = resumed.fit(resume=True)
     assert state["done"] and resumed.target.n_energy_evaluations == reference.target.n_energy_evaluations
     for p, q in zip(reference.model.parameters(), resumed.model.parameters()):
