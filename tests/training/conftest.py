@@ -1,4 +1,5 @@
-"""Shared pieces of the training tests: a small flow and a target that is a frozen flow's density."""
+"""Shared pieces of the training tests: a small flow, a target that is a frozen flow's density, and a
+double well that can be killed mid-run."""
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from flowcg.flows.build import build_flow
 from flowcg.flows.model import StructuredFlow
 from flowcg.targets.base import Target
+from flowcg.targets.synthetic import DoubleWell
 
 
 class ModelAsTarget(Target):
@@ -38,3 +40,28 @@ def model_as_target():
 @pytest.fixture(scope="session")
 def small_flow():
     return _small_flow
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillableDoubleWell(DoubleWell):
+    """Raises :class:`Killed` after ``kill_after_calls`` energy calls, like a kill mid-run."""
+
+    Killed = Killed
+
+    def __init__(self, kill_after_calls=None):
+        super().__init__()
+        self.calls, self.kill_after_calls = 0, kill_after_calls
+
+    def _reduced_energy(self, x):
+        self.calls += 1
+        if self.kill_after_calls is not None and self.calls > self.kill_after_calls:
+            raise Killed
+        return super()._reduced_energy(x)
+
+
+@pytest.fixture(scope="session")
+def killable_double_well():
+    return KillableDoubleWell

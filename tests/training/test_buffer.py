@@ -9,7 +9,6 @@ import torch
 
 from flowcg.errors import ConfigError, InputError
 from flowcg.flows import build_flow
-from flowcg.targets.synthetic import DoubleWell
 from flowcg.training import TrainConfig, Trainer, build_schedule
 from flowcg.training.buffer import CLIP_FRACTION, ReweightedBuffer
 from flowcg.training.objective import kl_objective
@@ -93,18 +92,6 @@ ANNEAL = dict(batch_size=64, steps_per_stage=6, final_steps=10, eval_batch_size=
               forward_kl_weight=1.0, buffer_size=256)
 
 
-class KillableDoubleWell(DoubleWell):
-    def __init__(self, kill_after_calls=None):
-        super().__init__()
-        self.calls, self.kill_after_calls = 0, kill_after_calls
-
-    def _reduced_energy(self, x):
-        self.calls += 1
-        if self.kill_after_calls is not None and self.calls > self.kill_after_calls:
-            raise RuntimeError("killed")
-        return super()._reduced_energy(x)
-
-
 def _annealer(target, run_dir, refresh):
     torch.manual_seed(0)
     model = build_flow(2, 1, 2, n_couplings=2, hidden=16, prior_init_spread=2.0)
@@ -116,7 +103,9 @@ def _annealer(target, run_dir, refresh):
     (0, 3, 5),   # one buffer per stage (6, 6, 10 steps); killed in stage 1 after its buffer (2 chunks) and steps
     (4, 7, 4),   # drawn anew every 4 steps of a stage: 2 + 2 + 3 buffers; killed at stage 0's evaluation, resumed at step 5 inside the block drawn at step 4
 ])
-def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluation_draws(tmp_path, refresh, buffers, kill_after_calls):
+def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluation_draws(tmp_path, refresh, buffers, kill_after_calls,
+                                                                                           killable_double_well):
+    KillableDoubleWell = killable_double_well
     reference = _annealer(KillableDoubleWell(), tmp_path / "a", refresh)
     state = reference.fit()
     # the steps themselves cost no energy evaluation: only the buffers and each stage's evaluation batch
@@ -125,7 +114,7 @@ def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluat
     assert not (tmp_path / "a" / "buffer.pt").exists()
 
     killed = _annealer(KillableDoubleWell(kill_after_calls=kill_after_calls), tmp_path / "b", refresh)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(KillableDoubleWell.Killed):
         killed.fit()
     resumed = _annealer(KillableDoubleWell(), tmp_path / "b", refresh)
     state = resumed.fit(resume=True)

@@ -13,24 +13,6 @@ from flowcg.errors import MissingFileError
 SMALL = dict(batch_size=64, steps_per_stage=6, final_steps=10, eval_batch_size=128, checkpoint_every=5, show_progress=False)
 
 
-class Killed(RuntimeError):
-    pass
-
-
-class KillableDoubleWell(DoubleWell):
-    """Raises after a given number of energy calls, like a kill mid-run."""
-
-    def __init__(self, kill_after_calls=None):
-        super().__init__()
-        self.calls, self.kill_after_calls = 0, kill_after_calls
-
-    def _reduced_energy(self, x):
-        self.calls += 1
-        if self.kill_after_calls is not None and self.calls > self.kill_after_calls:
-            raise Killed
-        return super()._reduced_energy(x)
-
-
 def _trainer(target, run_dir):
     torch.manual_seed(0)
     model = build_flow(2, 1, 2, n_couplings=2, hidden=16, prior_init_spread=2.0)
@@ -38,12 +20,13 @@ def _trainer(target, run_dir):
     return Trainer(model, target, schedule, TrainConfig(**SMALL), run_dir)
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, killable_double_well):
+    KillableDoubleWell = killable_double_well
     reference = _trainer(KillableDoubleWell(), tmp_path / "a")
     reference.fit()
 
     killed = _trainer(KillableDoubleWell(kill_after_calls=17), tmp_path / "b")
-    with pytest.raises(Killed):
+    with pytest.raises(KillableDoubleWell.Killed):
         killed.fit()
     assert killed.checkpoint_path.is_file()
 
