@@ -8,6 +8,10 @@ Metrics (keys of ``metrics.json``):
 
 * ``fraction_d``: share of samples with a D-configured CA centre; with ``reject_d`` those samples
   get zero weight and are left out of every histogram (FAB's filter).
+* ``fraction_cis`` / ``fraction_cis_rw``: share of the (L) samples with at least one cis amide bond
+  (:mod:`flowcg.coordinates.amide`), raw and reweighted: an estimate of the cis isomers' Boltzmann
+  share, which MD and walker references (started trans, never crossing the ≈ 80 kJ/mol barrier) lack.
+  Reported only; the samples stay in every other metric.
 * with a reference: the Ramachandran KL / TV on 64² and 100² grids, raw and reweighted (``_rw``),
   and basin populations (see :mod:`flowcg.analysis.ramachandran`);
 * without one: the basin populations of the model, raw and reweighted.
@@ -29,6 +33,7 @@ from flowcg.analysis.ramachandran import (
     residue_phi_psi,
     residue_prefix,
 )
+from flowcg.coordinates.amide import AmideBonds
 from flowcg.coordinates.backbone import atom_path_name
 from flowcg.coordinates.chirality import CAChirality
 from flowcg.errors import ConfigError, UnreadableFileError
@@ -123,6 +128,16 @@ def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
     return ~chirality.is_d(x).numpy()
 
 
+def cis_amide_shares(topology, x: np.ndarray, log_w: np.ndarray) -> dict:
+    """``fraction_cis`` and ``fraction_cis_rw`` of frames x (module docstring); empty without amide bonds."""
+    try:
+        amides = AmideBonds(topology)
+    except ValueError:
+        return {}
+    cis = amides.is_cis(x).any(dim=-1).numpy()
+    return {"fraction_cis": float(cis.mean()), "fraction_cis_rw": float(normalized_weights(log_w)[cis].sum())}
+
+
 def per_residue_references(reference, n_residues: int) -> list:
     """``reference`` as one entry per residue: a list of per-residue references as it is, a peptide's
     MD record split by residue (:meth:`Reference.residues`), a single reference for a single residue,
@@ -145,6 +160,7 @@ def molecular_metrics(topology, samples: SampleSet, reference=None, reject_d: bo
     chosen = keep if reject_d else np.ones_like(keep)
     phi, psi = residue_phi_psi(samples.x[chosen], topology)
     log_w = samples.log_w[chosen]
+    metrics.update(cis_amide_shares(topology, samples.x[chosen], log_w))
     n_residues = phi.shape[1]
     per_residue = []
     for k, ref in enumerate(per_residue_references(reference, n_residues)):

@@ -1,0 +1,57 @@
+"""Amide bonds: found from the bonds (caps included), ω as mdtraj computes it, a rotated cap is cis,
+and the reported shares."""
+
+import math
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from flowcg.analysis.molecular import cis_amide_shares
+from flowcg.coordinates.amide import AmideBonds
+
+
+def _rotate_about_bond(x: np.ndarray, axis_from: int, axis_to: int, atoms: list[int], angle: float) -> np.ndarray:
+    """x (N, 3) with ``atoms`` rotated by ``angle`` about the axis_from → axis_to bond (Rodrigues)."""
+    x = x.copy()
+    k = x[axis_to] - x[axis_from]
+    k /= np.linalg.norm(k)
+    v = x[atoms] - x[axis_to]
+    x[atoms] = x[axis_to] + v * math.cos(angle) + np.cross(k, v) * math.sin(angle) + np.outer(v @ k, k) * (1 - math.cos(angle))
+    return x
+
+
+def test_both_peptide_bonds_of_alanine_dipeptide_are_found_and_trans(aldp, md_frames):
+    amides = AmideBonds(aldp.topology)
+    assert amides.torsions.tolist() == [[1, 4, 6, 8], [8, 14, 16, 18]]  # ACE–ALA and ALA–NME
+    frames = torch.tensor(md_frames)
+    expected = md.compute_dihedrals(md.Trajectory(md_frames, aldp.topology), amides.torsions)
+    torch.testing.assert_close(amides.omega(frames), torch.tensor(expected, dtype=frames.dtype), atol=1e-5, rtol=0)
+    assert not amides.is_cis(frames).any()
+
+
+def test_the_nme_cap_turned_half_way_round_is_cis(aldp):
+    amides = AmideBonds(aldp.topology)
+    trans = np.asarray(aldp.positions)
+    cis = _rotate_about_bond(trans, 14, 16, [17, 18, 19, 20, 21], math.pi)
+    flags = amides.is_cis(torch.tensor(np.stack([trans, cis])))
+    assert flags.tolist() == [[False, False], [False, True]]
+    omega = amides.omega(torch.tensor(np.stack([trans, cis])))[:, 1]
+    assert math.cos(float(omega[1] - omega[0])) == pytest.approx(-1.0, abs=1e-9)  # turned by π
+
+    x = np.stack([trans, trans, cis])
+    shares = cis_amide_shares(aldp.topology, x, np.log([1.0, 1.0, 2.0]))
+    assert shares["fraction_cis"] == pytest.approx(1 / 3) and shares["fraction_cis_rw"] == pytest.approx(0.5)
+
+
+def test_a_topology_without_amides_reports_nothing():
+    topology = md.Topology()
+    chain = topology.add_chain()
+    residue = topology.add_residue("ETH", chain)
+    a = topology.add_atom("C1", md.element.carbon, residue)
+    b = topology.add_atom("C2", md.element.carbon, residue)
+    topology.add_bond(a, b)
+    with pytest.raises(ValueError, match="no amide bond"):
+        AmideBonds(topology)
+    assert cis_amide_shares(topology, np.zeros((2, 2, 3)), np.zeros(2)) == {}
