@@ -8,7 +8,8 @@ from flowcg.errors import ConfigError
 from flowcg.flows import build_flow
 from flowcg.training.recipe import build_phases, run_recipe
 from flowcg.training.trainer import CHECKPOINT_NAME
-from tests.training.test_trainer import SMALL, Killed, KillableDoubleWell
+from tests.training.conftest import Killed, KillableDoubleWell
+from tests.training.test_trainer import SMALL
 
 TRAIN = {**SMALL, "schedule": {"kind": "geometric", "beta0": 0.1, "n_stages": 3}}
 REFIT = {"n_components": 0, "n_samples": 2000, "rounds": 1, "n_iter": 50, "min_std": 0.05, "batch_size": 1000, "uniform_fraction": 0.0}
