@@ -158,9 +158,10 @@ def molecular_metrics(topology, samples: SampleSet, reference=None, reject_d: bo
     keep = keep_l_mask(topology, samples.x)
     metrics: dict = {"fraction_d": float(1.0 - keep.mean())}
     chosen = keep if reject_d else np.ones_like(keep)
-    phi, psi = residue_phi_psi(samples.x[chosen], topology)
+    x = samples.x[chosen]  # one copy of the kept frames (10⁶ × atoms × 3 for a shipped set)
+    phi, psi = residue_phi_psi(x, topology)
     log_w = samples.log_w[chosen]
-    metrics.update(cis_amide_shares(topology, samples.x[chosen], log_w))
+    metrics.update(cis_amide_shares(topology, x, log_w))
     n_residues = phi.shape[1]
     per_residue = []
     for k, ref in enumerate(per_residue_references(reference, n_residues)):

@@ -39,6 +39,7 @@ import mdtraj as md
 import numpy as np
 import torch
 
+from flowcg.coordinates.bonds import bonded_neighbours
 from flowcg.errors import ConfigError
 
 __all__ = ["CGMapping", "ALDP_BACKBONE_SELECTION"]
@@ -49,14 +50,6 @@ ALDP_BACKBONE_SELECTION = "(resname ACE and name C) or (resname ALA and name N C
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 _TYPE_KEYS = ("name", "residue_name", "element")
-
-
-def _neighbours(topology: md.Topology) -> list[list[int]]:
-    neighbours: list[list[int]] = [[] for _ in range(topology.n_atoms)]
-    for a, b in topology.bonds:
-        neighbours[a.index].append(b.index)
-        neighbours[b.index].append(a.index)
-    return neighbours
 
 
 def _graph_distances(neighbours: list[list[int]], start: int) -> np.ndarray:
@@ -106,7 +99,7 @@ class CGMapping:
             raise ConfigError(f"selection {selection!r} must pick distinct atoms among 0..{topology.n_atoms - 1}")
         self.topology = topology
         self.bead_atoms = atoms.astype(np.int64)
-        neighbours = _neighbours(topology)
+        neighbours = bonded_neighbours(topology)
         # (n_beads, N) bond-count distances; one BFS per bead is cheap next to anything using the map.
         depth = np.stack([_graph_distances(neighbours, int(a)) for a in self.bead_atoms])
         unreachable = np.flatnonzero((depth < 0).all(axis=0))

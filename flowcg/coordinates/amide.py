@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowcg.coordinates.bonds import bonded_neighbours
 from flowcg.coordinates.geometry import dihedral
 
 __all__ = ["AmideBonds"]
@@ -38,28 +39,25 @@ class AmideBonds:
     """
 
     def __init__(self, topology: md.Topology):
-        neighbours: dict[int, list] = {atom.index: [] for atom in topology.atoms}
-        for a, b in topology.bonds:
-            neighbours[a.index].append(b)
-            neighbours[b.index].append(a)
+        neighbours = bonded_neighbours(topology)
+        atoms = list(topology.atoms)
+        symbol = [atom.element.symbol for atom in atoms]
 
-        def carbons(atom, other):
-            found = [n for n in neighbours[atom.index] if n.element.symbol == "C" and n.index != other.index]
-            return sorted(found, key=lambda n: n.name != "CA")  # proline's N has CA and CD: ω runs through CA
+        def carbons(atom: int, other: int) -> list[int]:
+            found = [n for n in neighbours[atom] if symbol[n] == "C" and n != other]
+            return sorted(found, key=lambda n: atoms[n].name != "CA")  # proline's N has CA and CD: ω runs through CA
 
         rows = []
-        for a, b in topology.bonds:
-            for c, n in ((a, b), (b, a)):
-                if c.element.symbol != "C" or n.element.symbol != "N":
-                    continue
-                if not any(x.element.symbol == "O" for x in neighbours[c.index]):
-                    continue
+        for c in range(len(atoms)):
+            if symbol[c] != "C" or not any(symbol[o] == "O" for o in neighbours[c]):
+                continue
+            for n in (n for n in neighbours[c] if symbol[n] == "N"):
                 before, after = carbons(c, n), carbons(n, c)
                 if before and after:
-                    rows.append([before[0].index, c.index, n.index, after[0].index])
+                    rows.append([before[0], c, n, after[0]])
         if not rows:
             raise ValueError("topology has no amide bond C(=O)-N between two carbons")
-        self.torsions = np.asarray(sorted(rows, key=lambda r: r[1]), dtype=np.int64)
+        self.torsions = np.asarray(rows, dtype=np.int64)
 
     def omega(self, x: Tensor) -> Tensor:
         """ω (rad, in (−π, π]) of every amide bond for frames x (B, atoms, 3): shape (B, n_bonds)."""

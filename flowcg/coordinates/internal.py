@@ -57,6 +57,7 @@ from nflows.transforms.base import Transform
 from torch import Tensor
 
 from flowcg.coordinates.backbone import backbone_torsion_pairs
+from flowcg.coordinates.bonds import bonded_neighbours
 from flowcg.coordinates.geometry import bond_angle, dihedral, distance
 from flowcg.errors import ConfigError
 
@@ -146,10 +147,7 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
     following N gets N–C–CA–N = ψ; each methyl has one rotor torsion.
     """
     n = topology.n_atoms
-    neighbours: list[list[int]] = [[] for _ in range(n)]
-    for a, b in topology.bonds:
-        neighbours[a.index].append(b.index)
-        neighbours[b.index].append(a.index)
+    neighbours = bonded_neighbours(topology)
     heavy = np.array([atom.element is not None and atom.element.atomic_number > 1 for atom in topology.atoms])
     heavy_degree = [sum(bool(heavy[b]) for b in neighbours[a]) for a in range(n)]
     root = tuple(int(a) for a in (root if root is not None else _default_root(topology, neighbours, heavy)))

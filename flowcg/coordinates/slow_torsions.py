@@ -52,6 +52,7 @@ import torch
 from openmm import unit
 
 from flowcg.coordinates.backbone import atom_path_name
+from flowcg.coordinates.bonds import bonded_neighbours
 from flowcg.coordinates.geometry import dihedral
 from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.errors import ConfigError
@@ -60,20 +61,12 @@ from flowcg.units import kT
 __all__ = ["SlowTorsionDiscovery", "coupled_torsion_blocks", "discover_slow_torsions", "relaxed_torsion_scan", "symmetric_rotor"]
 
 
-def _neighbours(topology: md.Topology) -> list[set[int]]:
-    bonded: list[set[int]] = [set() for _ in range(topology.n_atoms)]
-    for a, b in topology.bonds:
-        bonded[a.index].add(b.index)
-        bonded[b.index].add(a.index)
-    return bonded
-
-
 def symmetric_rotor(topology: md.Topology, b: int, a: int) -> bool:
     """True when the bond b–a turns a symmetric group: one end's other neighbours are ≥ 2 terminal
     atoms of one element and nothing else (CH₃ seen from its carbon, NH₃⁺, COO⁻)."""
-    bonded = _neighbours(topology)
+    bonded = bonded_neighbours(topology)
     for end, other in ((b, a), (a, b)):
-        group = bonded[end] - {other}
+        group = set(bonded[end]) - {other}
         elements = {topology.atom(i).element.symbol for i in group}
         if len(group) >= 2 and len(elements) == 1 and all(len(bonded[i]) == 1 for i in group):
             return True

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -92,9 +93,9 @@ class ReweightedBuffer:
             log_ws.append(-beta * u - draw.log_q)
         return cls(torch.cat(xs), torch.cat(log_ws), beta, step)
 
-    @property
+    @cached_property
     def kish_ess(self) -> float:
-        """Kish ESS of the raw (untruncated) weights, in (0, 1]."""
+        """Kish ESS of the raw (unclipped) weights, in (0, 1]."""
         return kish_ess(self.log_w.detach().cpu().double().numpy())
 
     def minibatch(self, size: int) -> Tensor:

@@ -18,9 +18,10 @@ RNG states, schedule position, counters, history) is written atomically to
 config, ends with exactly the parameters of an uninterrupted run.
 
 With ``buffer_size`` > 0 every stage starts by drawing a :class:`~flowcg.training.buffer.ReweightedBuffer`
-at its β, and again every ``buffer_refresh_steps`` steps if set (saved as ``<run_dir>/buffer.pt``, so a
-stage resumed mid-way trains on the same draws), and the forward-KL term of every step is resampled from it: TA-BG's temperature annealing when the phase's
-schedule steps β down from a hotter, already trained flow.
+at its β, and again every ``buffer_refresh_steps`` steps if set (saved as ``<run_dir>/buffer.pt``, so
+a stage resumed mid-way trains on the same draws); the forward-KL term of every step is resampled
+from it: TA-BG's temperature annealing when the phase's schedule steps β down from a hotter, already
+trained flow.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ class Trainer:
                 record["loss"] = s.pop("stage_loss_sum", 0.0) / count if count else math.nan
                 record["nonfinite_energies"] = s["nonfinite_energies"]
                 record["skipped_steps"] = s["skipped_steps"]
-                if self.buffer is not None:
+                if self.buffer is not None and self.buffer.beta == s["beta"]:  # not a previous stage's (a stage without steps draws none)
                     record["buffer_ess"] = self.buffer.kish_ess
                 previous = s["stages"][-1] if s["stages"] else {"nonfinite_energies": 0, "skipped_steps": 0}
                 if record["nonfinite_energies"] > previous["nonfinite_energies"] or record["skipped_steps"] > previous["skipped_steps"]:

@@ -1,6 +1,7 @@
-"""Amide bonds: found from the bonds (caps included), ω as mdtraj computes it, a rotated cap is cis,
+"""Amide bonds: found from the bond graph (caps included), ω as mdtraj computes it, a rotated cap is cis,
 and the reported shares."""
 
+import doctest
 import math
 
 import mdtraj as md
@@ -9,7 +10,12 @@ import pytest
 import torch
 
 from flowcg.analysis.molecular import cis_amide_shares
+import flowcg.coordinates.bonds
 from flowcg.coordinates.amide import AmideBonds
+
+
+def test_bond_graph_doctests():
+    assert doctest.testmod(flowcg.coordinates.bonds).failed == 0
 
 
 def _rotate_about_bond(x: np.ndarray, axis_from: int, axis_to: int, atoms: list[int], angle: float) -> np.ndarray:

@@ -49,8 +49,6 @@ class Killed(RuntimeError):
 class KillableDoubleWell(DoubleWell):
     """Raises :class:`Killed` after ``kill_after_calls`` energy calls, like a kill mid-run."""
 
-    Killed = Killed
-
     def __init__(self, kill_after_calls=None):
         super().__init__()
         self.calls, self.kill_after_calls = 0, kill_after_calls
@@ -60,8 +58,3 @@ class KillableDoubleWell(DoubleWell):
         if self.kill_after_calls is not None and self.calls > self.kill_after_calls:
             raise Killed
         return super()._reduced_energy(x)
-
-
-@pytest.fixture(scope="session")
-def killable_double_well():
-    return KillableDoubleWell

@@ -2,6 +2,7 @@
 trainer that anneals on it and resumes exactly."""
 
 import copy
+import doctest
 import math
 
 import pytest
@@ -10,8 +11,14 @@ import torch
 from flowcg.errors import ConfigError, InputError
 from flowcg.flows import build_flow
 from flowcg.training import TrainConfig, Trainer, build_schedule
+import flowcg.training.buffer
 from flowcg.training.buffer import CLIP_FRACTION, ReweightedBuffer
 from flowcg.training.objective import kl_objective
+from tests.training.conftest import Killed, KillableDoubleWell
+
+
+def test_doctests():
+    assert doctest.testmod(flowcg.training.buffer).failed == 0
 
 
 def test_the_weights_are_those_of_the_drawing_flow(small_flow, model_as_target):
@@ -103,9 +110,7 @@ def _annealer(target, run_dir, refresh):
     (0, 3, 5),   # one buffer per stage (6, 6, 10 steps); killed in stage 1 after its buffer (2 chunks) and steps
     (4, 7, 4),   # drawn anew every 4 steps of a stage: 2 + 2 + 3 buffers; killed at stage 0's evaluation, resumed at step 5 inside the block drawn at step 4
 ])
-def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluation_draws(tmp_path, refresh, buffers, kill_after_calls,
-                                                                                           killable_double_well):
-    KillableDoubleWell = killable_double_well
+def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluation_draws(tmp_path, refresh, buffers, kill_after_calls):
     reference = _annealer(KillableDoubleWell(), tmp_path / "a", refresh)
     state = reference.fit()
     # the steps themselves cost no energy evaluation: only the buffers and each stage's evaluation batch
@@ -114,7 +119,7 @@ def test_annealing_on_buffers_resumes_exactly_and_counts_only_buffer_and_evaluat
     assert not (tmp_path / "a" / "buffer.pt").exists()
 
     killed = _annealer(KillableDoubleWell(kill_after_calls=kill_after_calls), tmp_path / "b", refresh)
-    with pytest.raises(KillableDoubleWell.Killed):
+    with pytest.raises(Killed):
         killed.fit()
     resumed = _annealer(KillableDoubleWell(), tmp_path / "b", refresh)
     state = resumed.fit(resume=True)

@@ -9,6 +9,7 @@ from flowcg.targets import load_target
 from flowcg.targets.synthetic import DoubleWell
 from flowcg.training import TrainConfig, Trainer, build_schedule
 from flowcg.errors import MissingFileError
+from tests.training.conftest import Killed, KillableDoubleWell
 
 SMALL = dict(batch_size=64, steps_per_stage=6, final_steps=10, eval_batch_size=128, checkpoint_every=5, show_progress=False)
 
@@ -20,13 +21,12 @@ def _trainer(target, run_dir):
     return Trainer(model, target, schedule, TrainConfig(**SMALL), run_dir)
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, killable_double_well):
-    KillableDoubleWell = killable_double_well
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     reference = _trainer(KillableDoubleWell(), tmp_path / "a")
     reference.fit()
 
     killed = _trainer(KillableDoubleWell(kill_after_calls=17), tmp_path / "b")
-    with pytest.raises(KillableDoubleWell.Killed):
+    with pytest.raises(Killed):
         killed.fit()
     assert killed.checkpoint_path.is_file()
 
