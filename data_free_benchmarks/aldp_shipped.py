@@ -6,7 +6,7 @@
 Each set is one real ``flowcg-sample pretrained=<name> n=<n> seed=<s>`` run (``run=<folder>`` with
 ``--run``; its folder in ``data_free_benchmarks/runs/shipped/<label>/seed<s>``, git-ignored; a
 finished set is not drawn again). Its
-saved (φ, ψ, log w, is_d) are scored against the walker reference shipped for the target
+saved (φ, ψ, log w, in_state) are scored against the walker reference shipped for the target
 (``flowcg.analysis.molecular.shipped_reference``; the same numbers ``flowcg-sample`` reports when the
 reference was shipped before it ran): Kish ESS, reweighted KL / TV on 64² and 100², basin
 populations and their relative errors, next to the reference's own noise floor (two independent
@@ -63,8 +63,8 @@ def draw_set(model: str, label: str, seed: int, n: int) -> Path:
 def score(folder: Path, reference) -> dict:
     """Kish ESS of the set and, per residue (one entry for a dipeptide), the reweighted Ramachandran
     metrics and basins against its reference."""
-    data = load_npz(folder / "samples.npz", what="flowcg-sample output", keys=["phi", "psi", "log_w", "is_d"])
-    keep = ~data["is_d"]
+    data = load_npz(folder / "samples.npz", what="flowcg-sample output", keys=["phi", "psi", "log_w", "in_state"])
+    keep = data["in_state"]
     phi, psi = (np.asarray(data[k]).reshape(len(keep), -1)[keep] for k in ("phi", "psi"))
     run = load_json(folder / "metrics.json")
     residues = []
@@ -75,7 +75,7 @@ def score(folder: Path, reference) -> dict:
                                               for b in ref.basins}
         residues.append(metrics)
     return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "pareto_khat": pareto_khat(data["log_w"]),
-            "fraction_d": run["fraction_d"],
+            **{key: run[key] for key in ("fraction_d", "fraction_cis", "fraction_outside_state")},
             "wall_time_s": run["wall_time_s"], "device": run["device"], "residues": residues}
 
 
@@ -121,13 +121,13 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     save_json_atomic(result, HERE / "results" / f"{label}_shipped.json")
     basins = list(references[0].basins)
-    rows = ["| seed | residue | n | ESS | ESS clipped | Pareto k̂ | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
-            "|---|---|---|---|---|---|---|---|---|" + "---|" * len(basins) + "---|"]
+    rows = ["| seed | residue | n | outside state | ESS | ESS clipped | Pareto k̂ | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
+            "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(basins) + "---|"]
     for seed, m in sets.items():
         for k, (r, ref) in enumerate(zip(m["residues"], references)):
             cells = " | ".join(f"{r[f'basin_{b}_rw']:.4g} ({ref.basins[b]:.4g})" for b in basins)
             errors = [e for e in r["basin_relative_error_rw"].values() if e is not None]
-            rows.append(f"| {seed} | {k + 1} | {m['n']} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {m['pareto_khat']:.2f} | {r['kl_64_rw']:.4f} | {r['tv_64_rw']:.4f} | "
+            rows.append(f"| {seed} | {k + 1} | {m['n']} | {m['fraction_outside_state']:.2g} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {m['pareto_khat']:.2f} | {r['kl_64_rw']:.4f} | {r['tv_64_rw']:.4f} | "
                         f"{r['kl_100_rw']:.4f} | {cells} | {max(errors):.1%} |")
     for k, ref in enumerate(references):
         floor = ref.noise_floor

@@ -6,12 +6,13 @@ whose histograms are then weighted; or a compact :class:`~flowcg.analysis.ramach
 (histograms and basins only), such as the walker references shipped for aldp_implicit and aldp_vacuum.
 Metrics (keys of ``metrics.json``):
 
-* ``fraction_d``: share of samples with a D-configured CA centre; with ``reject_d`` those samples
-  get zero weight and are left out of every histogram (FAB's filter).
-* ``fraction_cis`` / ``fraction_cis_rw``: share of the (L) samples with at least one cis amide bond
-  (:mod:`flowcg.coordinates.amide`), raw and reweighted: an estimate of the cis isomers' Boltzmann
-  share, which MD and walker references (started trans, never crossing the ≈ 80 kJ/mol barrier) lack.
-  Reported only; the samples stay in every other metric.
+* ``fraction_d``: share of samples with a D-configured CA centre;
+* ``fraction_cis`` / ``fraction_cis_rw``: share of the samples with at least one cis amide bond
+  (:mod:`flowcg.coordinates.amide`), raw and reweighted (the reweighted share is 0 when the target's
+  state is ``l_trans``, whose weights are 0 there; under ``all`` it estimates the cis isomers'
+  Boltzmann share, which MD and walker references, started trans, lack);
+* samples outside the target's conformational state (:mod:`flowcg.coordinates.state`; by default
+  the L, all-trans state, so D and cis samples) have zero weight and are left out of every histogram;
 * with a reference: the Ramachandran KL / TV on 64² and 100² grids, raw and reweighted (``_rw``),
   and basin populations (see :mod:`flowcg.analysis.ramachandran`);
 * without one: the basin populations of the model, raw and reweighted.
@@ -33,9 +34,8 @@ from flowcg.analysis.ramachandran import (
     residue_phi_psi,
     residue_prefix,
 )
-from flowcg.coordinates.amide import AmideBonds
 from flowcg.coordinates.backbone import atom_path_name
-from flowcg.coordinates.chirality import CAChirality
+from flowcg.coordinates.state import ConformationalState
 from flowcg.errors import ConfigError, UnreadableFileError
 from flowcg.io import load_npz
 from flowcg.sampling.importance import normalized_weights
@@ -119,23 +119,17 @@ def as_yardstick(reference: Reference | RamachandranReference | tuple) -> Ramach
     return RamachandranReference.from_frames(reference.phi, reference.psi, reference.weights)
 
 
-def keep_l_mask(topology, x: np.ndarray) -> np.ndarray:
-    """True for frames without a D-configured CA centre (all True if nothing is chiral)."""
-    try:
-        chirality = CAChirality(topology)
-    except ValueError:
-        return np.ones(len(x), dtype=bool)
-    return ~chirality.is_d(x).numpy()
+def in_state_mask(samples: SampleSet) -> np.ndarray:
+    """(N,) True for the samples in the target's conformational state (all of them if not recorded)."""
+    return np.ones(len(samples.log_w), dtype=bool) if samples.in_state is None else samples.in_state
 
 
-def cis_amide_shares(topology, x: np.ndarray, log_w: np.ndarray) -> dict:
-    """``fraction_cis`` and ``fraction_cis_rw`` of frames x (module docstring); empty without amide bonds."""
-    try:
-        amides = AmideBonds(topology)
-    except ValueError:
-        return {}
-    cis = amides.is_cis(x).any(dim=-1).numpy()
-    return {"fraction_cis": float(cis.mean()), "fraction_cis_rw": float(normalized_weights(log_w)[cis].sum())}
+def isomer_shares(topology, x: np.ndarray, log_w: np.ndarray) -> dict:
+    """``fraction_d``, ``fraction_cis`` and ``fraction_cis_rw`` of frames x (module docstring)."""
+    isomers = ConformationalState(topology, "all")
+    cis = isomers.is_cis(x)
+    return {"fraction_d": float(isomers.is_d(x).mean()), "fraction_cis": float(cis.mean()),
+            "fraction_cis_rw": float(normalized_weights(log_w)[cis].sum())}
 
 
 def per_residue_references(reference, n_residues: int) -> list:
@@ -150,18 +144,15 @@ def per_residue_references(reference, n_residues: int) -> list:
     return references
 
 
-def molecular_metrics(topology, samples: SampleSet, reference=None, reject_d: bool = True) -> dict:
-    """Chirality, basin populations and (with a reference) Ramachandran metrics, for each residue
-    with (φ, ψ) (prefixed ``res<k>_`` for peptides, which also get the mean over residues of every
-    Ramachandran KL / TV as ``<metric>_mean``). ``reference``: a Reference or RamachandranReference
-    (one residue), or a list of them, one per residue."""
-    keep = keep_l_mask(topology, samples.x)
-    metrics: dict = {"fraction_d": float(1.0 - keep.mean())}
-    chosen = keep if reject_d else np.ones_like(keep)
-    x = samples.x[chosen]  # one copy of the kept frames (10⁶ × atoms × 3 for a shipped set)
-    phi, psi = residue_phi_psi(x, topology)
-    log_w = samples.log_w[chosen]
-    metrics.update(cis_amide_shares(topology, x, log_w))
+def molecular_metrics(topology, samples: SampleSet, reference=None) -> dict:
+    """Isomer shares, basin populations and (with a reference) Ramachandran metrics of the samples in
+    the target's state, for each residue with (φ, ψ) (prefixed ``res<k>_`` for peptides, which also
+    get the mean over residues of every Ramachandran KL / TV as ``<metric>_mean``). ``reference``: a
+    Reference or RamachandranReference (one residue), or a list of them, one per residue."""
+    metrics = isomer_shares(topology, samples.x, samples.log_w)
+    keep = in_state_mask(samples)
+    phi, psi = residue_phi_psi(samples.x[keep], topology)  # one copy of the kept frames (10⁶ × atoms × 3 for a shipped set)
+    log_w = samples.log_w[keep]
     n_residues = phi.shape[1]
     per_residue = []
     for k, ref in enumerate(per_residue_references(reference, n_residues)):
@@ -180,8 +171,8 @@ def molecular_metrics(topology, samples: SampleSet, reference=None, reject_d: bo
 
 
 def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference=None) -> list[Path]:
-    """Ramachandran PNG per residue of the L samples (:func:`plot_residue_ramachandrans`)."""
-    keep = keep_l_mask(topology, samples.x)
+    """Ramachandran PNG per residue of the samples in the target's state (:func:`plot_residue_ramachandrans`)."""
+    keep = in_state_mask(samples)
     phi, psi = residue_phi_psi(samples.x[keep], topology)
     return plot_residue_ramachandrans(path, phi, psi, samples.log_w[keep], reference)
 

@@ -5,7 +5,7 @@
 
 Writes into OUT: samples.npz (log_q, energies_kT, log_w = −βu − log q, z_slow; x for vector
 targets), metrics.json (Kish ESS, log Z, target metrics) and plots. For a molecule, x goes to
-samples.dcd with topology.pdb instead, samples.npz adds phi, psi and is_d, and the metrics add
+samples.dcd with topology.pdb instead, samples.npz adds phi, psi (and in_state: the samples in the target's conformational state), and the metrics add
 the Ramachandran comparison with the reference (by default the walker reference shipped for the
 target) and the CV discovery (cv_report.md,
 free_energy.png, ramachandran.png). log_q is the density of Cartesian frames with the rigid-body
@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from flowcg.analysis.cv import cv_discovery, cv_markdown, plot_free_energy
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.analysis.molecular import Reference, keep_l_mask, plot_residue_ramachandrans, resolve_reference, torsion_table
+from flowcg.analysis.molecular import Reference, in_state_mask, plot_residue_ramachandrans, resolve_reference, torsion_table
 from flowcg.analysis.plots import plot_marginals, plot_samples
 from flowcg.analysis.ramachandran import RamachandranReference, residue_phi_psi
 from flowcg.builders import Run, configure_compile, describe_device, load_run, seed_everything
@@ -56,9 +56,9 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: Reference | Rama
     md.Trajectory(run.target.positions[None].astype("float32"), topology).save_pdb(str(out_dir / "topology.pdb"))
     phi, psi = residue_phi_psi(samples.x, topology)  # (N, residues)
     dipeptide = phi.shape[1] == 1
-    keep = keep_l_mask(topology, samples.x)
+    keep = in_state_mask(samples)
     stored = {"phi": phi[:, 0], "psi": psi[:, 0]} if dipeptide else {"phi": phi, "psi": psi}
-    samples.save(out_dir / "samples.npz", include_x=False, is_d=~keep, **stored)
+    samples.save(out_dir / "samples.npz", include_x=False, **stored)
     plot_residue_ramachandrans(out_dir / "ramachandran.png", phi[keep], psi[keep], samples.log_w[keep], reference)
     names, torsions = torsion_table(run.model.coordinates, topology, samples.x)
     # TICA on the backbone torsions of the MD series (every residue's, for a peptide)

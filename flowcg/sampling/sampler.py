@@ -1,7 +1,10 @@
 """One-shot Boltzmann sampling: iid draws from a trained flow, reweighted to the target.
 
-For x_i ~ q: log w_i = −β u(x_i) − log q(x_i) (β = 1: the target itself). From these come the
-Kish ESS, the log Z estimate and self-normalised observables (:mod:`importance`).
+For x_i ~ q: log w_i = −β u(x_i) − log q(x_i) (β = 1: the target itself), and log w_i = −∞ for a
+draw outside the target's conformational state (:meth:`flowcg.targets.base.Target.in_state`; for a
+molecule by default the L, all-trans state, :mod:`flowcg.coordinates.state`): the weights are those
+of the density restricted to the state, and every estimator counts every draw. From these come the
+Kish ESS, the log Z estimate (of the state) and self-normalised observables (:mod:`importance`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ class SampleSet:
         x: configurations, (N, *event_shape).
         log_q: model log-density, (N,).
         energies_kT: reduced energies u(x), (N,); NaN/inf where the energy failed.
-        log_w: log importance weights −β u − log q, (N,); −inf where the energy failed.
+        log_w: log importance weights −β u − log q, (N,); −inf where the energy failed or x is
+            outside the target's state.
         z_slow: slow latents (the CVs) the samples were drawn from, (N, ds).
         beta: the β the weights refer to.
+        in_state: (N,) bool, True where x is in the target's state; None: all of them.
     """
 
     x: np.ndarray
@@ -38,10 +43,11 @@ class SampleSet:
     log_w: np.ndarray
     z_slow: np.ndarray
     beta: float = 1.0
+    in_state: np.ndarray | None = None
 
     def summary(self) -> dict:
         """ESS (plain and clipped), the weights' Pareto k̂ (None below ``PARETO_MIN_WEIGHTS`` finite ones), log Z, KL estimate and the
-        count of failed energies, as plain floats."""
+        count of failed energies and the share of draws outside the target's state, as plain floats."""
         return {
             "n_samples": int(self.log_w.size),
             "ess": kish_ess(self.log_w),
@@ -50,12 +56,15 @@ class SampleSet:
             "log_z": log_z_estimate(self.log_w),
             "kl_estimate": kl_estimate(self.log_w),
             "nonfinite_energies": int((~np.isfinite(self.energies_kT)).sum()),
+            "fraction_outside_state": 0.0 if self.in_state is None else float(1.0 - self.in_state.mean()),
         }
 
     def save(self, path: str | Path, include_x: bool = True, **extra: np.ndarray) -> None:
-        """Write an npz with log_q, energies_kT, log_w, z_slow, beta, any ``extra`` arrays and
-        (``include_x``) x; molecules keep x in a trajectory file instead."""
+        """Write an npz with log_q, energies_kT, log_w, z_slow, beta, in_state (if known), any ``extra``
+        arrays and (``include_x``) x; molecules keep x in a trajectory file instead."""
         arrays = {"x": self.x} if include_x else {}
+        if self.in_state is not None:
+            arrays["in_state"] = self.in_state
         np.savez_compressed(path, **arrays, log_q=self.log_q, energies_kT=self.energies_kT, log_w=self.log_w, z_slow=self.z_slow, beta=self.beta, **extra)
 
 
@@ -69,15 +78,17 @@ def draw_samples(model: StructuredFlow, target: Target, n: int, batch_size: int 
     if n < 1:
         raise ConfigError(f"number of samples must be ≥ 1, got {n}")
     model.eval()
-    parts: dict[str, list[np.ndarray]] = {"x": [], "log_q": [], "u": [], "z_slow": []}
+    parts: dict[str, list[np.ndarray]] = {"x": [], "log_q": [], "u": [], "z_slow": [], "in_state": []}
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         draw = model.sample(m) if slow is None else model.sample_given_slow(slow(m))
         parts["x"].append(draw.x.cpu().double().numpy())
+        parts["in_state"].append(target.in_state(parts["x"][-1]))
         parts["log_q"].append(draw.log_q.cpu().double().numpy())
         parts["u"].append(target.energy(draw.x).cpu().double().numpy())
         parts["z_slow"].append(draw.z[:, : model.slow_dim].cpu().double().numpy())
     joined = {k: np.concatenate(v) for k, v in parts.items()}
     log_w = -beta * joined["u"] - joined["log_q"]
-    log_w[~np.isfinite(log_w)] = -np.inf
-    return SampleSet(x=joined["x"], log_q=joined["log_q"], energies_kT=joined["u"], log_w=log_w, z_slow=joined["z_slow"], beta=beta)
+    log_w[~(np.isfinite(log_w) & joined["in_state"])] = -np.inf
+    return SampleSet(x=joined["x"], log_q=joined["log_q"], energies_kT=joined["u"], log_w=log_w, z_slow=joined["z_slow"], beta=beta,
+                     in_state=joined["in_state"])

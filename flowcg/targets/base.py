@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -66,6 +67,12 @@ class Target(nn.Module, abc.ABC):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
         self.n_energy_evaluations = 0
+
+    def in_state(self, x) -> np.ndarray:
+        """(B,) True for the configurations x the target's density covers: every one here; a
+        molecule restricts itself to a conformational state (:mod:`flowcg.coordinates.state`), and
+        a draw outside it gets importance weight 0 (:func:`flowcg.sampling.draw_samples`)."""
+        return np.ones(len(x), dtype=bool)
 
     @property
     def dim(self) -> int:

@@ -12,6 +12,11 @@ kT = R·T in kJ/mol. Two interchangeable back-ends evaluate U:
 
 A configuration whose energy is not finite (atoms on top of each other, NaN coordinates) gets
 u = +inf and a zero gradient, as for every target (:meth:`flowcg.targets.base.Target.energy`).
+
+The density is that of a conformational state (``state``, :mod:`flowcg.coordinates.state`): by
+default the L, all-trans state that MD and the published references sample. The energy itself is
+the force field's everywhere (training, forces and MD never see the state); only the importance
+weights of one-shot samples outside it are zero.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from openmm import unit
 from torch import Tensor
 
+from flowcg.coordinates.state import ConformationalState
 from flowcg.targets.base import Target, TargetInputError
 from flowcg.targets.forcefield import TorchForceField, UnsupportedForceError
 from flowcg.targets.openmm_bridge import OpenMMEvaluator, openmm_energy
@@ -49,6 +56,8 @@ class MolecularTarget(Target):
         compile: ``torch.compile`` the ``torch`` backend's kernels for full chunks of configurations
             (about 3× the throughput on CPU at large batches; a first-call cost of seconds; see
             :mod:`flowcg.targets.forcefield`).
+        state: the conformational state the density is restricted to, one of
+            :data:`flowcg.coordinates.state.STATES` (``l_trans``: every CA L, every amide trans).
 
     Attributes:
         topology: ``mdtraj.Topology``; system: ``openmm.System``; positions: reference positions
@@ -68,6 +77,7 @@ class MolecularTarget(Target):
         dtype: str = "float32",
         device: str | torch.device = "cpu",
         compile: bool = False,
+        state: str = "l_trans",
     ):
         super().__init__(event_shape=(molecular_system.n_atoms, 3))
         if backend not in BACKENDS:
@@ -80,6 +90,7 @@ class MolecularTarget(Target):
         self.system = molecular_system.system
         self.topology = molecular_system.topology
         self.positions = molecular_system.positions
+        self.state = ConformationalState(self.topology, state)
         self.temperature = molecular_system.temperature
         self.kT = float(
             (unit.MOLAR_GAS_CONSTANT_R * molecular_system.temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole)
@@ -99,6 +110,10 @@ class MolecularTarget(Target):
         """The system's bond constraints (atom i, atom j, length nm); a flow on internal coordinates
         leaves those bonds out (:class:`~flowcg.coordinates.InternalCoordinateTransform`)."""
         return self.molecular_system.constraints
+
+    def in_state(self, x) -> np.ndarray:
+        """(B,) True for the frames x (B, atoms, 3) in the target's conformational state."""
+        return self.state.contains(x)
 
     def _reduced_energy(self, x: Tensor) -> Tensor:
         """U(x)/kT, shape (B,), in the dtype and on the device of x (U from the chosen backend)."""
@@ -141,6 +156,7 @@ def preset_target(
     dtype: str = "float32",
     device: str = "cpu",
     compile: bool = False,
+    state: str = "l_trans",
 ) -> MolecularTarget:
     """The target of a :func:`~flowcg.targets.systems.load_system` preset (``aldp_implicit`` etc.)."""
     return MolecularTarget(
@@ -151,6 +167,7 @@ def preset_target(
         dtype=dtype,
         device=device,
         compile=compile,
+        state=state,
     )
 
 
@@ -178,6 +195,7 @@ def molecule_from_files(
     dtype: str = "float32",
     device: str = "cpu",
     compile: bool = False,
+    state: str = "l_trans",
 ) -> MolecularTarget:
     """A target from user files (``conf/target/molecule.yaml``): an Amber prmtop + coordinates, a
     PDB/mmCIF + force-field XMLs, or a PDB/mmCIF + a serialized OpenMM System XML; ``temperature`` in K.
@@ -191,7 +209,8 @@ def molecule_from_files(
         constraints=constraints, temperature=temperature,
     )
     return MolecularTarget(
-        molecular_system, backend=backend, platform=platform, n_workers=n_workers, dtype=dtype, device=device, compile=compile
+        molecular_system, backend=backend, platform=platform, n_workers=n_workers, dtype=dtype, device=device, compile=compile,
+        state=state,
     )
 
 

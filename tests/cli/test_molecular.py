@@ -53,9 +53,12 @@ def test_sampling_a_molecule_writes_trajectory_weights_and_cv_report(vacuum_run,
     trajectory = md.load_dcd(str(out / "samples.dcd"), top=str(out / "topology.pdb"))
     assert trajectory.xyz.shape == (300, 22, 3)
     data = np.load(out / "samples.npz")
-    assert np.allclose(data["log_w"], -data["energies_kT"] - data["log_q"])
+    inside = data["in_state"]  # the L, all-trans state; this barely trained flow also draws D and cis frames
+    assert inside.any()
+    assert np.allclose(data["log_w"][inside], -data["energies_kT"][inside] - data["log_q"][inside]) and np.isneginf(data["log_w"][~inside]).all()
     assert np.allclose(data["phi"], md.compute_phi(trajectory)[1][:, 0], atol=1e-4)
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fraction_outside_state"] == pytest.approx(1 - inside.mean())
     assert len(metrics["cv_discovery"]["latents"]) == 2
     for name in ("ramachandran.png", "free_energy.png", "cv_report.md"):
         assert (out / name).is_file(), name

@@ -1,5 +1,4 @@
-"""Amide bonds: found from the bond graph (caps included), ω as mdtraj computes it, a rotated cap is cis,
-and the reported shares."""
+"""Amide bonds: found from the bond graph (caps included), ω as mdtraj computes it, a rotated cap is cis."""
 
 import doctest
 import math
@@ -9,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.analysis.molecular import cis_amide_shares
 import flowcg.coordinates.bonds
 from flowcg.coordinates.amide import AmideBonds
 
@@ -18,7 +16,7 @@ def test_bond_graph_doctests():
     assert doctest.testmod(flowcg.coordinates.bonds).failed == 0
 
 
-def _rotate_about_bond(x: np.ndarray, axis_from: int, axis_to: int, atoms: list[int], angle: float) -> np.ndarray:
+def rotate_about_bond(x: np.ndarray, axis_from: int, axis_to: int, atoms: list[int], angle: float) -> np.ndarray:
     """x (N, 3) with ``atoms`` rotated by ``angle`` about the axis_from → axis_to bond (Rodrigues)."""
     x = x.copy()
     k = x[axis_to] - x[axis_from]
@@ -40,18 +38,14 @@ def test_both_peptide_bonds_of_alanine_dipeptide_are_found_and_trans(aldp, md_fr
 def test_the_nme_cap_turned_half_way_round_is_cis(aldp):
     amides = AmideBonds(aldp.topology)
     trans = np.asarray(aldp.positions)
-    cis = _rotate_about_bond(trans, 14, 16, [17, 18, 19, 20, 21], math.pi)
+    cis = rotate_about_bond(trans, 14, 16, [17, 18, 19, 20, 21], math.pi)
     flags = amides.is_cis(torch.tensor(np.stack([trans, cis])))
     assert flags.tolist() == [[False, False], [False, True]]
     omega = amides.omega(torch.tensor(np.stack([trans, cis])))[:, 1]
     assert math.cos(float(omega[1] - omega[0])) == pytest.approx(-1.0, abs=1e-9)  # turned by π
 
-    x = np.stack([trans, trans, cis])
-    shares = cis_amide_shares(aldp.topology, x, np.log([1.0, 1.0, 2.0]))
-    assert shares["fraction_cis"] == pytest.approx(1 / 3) and shares["fraction_cis_rw"] == pytest.approx(0.5)
 
-
-def test_a_topology_without_amides_reports_nothing():
+def test_a_topology_without_amides_is_refused():
     topology = md.Topology()
     chain = topology.add_chain()
     residue = topology.add_residue("ETH", chain)
@@ -60,4 +54,3 @@ def test_a_topology_without_amides_reports_nothing():
     topology.add_bond(a, b)
     with pytest.raises(ValueError, match="no amide bond"):
         AmideBonds(topology)
-    assert cis_amide_shares(topology, np.zeros((2, 2, 3)), np.zeros(2)) == {}
