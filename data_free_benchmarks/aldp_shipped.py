@@ -10,7 +10,11 @@ saved (φ, ψ, log w, in_state) are scored against the walker reference shipped 
 (``flowcg.analysis.molecular.shipped_reference``; the same numbers ``flowcg-sample`` reports when the
 reference was shipped before it ran): Kish ESS, reweighted KL / TV on 64² and 100², basin
 populations and their relative errors, next to the reference's own noise floor (two independent
-halves of its walkers, or of its time for a plain-MD reference). A peptide is scored residue by residue
+halves of its walkers, or of its time for a plain-MD reference) and to the *iid floor*: what an
+exact sample of the set's effective size scores (≈ 0.004 KL64 at 10⁶ on aldp_implicit, so no model
+can score below it at that size). The sets are also scored pooled, where that floor is lower. Draws
+outside the target's conformational state (:mod:`flowcg.coordinates.state`) have weight 0 and are
+left out of the histograms. A peptide is scored residue by residue
 against its ``<target>_residue<k>.npz`` references (rows per residue). Results:
 ``results/<label>_shipped.{json,md}`` (label: the name, or ``--label``).
 
@@ -43,7 +47,7 @@ from flowcg.analysis.molecular import per_residue_references, shipped_reference
 from flowcg.analysis.ramachandran import RamachandranReference, ramachandran_metrics
 from flowcg.builders import cpu_model, load_run
 from flowcg.io import load_json, load_npz, save_json_atomic, write_atomic
-from flowcg.sampling.importance import pareto_khat
+from flowcg.sampling.importance import kish_ess, pareto_khat
 from flowcg.pretrained import load_pretrained
 
 HERE = Path(__file__).resolve().parent
@@ -60,23 +64,49 @@ def draw_set(model: str, label: str, seed: int, n: int) -> Path:
     return out
 
 
-def score(folder: Path, reference) -> dict:
-    """Kish ESS of the set and, per residue (one entry for a dipeptide), the reweighted Ramachandran
-    metrics and basins against its reference."""
+def load_set(folder: Path) -> dict:
+    """(φ, ψ) (N, residues) in rad, log w and the in-state mask of a drawn set."""
     data = load_npz(folder / "samples.npz", what="flowcg-sample output", keys=["phi", "psi", "log_w", "in_state"])
-    keep = data["in_state"]
-    phi, psi = (np.asarray(data[k]).reshape(len(keep), -1)[keep] for k in ("phi", "psi"))
-    run = load_json(folder / "metrics.json")
+    n = len(data["log_w"])
+    return {"phi": np.asarray(data["phi"]).reshape(n, -1), "psi": np.asarray(data["psi"]).reshape(n, -1),
+            "log_w": np.asarray(data["log_w"]), "in_state": np.asarray(data["in_state"])}
+
+
+def residue_metrics(sample: dict, reference) -> list[dict]:
+    """Per residue (one entry for a dipeptide): the reweighted Ramachandran metrics and basins of the
+    in-state draws against the reference, and ``iid_floor``: what an exact sample as large as the
+    set's Kish effective size scores against the same reference
+    (:meth:`~flowcg.analysis.ramachandran.RamachandranReference.sample_size_floor`). On the 64² grid
+    a perfect 10⁶-draw sample scores KL64 ≈ 0.004 against the aldp_implicit walkers, so a set's
+    KL64_rw is read against this floor, not against zero."""
+    keep, log_w = sample["in_state"], sample["log_w"]
+    n_effective = max(int(round(kish_ess(log_w) * len(log_w))), 1)
     residues = []
-    for k, ref in enumerate(per_residue_references(reference, phi.shape[1])):
-        metrics = ramachandran_metrics(ref, phi[:, k], psi[:, k], data["log_w"][keep])
-        metrics.pop("ess"), metrics.pop("ess_clipped")  # of the L samples only; the run's own ESS counts every sample
+    for k, ref in enumerate(per_residue_references(reference, sample["phi"].shape[1])):
+        metrics = ramachandran_metrics(ref, sample["phi"][keep, k], sample["psi"][keep, k], log_w[keep])
+        metrics.pop("ess"), metrics.pop("ess_clipped")  # of the in-state draws only; the set's ESS counts every draw
         metrics["basin_relative_error_rw"] = {b: abs(metrics[f"basin_{b}_rw"] / metrics[f"ref_basin_{b}"] - 1.0) if metrics[f"ref_basin_{b}"] > 0 else None
                                               for b in ref.basins}
+        metrics["iid_floor"] = {"n_effective": n_effective, **ref.sample_size_floor(n_effective, repeats=3)}
         residues.append(metrics)
-    return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "pareto_khat": pareto_khat(data["log_w"]),
+    return residues
+
+
+def score(folder: Path, reference) -> dict:
+    """Kish ESS, Pareto k̂ and isomer shares of the set, and its :func:`residue_metrics`."""
+    sample = load_set(folder)
+    run = load_json(folder / "metrics.json")
+    return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "pareto_khat": pareto_khat(sample["log_w"]),
             **{key: run[key] for key in ("fraction_d", "fraction_cis", "fraction_outside_state")},
-            "wall_time_s": run["wall_time_s"], "device": run["device"], "residues": residues}
+            "wall_time_s": run["wall_time_s"], "device": run["device"], "residues": residue_metrics(sample, reference)}
+
+
+def score_pooled(folders: dict, reference) -> dict:
+    """The sets pooled into one sample (independent draws of the same q, so their log weights share
+    one scale): ESS and :func:`residue_metrics` of all of them, where the sample-size floor is lower."""
+    sets = [load_set(folder) for folder in folders.values()]
+    pooled = {key: np.concatenate([s[key] for s in sets]) for key in sets[0]}
+    return {"n": len(pooled["log_w"]), "ess": kish_ess(pooled["log_w"]), "residues": residue_metrics(pooled, reference)}
 
 
 def md_speedups(sets: dict, series_dir: Path, reference, evaluations: int) -> dict:
@@ -115,20 +145,32 @@ def main() -> None:
     result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": model, "label": label,
               "cpu": cpu_model(), "reference": [r.description for r in references], "reference_noise_floor": [r.noise_floor for r in references],
               "reference_basins": [r.basins for r in references], "sets": sets}
+    if len(folders) > 1:
+        result["pooled"] = score_pooled(folders, reference)
     if args.md_series:
         evaluations = args.evaluations or int(load_json(args.run / "metrics.json")["energy_evaluations_total"])
         result["md_speedup"] = md_speedups(sets, args.md_series, references[0], evaluations)
     (HERE / "results").mkdir(exist_ok=True)
     save_json_atomic(result, HERE / "results" / f"{label}_shipped.json")
     basins = list(references[0].basins)
-    rows = ["| seed | residue | n | outside state | ESS | ESS clipped | Pareto k̂ | KL64_rw | TV64_rw | KL100_rw | " + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
+    rows = ["| seed | residue | n | outside state | ESS | ESS clipped | Pareto k̂ | KL64_rw (iid floor) | TV64_rw (iid floor) | KL100_rw | "
+            + " | ".join(f"{b} rw (ref)" for b in basins) + " | max basin error |",
             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(basins) + "---|"]
+
+    def row(name: str, m: dict, k: int, r: dict, ref) -> str:
+        cells = " | ".join(f"{r[f'basin_{b}_rw']:.4g} ({ref.basins[b]:.4g})" for b in basins)
+        errors = [e for e in r["basin_relative_error_rw"].values() if e is not None]
+        floor = r["iid_floor"]
+        known = {key: f"{m[key]:.3f}" if key in m else "–" for key in ("ess_clipped", "pareto_khat")}
+        outside = f"{m['fraction_outside_state']:.2g}" if "fraction_outside_state" in m else "–"
+        return (f"| {name} | {k + 1} | {m['n']} | {outside} | {m['ess']:.3f} | {known['ess_clipped']} | {known['pareto_khat']} | "
+                f"{r['kl_64_rw']:.4f} ({floor['kl_64']:.4f}) | {r['tv_64_rw']:.4f} ({floor['tv_64']:.4f}) | {r['kl_100_rw']:.4f} | {cells} | {max(errors):.1%} |")
+
     for seed, m in sets.items():
-        for k, (r, ref) in enumerate(zip(m["residues"], references)):
-            cells = " | ".join(f"{r[f'basin_{b}_rw']:.4g} ({ref.basins[b]:.4g})" for b in basins)
-            errors = [e for e in r["basin_relative_error_rw"].values() if e is not None]
-            rows.append(f"| {seed} | {k + 1} | {m['n']} | {m['fraction_outside_state']:.2g} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {m['pareto_khat']:.2f} | {r['kl_64_rw']:.4f} | {r['tv_64_rw']:.4f} | "
-                        f"{r['kl_100_rw']:.4f} | {cells} | {max(errors):.1%} |")
+        rows += [row(str(seed), m, k, r, ref) for k, (r, ref) in enumerate(zip(m["residues"], references))]
+    if "pooled" in result:
+        rows += [row("pooled", result["pooled"], k, r, ref) for k, (r, ref) in enumerate(zip(result["pooled"]["residues"], references))]
+    rows.append("\n*iid floor*: what an exact sample of the row's Kish effective size (ESS × n) scores against the same reference.")
     for k, ref in enumerate(references):
         floor = ref.noise_floor
         rows.append(f"\nResidue {k + 1} reference noise floor: KL64 {floor.get('kl_64', float('nan')):.4f}, TV64 {floor.get('tv_64', float('nan')):.4f}, "
