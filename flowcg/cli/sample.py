@@ -5,8 +5,9 @@
 
 Writes into OUT: samples.npz (log_q, energies_kT, log_w = −βu − log q, z_slow; x for vector
 targets), metrics.json (Kish ESS, log Z, target metrics) and plots. For a molecule, x goes to
-samples.dcd with topology.pdb instead, samples.npz adds phi, psi (and in_state: the samples in the target's conformational state), and the metrics add
-the Ramachandran comparison with the reference (by default the walker reference shipped for the
+samples.dcd with topology.pdb instead, samples.npz adds phi and psi (and, as for every target,
+in_state: the draws in the target's conformational state), and the metrics add the Ramachandran
+comparison with the reference (by default the walker reference shipped for the
 target) and the CV discovery (cv_report.md,
 free_energy.png, ramachandran.png). log_q is the density of Cartesian frames with the rigid-body
 degrees of freedom fixed as the internal-coordinate map fixes them.

@@ -15,8 +15,9 @@ u = +inf and a zero gradient, as for every target (:meth:`flowcg.targets.base.Ta
 
 The density is that of a conformational state (``state``, :mod:`flowcg.coordinates.state`): by
 default the L, all-trans state that MD and the published references sample. The energy itself is
-the force field's everywhere (training, forces and MD never see the state); only the importance
-weights of one-shot samples outside it are zero.
+the force field's everywhere (the KL objectives, forces and MD never see the state); one-shot
+draws outside it, those of ``flowcg-sample`` and of the prior refits
+(:func:`flowcg.sampling.draw_samples`), get importance weight 0.
 """
 
 from __future__ import annotations
