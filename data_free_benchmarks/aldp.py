@@ -61,7 +61,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from flowcg.analysis.evaluate import evaluate_samples  # noqa: E402
 from flowcg.analysis.md_cost import MDCostCurve, MDSeries, load_md_series, md_speedup, running_kl  # noqa: E402
-from flowcg.analysis.molecular import Reference, in_state_mask, load_reference  # noqa: E402
+from flowcg.analysis.molecular import Reference, load_reference  # noqa: E402
 from flowcg.analysis.ramachandran import BASINS, basin_populations, phi_psi, ramachandran_kl  # noqa: E402
 from flowcg.builders import load_run  # noqa: E402
 from flowcg.sampling import draw_samples, kish_ess, normalized_weights  # noqa: E402
@@ -190,7 +190,7 @@ def evaluate(run_dir: Path, md: MDSeries, walkers: Reference | None, curve: MDCo
         phi, psi, half = md.reference.phi, md.reference.psi, len(md.reference.phi) // 2
         label, yardstick = md.label + ", first half", Reference(phi[half:], psi[half:])
         curve = running_kl(MDSeries(Reference(phi[:half], psi[:half]), md.steps_per_frame, label), yardstick)
-        keep = in_state_mask(samples)
+        keep = samples.in_state
         phi, psi = phi_psi(samples.x[keep], run.target.topology)
         model_kl = ramachandran_kl(yardstick.phi, yardstick.psi, phi, psi, weights=normalized_weights(samples.log_w[keep]))
     return {

@@ -44,7 +44,7 @@ import numpy as np
 
 from flowcg.analysis.md_cost import load_md_series, md_speedup, running_kl
 from flowcg.analysis.molecular import per_residue_references, shipped_reference
-from flowcg.analysis.ramachandran import RamachandranReference, ramachandran_metrics
+from flowcg.analysis.ramachandran import ESS_CLIP_FRACTION, RamachandranReference, ramachandran_metrics
 from flowcg.builders import cpu_model, load_run
 from flowcg.io import load_json, load_npz, save_json_atomic, write_atomic
 from flowcg.sampling.importance import kish_ess, pareto_khat
@@ -72,15 +72,17 @@ def load_set(folder: Path) -> dict:
             "log_w": np.asarray(data["log_w"]), "in_state": np.asarray(data["in_state"])}
 
 
-def residue_metrics(sample: dict, reference) -> list[dict]:
-    """Per residue (one entry for a dipeptide): the reweighted Ramachandran metrics and basins of the
-    in-state draws against the reference, and ``iid_floor``: what an exact sample as large as the
-    set's Kish effective size scores against the same reference
+def score_sample(sample: dict, reference) -> dict:
+    """Kish ESS (plain and clipped), Pareto k̂ and the share of draws outside the target's state of a
+    :func:`load_set` sample, and per residue (one entry for a dipeptide) the reweighted Ramachandran
+    metrics and basins of its in-state draws against the reference, with ``iid_floor``: what an exact
+    sample as large as the Kish effective size scores against the same reference
     (:meth:`~flowcg.analysis.ramachandran.RamachandranReference.sample_size_floor`). On the 64² grid
     a perfect 10⁶-draw sample scores KL64 ≈ 0.004 against the aldp_implicit walkers, so a set's
     KL64_rw is read against this floor, not against zero."""
     keep, log_w = sample["in_state"], sample["log_w"]
-    n_effective = max(int(round(kish_ess(log_w) * len(log_w))), 1)
+    ess = kish_ess(log_w)
+    n_effective = max(int(round(ess * len(log_w))), 1)
     residues = []
     for k, ref in enumerate(per_residue_references(reference, sample["phi"].shape[1])):
         metrics = ramachandran_metrics(ref, sample["phi"][keep, k], sample["psi"][keep, k], log_w[keep])
@@ -89,24 +91,14 @@ def residue_metrics(sample: dict, reference) -> list[dict]:
                                               for b in ref.basins}
         metrics["iid_floor"] = {"n_effective": n_effective, **ref.sample_size_floor(n_effective, repeats=3)}
         residues.append(metrics)
-    return residues
+    return {"n": len(log_w), "ess": ess, "ess_clipped": kish_ess(log_w, clip_fraction=ESS_CLIP_FRACTION), "pareto_khat": pareto_khat(log_w),
+            "fraction_outside_state": float(1.0 - keep.mean()), "residues": residues}
 
 
-def score(folder: Path, reference) -> dict:
-    """Kish ESS, Pareto k̂ and isomer shares of the set, and its :func:`residue_metrics`."""
-    sample = load_set(folder)
+def score(folder: Path, sample: dict, reference) -> dict:
+    """:func:`score_sample` of the set drawn in ``folder``, with its isomer shares, wall time and device."""
     run = load_json(folder / "metrics.json")
-    return {"n": int(run["n_samples"]), "ess": run["ess"], "ess_clipped": run["ess_clipped"], "pareto_khat": pareto_khat(sample["log_w"]),
-            **{key: run[key] for key in ("fraction_d", "fraction_cis", "fraction_outside_state")},
-            "wall_time_s": run["wall_time_s"], "device": run["device"], "residues": residue_metrics(sample, reference)}
-
-
-def score_pooled(folders: dict, reference) -> dict:
-    """The sets pooled into one sample (independent draws of the same q, so their log weights share
-    one scale): ESS and :func:`residue_metrics` of all of them, where the sample-size floor is lower."""
-    sets = [load_set(folder) for folder in folders.values()]
-    pooled = {key: np.concatenate([s[key] for s in sets]) for key in sets[0]}
-    return {"n": len(pooled["log_w"]), "ess": kish_ess(pooled["log_w"]), "residues": residue_metrics(pooled, reference)}
+    return {**score_sample(sample, reference), **{key: run[key] for key in ("fraction_d", "fraction_cis", "wall_time_s", "device")}}
 
 
 def md_speedups(sets: dict, series_dir: Path, reference, evaluations: int) -> dict:
@@ -140,13 +132,15 @@ def main() -> None:
     reference = RamachandranReference.load(args.reference) if args.reference else shipped_reference(run.target.name, run.target.temperature)
     if reference is None:
         sys.exit(f"sets drawn in {HERE / 'runs' / 'shipped' / label}; no walker reference is shipped for {run.target.name} to score them against")
-    sets = {seed: score(folder, reference) for seed, folder in folders.items()}
+    samples = {seed: load_set(folder) for seed, folder in folders.items()}  # each set read once
+    sets = {seed: score(folders[seed], samples[seed], reference) for seed in folders}
     references = per_residue_references(reference, len(next(iter(sets.values()))["residues"]))
     result = {"command": " ".join(["python data_free_benchmarks/aldp_shipped.py", *sys.argv[1:]]), "model": model, "label": label,
               "cpu": cpu_model(), "reference": [r.description for r in references], "reference_noise_floor": [r.noise_floor for r in references],
               "reference_basins": [r.basins for r in references], "sets": sets}
-    if len(folders) > 1:
-        result["pooled"] = score_pooled(folders, reference)
+    if len(samples) > 1:  # independent draws of the same q, so their log weights share one scale
+        pooled = {key: np.concatenate([s[key] for s in samples.values()]) for key in next(iter(samples.values()))}
+        result["pooled"] = score_sample(pooled, reference)
     if args.md_series:
         evaluations = args.evaluations or int(load_json(args.run / "metrics.json")["energy_evaluations_total"])
         result["md_speedup"] = md_speedups(sets, args.md_series, references[0], evaluations)
@@ -161,9 +155,7 @@ def main() -> None:
         cells = " | ".join(f"{r[f'basin_{b}_rw']:.4g} ({ref.basins[b]:.4g})" for b in basins)
         errors = [e for e in r["basin_relative_error_rw"].values() if e is not None]
         floor = r["iid_floor"]
-        known = {key: f"{m[key]:.3f}" if key in m else "–" for key in ("ess_clipped", "pareto_khat")}
-        outside = f"{m['fraction_outside_state']:.2g}" if "fraction_outside_state" in m else "–"
-        return (f"| {name} | {k + 1} | {m['n']} | {outside} | {m['ess']:.3f} | {known['ess_clipped']} | {known['pareto_khat']} | "
+        return (f"| {name} | {k + 1} | {m['n']} | {m['fraction_outside_state']:.2g} | {m['ess']:.3f} | {m['ess_clipped']:.3f} | {m['pareto_khat']:.3f} | "
                 f"{r['kl_64_rw']:.4f} ({floor['kl_64']:.4f}) | {r['tv_64_rw']:.4f} ({floor['tv_64']:.4f}) | {r['kl_100_rw']:.4f} | {cells} | {max(errors):.1%} |")
 
     for seed, m in sets.items():

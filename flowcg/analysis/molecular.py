@@ -119,11 +119,6 @@ def as_yardstick(reference: Reference | RamachandranReference | tuple) -> Ramach
     return RamachandranReference.from_frames(reference.phi, reference.psi, reference.weights)
 
 
-def in_state_mask(samples: SampleSet) -> np.ndarray:
-    """(N,) True for the samples in the target's conformational state (all of them if not recorded)."""
-    return np.ones(len(samples.log_w), dtype=bool) if samples.in_state is None else samples.in_state
-
-
 def isomer_shares(topology, x: np.ndarray, log_w: np.ndarray) -> dict:
     """``fraction_d``, ``fraction_cis`` and ``fraction_cis_rw`` of frames x (module docstring)."""
     isomers = ConformationalState(topology, "all")
@@ -150,7 +145,7 @@ def molecular_metrics(topology, samples: SampleSet, reference=None) -> dict:
     get the mean over residues of every Ramachandran KL / TV as ``<metric>_mean``). ``reference``: a
     Reference or RamachandranReference (one residue), or a list of them, one per residue."""
     metrics = isomer_shares(topology, samples.x, samples.log_w)
-    keep = in_state_mask(samples)
+    keep = samples.in_state
     phi, psi = residue_phi_psi(samples.x[keep], topology)  # one copy of the kept frames (10⁶ × atoms × 3 for a shipped set)
     log_w = samples.log_w[keep]
     n_residues = phi.shape[1]
@@ -172,7 +167,7 @@ def molecular_metrics(topology, samples: SampleSet, reference=None) -> dict:
 
 def plot_molecular_sample(topology, samples: SampleSet, path: Path, reference=None) -> list[Path]:
     """Ramachandran PNG per residue of the samples in the target's state (:func:`plot_residue_ramachandrans`)."""
-    keep = in_state_mask(samples)
+    keep = samples.in_state
     phi, psi = residue_phi_psi(samples.x[keep], topology)
     return plot_residue_ramachandrans(path, phi, psi, samples.log_w[keep], reference)
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from flowcg.analysis.cv import cv_discovery, cv_markdown, plot_free_energy
 from flowcg.analysis.evaluate import evaluate_samples
-from flowcg.analysis.molecular import Reference, in_state_mask, plot_residue_ramachandrans, resolve_reference, torsion_table
+from flowcg.analysis.molecular import Reference, plot_residue_ramachandrans, resolve_reference, torsion_table
 from flowcg.analysis.plots import plot_marginals, plot_samples
 from flowcg.analysis.ramachandran import RamachandranReference, residue_phi_psi
 from flowcg.builders import Run, configure_compile, describe_device, load_run, seed_everything
@@ -57,7 +57,7 @@ def _molecular_outputs(run: Run, samples: SampleSet, reference: Reference | Rama
     md.Trajectory(run.target.positions[None].astype("float32"), topology).save_pdb(str(out_dir / "topology.pdb"))
     phi, psi = residue_phi_psi(samples.x, topology)  # (N, residues)
     dipeptide = phi.shape[1] == 1
-    keep = in_state_mask(samples)
+    keep = samples.in_state
     stored = {"phi": phi[:, 0], "psi": psi[:, 0]} if dipeptide else {"phi": phi, "psi": psi}
     samples.save(out_dir / "samples.npz", include_x=False, **stored)
     plot_residue_ramachandrans(out_dir / "ramachandran.png", phi[keep], psi[keep], samples.log_w[keep], reference)

@@ -33,8 +33,8 @@ class SampleSet:
         log_w: log importance weights −β u − log q, (N,); −inf where the energy failed or x is
             outside the target's state.
         z_slow: slow latents (the CVs) the samples were drawn from, (N, ds).
+        in_state: (N,) bool, True where x is in the target's state.
         beta: the β the weights refer to.
-        in_state: (N,) bool, True where x is in the target's state; None: all of them.
     """
 
     x: np.ndarray
@@ -42,8 +42,8 @@ class SampleSet:
     energies_kT: np.ndarray
     log_w: np.ndarray
     z_slow: np.ndarray
+    in_state: np.ndarray
     beta: float = 1.0
-    in_state: np.ndarray | None = None
 
     def summary(self) -> dict:
         """ESS (plain and clipped), the weights' Pareto k̂ (None below ``PARETO_MIN_WEIGHTS`` finite ones), log Z, KL estimate and the
@@ -56,16 +56,15 @@ class SampleSet:
             "log_z": log_z_estimate(self.log_w),
             "kl_estimate": kl_estimate(self.log_w),
             "nonfinite_energies": int((~np.isfinite(self.energies_kT)).sum()),
-            "fraction_outside_state": 0.0 if self.in_state is None else float(1.0 - self.in_state.mean()),
+            "fraction_outside_state": float(1.0 - self.in_state.mean()),
         }
 
     def save(self, path: str | Path, include_x: bool = True, **extra: np.ndarray) -> None:
-        """Write an npz with log_q, energies_kT, log_w, z_slow, beta, in_state (if known), any ``extra``
-        arrays and (``include_x``) x; molecules keep x in a trajectory file instead."""
+        """Write an npz with log_q, energies_kT, log_w, z_slow, in_state, beta, any ``extra`` arrays and
+        (``include_x``) x; molecules keep x in a trajectory file instead."""
         arrays = {"x": self.x} if include_x else {}
-        if self.in_state is not None:
-            arrays["in_state"] = self.in_state
-        np.savez_compressed(path, **arrays, log_q=self.log_q, energies_kT=self.energies_kT, log_w=self.log_w, z_slow=self.z_slow, beta=self.beta, **extra)
+        np.savez_compressed(path, **arrays, log_q=self.log_q, energies_kT=self.energies_kT, log_w=self.log_w, z_slow=self.z_slow,
+                            in_state=self.in_state, beta=self.beta, **extra)
 
 
 @torch.no_grad()
@@ -90,5 +89,5 @@ def draw_samples(model: StructuredFlow, target: Target, n: int, batch_size: int 
     joined = {k: np.concatenate(v) for k, v in parts.items()}
     log_w = -beta * joined["u"] - joined["log_q"]
     log_w[~(np.isfinite(log_w) & joined["in_state"])] = -np.inf
-    return SampleSet(x=joined["x"], log_q=joined["log_q"], energies_kT=joined["u"], log_w=log_w, z_slow=joined["z_slow"], beta=beta,
-                     in_state=joined["in_state"])
+    return SampleSet(x=joined["x"], log_q=joined["log_q"], energies_kT=joined["u"], log_w=log_w, z_slow=joined["z_slow"],
+                     in_state=joined["in_state"], beta=beta)

@@ -10,20 +10,11 @@ import torch
 
 import flowcg.coordinates.bonds
 from flowcg.coordinates.amide import AmideBonds
+from tests.coordinates.conftest import rotate_about_bond
 
 
 def test_bond_graph_doctests():
     assert doctest.testmod(flowcg.coordinates.bonds).failed == 0
-
-
-def rotate_about_bond(x: np.ndarray, axis_from: int, axis_to: int, atoms: list[int], angle: float) -> np.ndarray:
-    """x (N, 3) with ``atoms`` rotated by ``angle`` about the axis_from → axis_to bond (Rodrigues)."""
-    x = x.copy()
-    k = x[axis_to] - x[axis_from]
-    k /= np.linalg.norm(k)
-    v = x[atoms] - x[axis_to]
-    x[atoms] = x[axis_to] + v * math.cos(angle) + np.cross(k, v) * math.sin(angle) + np.outer(v @ k, k) * (1 - math.cos(angle))
-    return x
 
 
 def test_both_peptide_bonds_of_alanine_dipeptide_are_found_and_trans(aldp, md_frames):

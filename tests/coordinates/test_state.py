@@ -17,7 +17,7 @@ from flowcg.errors import ConfigError
 from flowcg.flows.build import build_flow
 from flowcg.sampling import draw_samples
 from flowcg.targets.synthetic import DoubleWell
-from tests.coordinates.test_amide import rotate_about_bond
+from tests.coordinates.conftest import rotate_about_bond
 
 
 def test_state_doctests():
