@@ -133,8 +133,8 @@ def read_arm(runs: Path, arm: str, seed: int) -> dict:
     return {"arm": arm, "seed": seed, "w1": final["w1"], "w1_tic0": final["w1_tic0"], "w1_tic1": final["w1_tic1"],
             "kl64": final["kl64"], "basins": {k[6:]: final[k] for k in final if k.startswith("basin_")},
             "reference_basins": {k[10:]: final[k] for k in final if k.startswith("ref_basin_")},
-            "labels": final["n_labels"], "evaluations": data["initial_evaluations"] + final["oracle_evaluations"],
-            "oracle_wall_s": data["initial_wall_s"] + final["oracle_wall_s"],
+            "labels": final["n_labels"], "evaluations": data["initial_evaluations"] + data["prior_evaluations"] + final["oracle_evaluations"],
+            "oracle_wall_s": data["initial_wall_s"] + data["prior_wall_s"] + final["oracle_wall_s"],
             "w1_per_round": [r["w1"] for r in data["rounds"]], "wall_s": data.get("benchmark_wall_s")}
 
 

@@ -22,7 +22,7 @@ force at the mean configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -109,6 +109,16 @@ class Labels:
 
         return Labels(self.positions_nm[heaviest], mean(self.cg_positions_nm), mean(self.cg_forces_kJ_mol_nm), total, queries,
                       self.energies_kJ_mol[heaviest], self.n_energy_evaluations, self.wall_s)
+
+    def per_query_unit_weight(self) -> "Labels":
+        """The same rows with each query's weights rescaled to sum to 1: a query counts as one CG
+        configuration of the design, however many configurations the oracle returned for it. The
+        K draws of a flow query share their slow coordinates (φ, ψ), so they average the label noise
+        of one point of the slow space rather than cover K points of it. Queries whose weights are
+        all 0 keep them."""
+        totals = np.bincount(self.query, weights=self.weights)
+        scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
+        return replace(self, weights=self.weights * scale[self.query])
 
     def save(self, path: str | Path) -> None:
         """Atomic npz write: a kill leaves the old file or the new one, never half of one."""

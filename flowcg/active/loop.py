@@ -46,6 +46,7 @@ __all__ = ["ActiveLearningLoop", "LoopOptions", "ModelOptions", "SimulationOptio
 log = logging.getLogger(__name__)
 
 STEPS = ("train", "simulate", "evaluate", "select", "query", "add")
+QUERY_WEIGHTS = ("labels", "unit")
 
 
 @dataclass
@@ -62,9 +63,17 @@ class ModelOptions:
     # "boltzmann" inverts them from the initial data, "learned" fits them by force matching
     # (flowcg.cg.prior: inversion needs equilibrium frames, force matching does not), "none".
     dihedral_prior: str = "boltzmann"
+    # Frames of the Boltzmann inversion: 0 = the initial data; n > 0 = n one-shot draws of the flow
+    # oracle resampled by weight (n energy evaluations, no labels). Inversion reads the free energy of
+    # each CG dihedral off a histogram, and 500 initial frames put about one frame at φ > 0 (0.2 % of
+    # the ensemble), so the prior sets that basin's level from a pseudocount; the flow's draws are the
+    # cheapest way to many equilibrium frames, and the CG model needs no forces of them.
+    prior_draws: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
+        if self.prior_draws < 0:
+            raise ConfigError(f"cg_model.prior_draws must be ≥ 0, got {self.prior_draws}")
         if self.dihedral_prior not in DIHEDRAL_MODES:
             raise ConfigError(f"cg_model.dihedral_prior must be one of {', '.join(DIHEDRAL_MODES)}, got '{self.dihedral_prior}'")
 
@@ -114,6 +123,11 @@ class LoopOptions:
     max_candidates: int = 2000
     temperature_K: float = 300.0
     seed: int = 0
+    query_weight: str = "labels"
+
+    def __post_init__(self):
+        if self.query_weight not in QUERY_WEIGHTS:
+            raise ConfigError(f"loop.query_weight must be one of {', '.join(QUERY_WEIGHTS)}, got '{self.query_weight}'")
 
 
 def _seed(seed: int, round_index: int, step: str, member: int = 0) -> int:
@@ -129,15 +143,18 @@ class ActiveLearningLoop:
         backmapper: CG frame → (φ, ψ) and an all-atom structure (for the metrics and oracles).
         oracle: labels query frames.
         strategy: a query strategy (``select(candidates, training, m, rng, committee)``).
-        initial: labels of the initial data (e.g. a short MD); they also fit the prior and the
-            TICA of the energy-matching targets.
+        initial: labels of the initial data (e.g. a short MD); they also fit the TICA of the
+            energy-matching targets, and the prior unless ``prior_frames_nm`` is given.
         initial_tica: TICA model for the energy-matching targets (needed iff λ > 0).
         reference: the evaluation yardstick (None: the evaluate step records only simulation facts).
+        prior_frames_nm: (T, n_beads, 3) equilibrium CG frames the prior is Boltzmann-inverted from
+            (``cg_model.prior_draws``); None: the initial data's.
     """
 
     def __init__(self, run_dir: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, oracle: Oracle, strategy,
                  initial: Labels, options: LoopOptions, model_options: ModelOptions, simulation: SimulationOptions,
-                 reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None):
+                 reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None,
+                 prior_frames_nm: np.ndarray | None = None):
         if options.fit.energy_weight > 0 and initial_tica is None:
             raise ConfigError("energy matching needs the TICA model of the initial data")
         self.uses_committee = getattr(strategy, "name", "") == "committee"
@@ -155,17 +172,21 @@ class ActiveLearningLoop:
         initial_path = self.run_dir / "initial_labels.npz"
         if not initial_path.is_file():
             initial.save(initial_path)
-        # a deterministic function of the initial data: fitted once, copied into every model
-        self.prior = fit_prior(initial.cg_positions_nm, mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
+        # a deterministic function of data fixed before round 0: fitted once, copied into every model
+        prior_frames = initial.cg_positions_nm if prior_frames_nm is None else prior_frames_nm
+        self.prior = fit_prior(prior_frames, mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
 
     # ------------------------------------------------------------------ data
     def round_dir(self, round_index: int) -> Path:
         return self.run_dir / f"round_{round_index:03d}"
 
     def dataset(self, round_index: int) -> Labels:
-        """Initial labels plus those added in rounds < round_index (journalled ``add`` steps only)."""
-        parts = [self.initial] + [Labels.load(self.round_dir(r) / "labels.npz") for r in range(round_index) if self.journal.done(r, "add")]
-        return Labels.concatenate(parts)
+        """Initial labels plus those added in rounds < round_index (journalled ``add`` steps only),
+        the rounds' weighted as ``options.query_weight`` says."""
+        rounds = [Labels.load(self.round_dir(r) / "labels.npz") for r in range(round_index) if self.journal.done(r, "add")]
+        if self.options.query_weight == "unit":
+            rounds = [labels.per_query_unit_weight() for labels in rounds]
+        return Labels.concatenate([self.initial] + rounds)
 
     # ------------------------------------------------------------------ models
     def new_model(self) -> CGSchNet:

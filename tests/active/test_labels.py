@@ -49,6 +49,21 @@ def test_mean_force_keeps_the_force_matching_loss_up_to_a_constant():
     assert rowwise(thetas[0]) - collapsed(thetas[0]) == pytest.approx(rowwise(thetas[1]) - collapsed(thetas[1]))
 
 
+def test_unit_query_weight_makes_each_query_one_configuration():
+    weights = np.array([3.0, 1.0, 0.5, 0.5, 0.0, 0.0])
+    labels = Labels(np.zeros((6, 4, 3)), np.zeros((6, 2, 3)), np.zeros((6, 2, 3)), weights, np.array([0, 0, 1, 1, 2, 2]), np.zeros(6))
+    unit = labels.per_query_unit_weight()
+    np.testing.assert_allclose(unit.weights, [0.75, 0.25, 0.5, 0.5, 0.0, 0.0])  # ratios kept, a dead query stays dead
+    np.testing.assert_array_equal(labels.weights, weights)
+
+
+def test_unknown_query_weight_is_a_config_error():
+    from flowcg.active.loop import LoopOptions
+
+    with pytest.raises(ConfigError, match="query_weight"):
+        LoopOptions(query_weight="ess")
+
+
 def test_unknown_label_kind_is_a_config_error():
     with pytest.raises(ConfigError, match="mean_force"):
         FlowOracle(model=_Eval(), target=None, mapping=None, backmapper=None, labels="median")

@@ -77,6 +77,15 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, parts):
         np.testing.assert_array_equal(np.load(run_dir / "round_002" / "simulation.npz")["frames"],
                                       np.load(tmp_path / "whole" / "round_002" / "simulation.npz")["frames"])
 
+    # query_weight=unit reads the same labels with each round's query worth one configuration
+    labelled = make_loop(tmp_path / "whole", parts).dataset(TINY_LOOP.rounds)
+    unit = make_loop(tmp_path / "whole", parts, options=replace(TINY_LOOP, query_weight="unit")).dataset(TINY_LOOP.rounds)
+    initial_rows = len(parts[3])
+    np.testing.assert_array_equal(unit.weights[:initial_rows], labelled.weights[:initial_rows])
+    per_query = np.bincount(unit.query[initial_rows:], weights=unit.weights[initial_rows:])[parts[3].n_queries:]
+    np.testing.assert_allclose(per_query, 1.0)
+    assert len(per_query) == TINY_LOOP.rounds * TINY_LOOP.queries_per_round
+
 
 def test_a_kill_inside_the_oracle_loses_and_duplicates_nothing(tmp_path, parts):
     mapping, backmapper, flow_oracle, initial = parts
@@ -131,16 +140,28 @@ def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
                  "initial.frame_interval_steps=20", "initial.equilibration_steps=50", "initial.minimize_iterations=20",
                  "loop.rounds=1", "loop.queries_per_round=3", "strategy=random", "fit.steps=20", "loop.finetune_steps=5",
                  "simulation.n_replicas=4", "simulation.n_steps=100", "simulation.save_every=10", "simulation.burn_in_saves=2",
-                 "cg_model.hidden=16", "cg_model.n_filters=16", "cg_model.n_interactions=1", f"hydra.run.dir={tmp_path}"]
+                 "cg_model.hidden=16", "cg_model.n_filters=16", "cg_model.n_interactions=1", "cg_model.prior_draws=40",
+                 f"hydra.run.dir={tmp_path}"]
     subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True, timeout=600)
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert [m["round"] for m in summary["rounds"]] == [0, 1]
     assert summary["rounds"][1]["n_labels"] == 30 + 3 * 4 and summary["rounds"][1]["oracle_evaluations"] == 12
     assert summary["initial_frames"] == 30 and summary["strategy"] == "random"
+    assert summary["prior_evaluations"] == 40 and len(np.load(tmp_path / "prior_frames.npz")["cg_positions_nm"]) == 40
     assert (tmp_path / "free_energy_round_001.png").is_file()
     # a finished run resumes to the same result without doing any work
     subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True, timeout=600)
     assert json.loads((tmp_path / "metrics.json").read_text())["rounds"] == summary["rounds"]
+
+
+def test_prior_draws_need_the_flow_oracle(tmp_path):
+    from flowcg.cli.al import prior_frames_nm
+
+    assert prior_frames_nm(tmp_path, 0, oracle=None, seed=0) is None
+    with pytest.raises(ValueError, match="needs the flow oracle"):
+        prior_frames_nm(tmp_path, 10, oracle=object(), seed=0)
+    with pytest.raises(ValueError, match="prior_draws"):
+        replace(TINY_MODEL, prior_draws=-1)
 
 
 def test_bad_strategy_is_one_line(tmp_path):
