@@ -19,6 +19,7 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
   same spacing between frames as the initial MD of the other arms;
 * ``al_flow``: AL (0.01 nm) whose initial data are 500 one-shot flow draws resampled by weight
   (``initial.source=flow``) instead of the MD;
+* ``random_flow``: al_flow's loop with random selection (what choosing the queries adds);
 * ``flow_draws``: no rounds; the whole budget as one-shot flow draws resampled by weight, the
   data-free static baseline (``al_flow`` against it is what the queries add);
 * ``ceiling``: no rounds; 1000 equilibrium frames of the reference labelled by the oracle (8.6× the
@@ -76,9 +77,9 @@ COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.fi
 #: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
 #: other arms; committee: strategy=committee with three models; random: strategy=random; static:
 #: loop.rounds=0 and initial.n_frames = BUDGET; ceiling: loop.rounds=0, initial.source=reference
-ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "al_flow", "flow_draws", "ceiling"]
+ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "al_flow", "random_flow", "flow_draws", "ceiling"]
 #: the arms that choose their queries, each compared with the baselines
-STRATEGY_ARMS, BASELINES = ["al", "al_threshold_0.01", "committee", "al_flow"], ["static", "random", "flow_draws"]
+STRATEGY_ARMS, BASELINES = ["al", "al_threshold_0.01", "committee", "al_flow"], ["static", "random", "random_flow", "flow_draws"]
 LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 

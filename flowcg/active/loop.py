@@ -123,7 +123,7 @@ class LoopOptions:
     max_candidates: int = 2000
     temperature_K: float = 300.0
     seed: int = 0
-    query_weight: str = "labels"
+    query_weight: str = "unit"
 
     def __post_init__(self):
         if self.query_weight not in QUERY_WEIGHTS:

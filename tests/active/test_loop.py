@@ -77,9 +77,9 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, parts):
         np.testing.assert_array_equal(np.load(run_dir / "round_002" / "simulation.npz")["frames"],
                                       np.load(tmp_path / "whole" / "round_002" / "simulation.npz")["frames"])
 
-    # query_weight=unit reads the same labels with each round's query worth one configuration
-    labelled = make_loop(tmp_path / "whole", parts).dataset(TINY_LOOP.rounds)
-    unit = make_loop(tmp_path / "whole", parts, options=replace(TINY_LOOP, query_weight="unit")).dataset(TINY_LOOP.rounds)
+    # query_weight=unit (the default) reads the same labels as "labels" with each round's query worth one configuration
+    labelled = make_loop(tmp_path / "whole", parts, options=replace(TINY_LOOP, query_weight="labels")).dataset(TINY_LOOP.rounds)
+    unit = make_loop(tmp_path / "whole", parts).dataset(TINY_LOOP.rounds)
     initial_rows = len(parts[3])
     np.testing.assert_array_equal(unit.weights[:initial_rows], labelled.weights[:initial_rows])
     per_query = np.bincount(unit.query[initial_rows:], weights=unit.weights[initial_rows:])[parts[3].n_queries:]
