@@ -16,7 +16,8 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
 * ``committee``: queries where a committee of three CG models disagrees most about the forces;
 * ``random``: the same loop with random selection among the simulated frames;
 * ``static``: no rounds; the whole budget as one initial short MD (``loop.rounds=0``), with the
-  same spacing between frames as the initial MD of the other arms;
+  same spacing between frames as the initial MD of the other arms, and its prior inverted from
+  those frames (``cg_model.prior_draws=0``): the conventional pipeline, no flow anywhere;
 * ``al_flow``: AL (0.01 nm) whose initial data are 500 one-shot flow draws resampled by weight
   (``initial.source=flow``) instead of the MD;
 * ``random_flow``: al_flow's loop with random selection (what choosing the queries adds);
