@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--label", default=None, help="results in results/LABEL.{json,md} instead of results/NAME.*: "
                         "the report of a subset of arms or seeds beside the full one")
     parser.add_argument("--dry-run", action="store_true", help="print the multirun commands of the unfinished runs and stop")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the finished runs among --arms x --seeds (an arm may then have fewer seeds)")
     args = parser.parse_args()
     for static_arm in ("static", "flow_draws"):
         if OmegaConf.load(ARM_CONFIGS / f"{static_arm}.yaml").initial.n_frames != BUDGET:
@@ -213,7 +215,7 @@ def main() -> None:
     pending = [(arm, seed) for arm, seed in jobs if not (runs / arm / f"seed{seed}" / "metrics.json").is_file()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     reference = args.reference.resolve() if args.reference else None
-    for arms, seeds in sweeps(pending):
+    for arms, seeds in [] if args.report_only else sweeps(pending):
         command = multirun_command(runs, arms, seeds, reference, args.launcher, args.jobs, args.override)
         print(" ".join(command), flush=True)
         if not args.dry_run:
@@ -222,9 +224,11 @@ def main() -> None:
                 subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     if args.dry_run:
         return
+    if args.report_only:
+        jobs = [job for job in jobs if job not in pending]
     arms = summarize([read_arm(runs, arm, seed) for arm, seed in jobs])
     compared = comparisons(arms)
-    result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(reference or "shipped with the oracle's model"),
+    result = {"budget_labels": BUDGET, "seeds": args.seeds, "seeds_per_arm": {arm: [r["seed"] for r in a["per_seed"]] for arm, a in arms.items()}, "reference": str(reference or "shipped with the oracle's model"),
               "common_overrides": COMMON, "overrides": args.override, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
     label = args.label or args.name
     save_json_atomic(result, HERE / "results" / f"{label}.json")
