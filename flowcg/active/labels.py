@@ -116,7 +116,7 @@ class Labels:
         K draws of a flow query share their slow coordinates (φ, ψ), so they average the label noise
         of one point of the slow space rather than cover K points of it. Queries whose weights are
         all 0 keep them."""
-        totals = np.bincount(self.query, weights=self.weights)
+        totals = np.bincount(self.query, weights=self.weights).astype(np.float64)  # int64 when there are no rows
         scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
         return replace(self, weights=self.weights * scale[self.query])
 

@@ -55,6 +55,7 @@ def test_unit_query_weight_makes_each_query_one_configuration():
     unit = labels.per_query_unit_weight()
     np.testing.assert_allclose(unit.weights, [0.75, 0.25, 0.5, 0.5, 0.0, 0.0])  # ratios kept, a dead query stays dead
     np.testing.assert_array_equal(labels.weights, weights)
+    assert len(Labels.empty(4, 2).per_query_unit_weight()) == 0  # a round whose strategy found nothing to query
 
 
 def test_unknown_query_weight_is_a_config_error():
