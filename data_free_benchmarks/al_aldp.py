@@ -129,8 +129,13 @@ def multirun_command(runs: Path, arms: list[str], seeds: list[int], reference: P
     ]
 
 
+def run_summary(runs: Path, arm: str, seed: int) -> Path:
+    """The metrics.json a finished run of (arm, seed) leaves."""
+    return runs / arm / f"seed{seed}" / "metrics.json"
+
+
 def read_arm(runs: Path, arm: str, seed: int) -> dict:
-    data = json.loads((runs / arm / f"seed{seed}" / "metrics.json").read_text())
+    data = json.loads(run_summary(runs, arm, seed).read_text())
     final = data["rounds"][-1]
     return {"arm": arm, "seed": seed, "w1": final["w1"], "w1_tic0": final["w1_tic0"], "w1_tic1": final["w1_tic1"],
             "kl64": final["kl64"], "basins": {k[6:]: final[k] for k in final if k.startswith("basin_")},
@@ -212,7 +217,7 @@ def main() -> None:
             sys.exit(f"{ARM_CONFIGS / f'{static_arm}.yaml'}: initial.n_frames must be the label budget {BUDGET}")
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     runs = HERE / "runs" / args.name
-    pending = [(arm, seed) for arm, seed in jobs if not (runs / arm / f"seed{seed}" / "metrics.json").is_file()]
+    pending = [(arm, seed) for arm, seed in jobs if not run_summary(runs, arm, seed).is_file()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     reference = args.reference.resolve() if args.reference else None
     for arms, seeds in [] if args.report_only else sweeps(pending):
@@ -224,11 +229,10 @@ def main() -> None:
                 subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     if args.dry_run:
         return
-    if args.report_only:
-        jobs = [job for job in jobs if job not in pending]
-    arms = summarize([read_arm(runs, arm, seed) for arm, seed in jobs])
+    # every run has finished unless --report-only skipped some (a failed multirun raised above)
+    arms = summarize([read_arm(runs, arm, seed) for arm, seed in jobs if run_summary(runs, arm, seed).is_file()])
     compared = comparisons(arms)
-    result = {"budget_labels": BUDGET, "seeds": args.seeds, "seeds_per_arm": {arm: [r["seed"] for r in a["per_seed"]] for arm, a in arms.items()}, "reference": str(reference or "shipped with the oracle's model"),
+    result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(reference or "shipped with the oracle's model"),
               "common_overrides": COMMON, "overrides": args.override, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
     label = args.label or args.name
     save_json_atomic(result, HERE / "results" / f"{label}.json")

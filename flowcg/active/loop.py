@@ -31,6 +31,7 @@ import torch
 
 from flowcg.active.backmap import TorsionBackmapper
 from flowcg.active.evaluate import CGReference
+from flowcg.active.flow_oracle import FlowOracle
 from flowcg.active.journal import Journal
 from flowcg.active.labels import Labels, Oracle
 from flowcg.cg.mapping import CGMapping
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 STEPS = ("train", "simulate", "evaluate", "select", "query", "add")
 QUERY_WEIGHTS = ("labels", "unit")
+#: seed offset of the prior's flow draws, so that they are not the initial draws of initial.source=flow
+PRIOR_SEED_OFFSET = 7919
 
 
 @dataclass
@@ -144,17 +147,14 @@ class ActiveLearningLoop:
         oracle: labels query frames.
         strategy: a query strategy (``select(candidates, training, m, rng, committee)``).
         initial: labels of the initial data (e.g. a short MD); they also fit the TICA of the
-            energy-matching targets, and the prior unless ``prior_frames_nm`` is given.
+            energy-matching targets, and the prior unless ``model_options.prior_draws`` > 0.
         initial_tica: TICA model for the energy-matching targets (needed iff λ > 0).
         reference: the evaluation yardstick (None: the evaluate step records only simulation facts).
-        prior_frames_nm: (T, n_beads, 3) equilibrium CG frames the prior is Boltzmann-inverted from
-            (``cg_model.prior_draws``); None: the initial data's.
     """
 
     def __init__(self, run_dir: str | Path, mapping: CGMapping, backmapper: TorsionBackmapper, oracle: Oracle, strategy,
                  initial: Labels, options: LoopOptions, model_options: ModelOptions, simulation: SimulationOptions,
-                 reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None,
-                 prior_frames_nm: np.ndarray | None = None):
+                 reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None):
         if options.fit.energy_weight > 0 and initial_tica is None:
             raise ConfigError("energy matching needs the TICA model of the initial data")
         self.uses_committee = getattr(strategy, "name", "") == "committee"
@@ -173,8 +173,29 @@ class ActiveLearningLoop:
         if not initial_path.is_file():
             initial.save(initial_path)
         # a deterministic function of data fixed before round 0: fitted once, copied into every model
-        prior_frames = initial.cg_positions_nm if prior_frames_nm is None else prior_frames_nm
-        self.prior = fit_prior(prior_frames, mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
+        prior_frames = self._prior_frames()
+        self.prior = fit_prior(prior_frames["cg_positions_nm"], mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
+        #: what the prior's own frames cost the oracle (0 when the initial data serve)
+        self.prior_cost = {"prior_evaluations": int(prior_frames["n_energy_evaluations"]), "prior_wall_s": float(prior_frames["wall_s"])}
+
+    def _prior_frames(self) -> dict:
+        """The CG frames of the prior's Boltzmann inversion and their oracle cost: the initial data's
+        (free), or with ``model_options.prior_draws`` = n > 0, n one-shot draws of the flow oracle
+        resampled by weight (:meth:`FlowOracle.equilibrium`), saved in ``prior_frames.npz`` so that
+        a resumed run fits the same prior."""
+        n_draws = self.model_options.prior_draws
+        if n_draws == 0:
+            return {"cg_positions_nm": self.initial.cg_positions_nm, "n_energy_evaluations": 0, "wall_s": 0.0}
+        path = self.run_dir / "prior_frames.npz"
+        if path.is_file():
+            return load_npz(path, what="prior frames", keys=["cg_positions_nm", "n_energy_evaluations", "wall_s"])
+        if not isinstance(self.oracle, FlowOracle):
+            raise ConfigError("cg_model.prior_draws > 0 needs the flow oracle (oracle=flow)")
+        draws = self.oracle.equilibrium(n_draws, seed=self.options.seed + PRIOR_SEED_OFFSET)
+        frames = {"cg_positions_nm": draws.cg_positions_nm.astype(np.float32), "n_energy_evaluations": draws.n_energy_evaluations,
+                  "wall_s": draws.wall_s}
+        save_npz_atomic(path, **frames)
+        return frames
 
     # ------------------------------------------------------------------ data
     def round_dir(self, round_index: int) -> Path:

@@ -34,7 +34,6 @@ from flowcg.cg.training import FitOptions
 from flowcg.cli.common import clean_errors, entry_point, write_json
 from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.errors import ConfigError, build_from_options
-from flowcg.io import load_npz, save_npz_atomic
 from flowcg.pretrained import load_pretrained, pretrained_dir
 
 log = logging.getLogger("flowcg")
@@ -106,29 +105,6 @@ def initial_labels(cfg: DictConfig, target, mapping, backmapper, oracle, referen
     return labels
 
 
-#: seed offset of the prior's draws, so that they are not the initial draws of initial.source=flow
-PRIOR_SEED_OFFSET = 7919
-
-
-def prior_frames_nm(run_dir: Path, n_draws: int, oracle, seed: int) -> dict | None:
-    """The CG frames of the prior's Boltzmann inversion when ``cg_model.prior_draws`` > 0: that many
-    one-shot draws of the flow oracle resampled by weight (:meth:`FlowOracle.equilibrium`), saved in
-    ``prior_frames.npz`` so that a resumed run fits the same prior; None: invert the initial data."""
-    if n_draws == 0:
-        return None
-    path = run_dir / "prior_frames.npz"
-    keys = ["cg_positions_nm", "n_energy_evaluations", "wall_s"]
-    if path.is_file():
-        return load_npz(path, what="prior frames", keys=keys)
-    if not isinstance(oracle, FlowOracle):
-        raise ConfigError("cg_model.prior_draws > 0 needs the flow oracle (oracle=flow)")
-    draws = oracle.equilibrium(n_draws, seed=seed + PRIOR_SEED_OFFSET)
-    frames = {"cg_positions_nm": draws.cg_positions_nm.astype(np.float32), "n_energy_evaluations": draws.n_energy_evaluations,
-              "wall_s": draws.wall_s}
-    save_npz_atomic(path, **frames)
-    return frames
-
-
 @clean_errors("flowcg-al")
 def active_learning(cfg: DictConfig) -> list[dict]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -147,23 +123,19 @@ def active_learning(cfg: DictConfig) -> list[dict]:
     fit = FitOptions(steps=cfg.fit.steps, batch_size=cfg.fit.batch_size, lr=cfg.fit.lr, final_lr_factor=cfg.fit.final_lr_factor,
                      energy_weight=cfg.fit.energy_weight)
     initial_tica = fit_cg_tica(initial.cg_positions_nm, cfg.fit.tica_lag_frames) if fit.energy_weight > 0 else None
-    model_options = build_from_options(ModelOptions, "cg_model", OmegaConf.to_container(cfg.cg_model, resolve=True))
-    prior_frames = prior_frames_nm(run_dir, model_options.prior_draws, oracle, cfg.seed)
 
     loop = ActiveLearningLoop(
         run_dir, mapping, backmapper, oracle, strategy, initial,
         LoopOptions(rounds=cfg.loop.rounds, queries_per_round=cfg.loop.queries_per_round, committee_size=cfg.loop.committee_size,
                     fit=fit, finetune_steps=cfg.loop.finetune_steps, max_candidates=cfg.loop.max_candidates,
                     temperature_K=target.temperature, seed=cfg.seed, query_weight=cfg.loop.query_weight),
-        model_options,
+        build_from_options(ModelOptions, "cg_model", OmegaConf.to_container(cfg.cg_model, resolve=True)),
         build_from_options(SimulationOptions, "simulation", OmegaConf.to_container(cfg.simulation, resolve=True)),
-        reference=reference, initial_tica=initial_tica, prior_frames_nm=None if prior_frames is None else prior_frames["cg_positions_nm"],
+        reference=reference, initial_tica=initial_tica,
     )
     metrics = loop.run()
     summary = {"rounds": metrics, "initial_frames": len(initial), "initial_evaluations": initial.n_energy_evaluations,
-               "initial_wall_s": initial.wall_s,
-               "prior_evaluations": 0 if prior_frames is None else int(prior_frames["n_energy_evaluations"]),
-               "prior_wall_s": 0.0 if prior_frames is None else float(prior_frames["wall_s"]), "oracle": cfg.oracle.name, "strategy": cfg.strategy.name,
+               "initial_wall_s": initial.wall_s, **loop.prior_cost, "oracle": cfg.oracle.name, "strategy": cfg.strategy.name,
                "reference": str(reference_path) if reference_path else None, "reference_lag_frames": cfg.reference_lag_frames}
     write_json(summary, run_dir / "metrics.json")
     plot_w1_per_round(metrics, run_dir / "w1_per_round.png")

@@ -154,12 +154,10 @@ def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["rounds"] == summary["rounds"]
 
 
-def test_prior_draws_need_the_flow_oracle(tmp_path):
-    from flowcg.cli.al import prior_frames_nm
-
-    assert prior_frames_nm(tmp_path, 0, oracle=None, seed=0) is None
+def test_prior_draws_need_the_flow_oracle(tmp_path, parts):
+    assert make_loop(tmp_path / "initial", parts).prior_cost == {"prior_evaluations": 0, "prior_wall_s": 0.0}  # the initial data serve
     with pytest.raises(ValueError, match="needs the flow oracle"):
-        prior_frames_nm(tmp_path, 10, oracle=object(), seed=0)
+        make_loop(tmp_path / "md", parts, oracle=object(), model=replace(TINY_MODEL, prior_draws=10))
     with pytest.raises(ValueError, match="prior_draws"):
         replace(TINY_MODEL, prior_draws=-1)
 
