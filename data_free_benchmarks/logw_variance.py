@@ -1,14 +1,17 @@
-"""Where the variance of log w of a shipped molecular model sits: slow (φ, ψ) cells or single coordinates?
+"""Where the variance of log w of a molecular model sits: slow cells or single coordinates?
 
     .venv/bin/python data_free_benchmarks/logw_variance.py [--name aldp_implicit] [--n 200000]
+    .venv/bin/python data_free_benchmarks/logw_variance.py --run runs/ala4_s32 --label ala4_s32
 
-Draws ``--n`` one-shot samples of ``flowcg/pretrained/<name>`` (seed 0), maps them to the model's
-internal coordinates and reports the share of Var(log w) that each grouping explains: the
-between-cell share over 8 × 8 cells of the slow latents, and for every internal coordinate the
+Draws ``--n`` one-shot samples of ``flowcg/pretrained/<name>`` or of a ``flowcg-train`` run folder
+(seed 0), maps them to the model's internal coordinates and reports the share of Var(log w) that
+each grouping explains: the between-cell share over the cells of the slow latents (8 per latent
+for two of them; with more, as many per latent as keep the cells at most 64, e.g. the sign of each
+of a tetrapeptide's six torsions), and for every internal coordinate the
 correlation ratio η² of log w on 20 quantile bins of that coordinate alone (the share its 1-D
 marginal error can carry). If the shares are small, the weight spread is in the joint
 (correlated) fit of many coordinates, which no refit of a marginal or of the slow prior can
-remove. Results: ``results/<name>_logw_variance.json``.
+remove. Results: ``results/<name or label>_logw_variance.json``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import numpy as np
 import torch
 
 from flowcg import load_target
-from flowcg.builders import cpu_model
+from flowcg.builders import cpu_model, load_run
 from flowcg.pretrained import load_pretrained
 from flowcg.sampling import draw_samples, kish_ess
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SLOW_CELLS = 8
+MAX_SLOW_CELLS = 64  # 8 x 8 on a 2-torus; few enough that every cell holds thousands of draws
 COORDINATE_BINS = 20
 
 
@@ -45,32 +48,38 @@ def quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="aldp_implicit", help="a shipped molecular model")
+    parser.add_argument("--run", type=Path, default=None, help="a flowcg-train run folder instead of a shipped model")
+    parser.add_argument("--label", default=None, help="name of the result file (default: --name)")
     parser.add_argument("--n", type=int, default=200_000)
     args = parser.parse_args()
+    label = args.label or args.name
     torch.manual_seed(0)
-    run = load_pretrained(args.name)
-    samples = draw_samples(run.model, load_target(args.name, compile=True), args.n)
+    run = load_run(args.run) if args.run else load_pretrained(args.name)
+    samples = draw_samples(run.model, load_target(run.config.target.name, compile=True), args.n)
     finite = np.isfinite(samples.log_w)
     log_w = samples.log_w[finite]
     coordinates = run.model.coordinates
     with torch.no_grad():
         ic = coordinates.inverse(torch.as_tensor(samples.x[finite], dtype=torch.float32))[0].double().numpy()
-    cells = np.clip(np.floor((samples.z_slow[finite] + np.pi) / (2 * np.pi) * SLOW_CELLS).astype(int), 0, SLOW_CELLS - 1)
-    slow_groups = np.ravel_multi_index(tuple(cells.T), (SLOW_CELLS,) * cells.shape[1])
+    slow_dim = samples.z_slow.shape[1]
+    per_latent = max(2, int(MAX_SLOW_CELLS ** (1 / slow_dim) + 1e-9))
+    cells = np.clip(np.floor((samples.z_slow[finite] + np.pi) / (2 * np.pi) * per_latent).astype(int), 0, per_latent - 1)
+    slow_groups = np.ravel_multi_index(tuple(cells.T), (per_latent,) * slow_dim)
     per_coordinate = sorted(
         ({"eta2": between_share(log_w, quantile_bins(ic[:, j], COORDINATE_BINS)), "index": j, "kind": coordinates.kind[j],
           "atoms": [int(a) for a in coordinates.atom_indices[j]]} for j in range(ic.shape[1])),
         key=lambda row: -row["eta2"])
     record = {
-        "command": f"python data_free_benchmarks/logw_variance.py --name {args.name} --n {args.n}",
+        "command": "python data_free_benchmarks/logw_variance.py "
+                   + (f"--run {args.run} --label {label}" if args.run else f"--name {args.name}") + f" --n {args.n}",
         "cpu": cpu_model(), "threads": torch.get_num_threads(), "n_finite": int(finite.sum()),
         "ess": kish_ess(samples.log_w), "var_log_w": float(log_w.var()),
-        "slow_cells_share": between_share(log_w, slow_groups),
+        "slow_cells": f"{per_latent}^{slow_dim}", "slow_cells_share": between_share(log_w, slow_groups),
         "coordinate_share_sum_by_kind": {kind: sum(r["eta2"] for r in per_coordinate if r["kind"] == kind) for kind in dict.fromkeys(coordinates.kind)},
         "largest_coordinate_shares": per_coordinate[:10],
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}_logw_variance.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / f"{label}_logw_variance.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "largest_coordinate_shares"}, indent=1))
     for row in per_coordinate[:5]:
         print(row)

@@ -175,3 +175,30 @@ def reweighted_mean(values, log_w) -> np.ndarray:
     w = normalized_weights(log_w)
     values = as_numpy(values)
     return np.tensordot(w, values, axes=(0, 0))
+
+
+def tempering_exponent(log_w, min_ess: float, tolerance: float = 1e-3) -> float:
+    """The largest α in [0, 1] whose tempered weights w^α keep a Kish ESS of at least ``min_ess``.
+
+    Reweighting draws of q by w^α = (p/q)^α represents q^(1−α) p^α, a step of size α from q toward p
+    in log density, with Var(log w^α) = α² Var(log w): when the full weights are too spread to fit
+    anything (ESS ≈ 1e-3), a partial step still has ``min_ess`` of the draws behind it. α = 1 when
+    the full weights already reach ``min_ess``; found by bisection, since the ESS falls as α grows
+    (for ``tolerance`` in α). As in adaptive SMC tempering (Jasra et al. 2011), where the next
+    temperature is the one that keeps a set ESS.
+
+    >>> round(tempering_exponent(np.array([0.0, 0.0, 50.0]), min_ess=0.5), 2)
+    0.04
+    >>> tempering_exponent(np.zeros(4), min_ess=0.5)
+    1.0
+    """
+    log_w = clean_log_weights(log_w)
+    if not 0.0 < min_ess <= 1.0:
+        raise ValueError(f"min_ess must be in (0, 1], got {min_ess}")
+    if kish_ess(log_w) >= min_ess:
+        return 1.0
+    low, high = 0.0, 1.0
+    while high - low > tolerance:
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if kish_ess(middle * log_w) >= min_ess else (low, middle)
+    return low

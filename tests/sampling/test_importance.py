@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.sampling import kish_ess, kl_estimate, log_z_estimate, pareto_khat, reweighted_mean
+from flowcg.sampling import kish_ess, kl_estimate, log_z_estimate, pareto_khat, reweighted_mean, tempering_exponent
 
 
 def test_uniform_weights_give_ess_one_and_zero_kl():
@@ -67,3 +67,14 @@ def test_pareto_khat_reads_the_tail_index_of_the_weights():
     assert pareto_khat(np.r_[rng.normal(0, 0.1, 999), -np.inf]) < 0.2  # a failed energy is a zero weight
     with pytest.raises(ValueError, match="25 finite"):
         pareto_khat(np.zeros(10))
+
+
+def test_tempering_exponent_is_the_largest_that_keeps_the_ess():
+    log_w = np.random.default_rng(0).normal(0.0, 3.0, 10_000)
+    assert kish_ess(log_w) < 0.02
+    alpha = tempering_exponent(log_w, min_ess=0.3)
+    assert 0.0 < alpha < 1.0
+    assert kish_ess(alpha * log_w) >= 0.3 > kish_ess((alpha + 0.01) * log_w)
+    assert tempering_exponent(0.1 * log_w, min_ess=0.3) == 1.0  # the full weights already keep it
+    with pytest.raises(ValueError, match="min_ess"):
+        tempering_exponent(log_w, min_ess=0.0)

@@ -116,3 +116,24 @@ def test_conditional_share_of_the_objective_trains_no_slow_prior_parameter(small
     assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.latent.fast.parameters())
     with pytest.raises(ValueError, match="periodic slow latents"):
         reverse_kl(small_flow(1, 0), target, beta=1.0, batch_size=8, slow_uniform_fraction=0.5)
+
+
+def test_tempered_refit_steps_toward_the_target_when_the_weights_are_too_spread(small_flow, model_as_target):
+    """min_ess above the draws' ESS: each round fits w^α with α < 1 (a partial step), the rounds' ESS
+    rises, and once the full weights keep min_ess (α = 1) the refit is the plain one."""
+    model = small_flow(n_components=1, seed=0)
+    truth = copy.deepcopy(model)
+    with torch.no_grad():
+        truth.latent.slow.resize_(3)
+        truth.latent.slow.means.copy_(torch.tensor([[-3.0], [0.5], [3.0]]))
+        truth.latent.slow.log_stds.fill_(-1.0)
+        truth.latent.slow.logits.copy_(torch.tensor([0.0, 1.0, -0.5]))
+    target = model_as_target(truth)
+    records = refit_slow_prior(model, target, PriorRefitConfig(n_components=3, n_samples=20_000, rounds=4, min_ess=0.6), seed=0)
+    exponents = [r["weight_exponent"] for r in records]
+    assert exponents[0] < 1.0 and exponents[-1] == 1.0, exponents
+    assert all(later > earlier for earlier, later in zip(exponents, exponents[1:]) if earlier < 1.0), exponents
+    assert records[0]["ess_of_draws"] < 0.6 < records[-1]["ess_of_draws"]
+    assert kish_ess(draw_samples(model, target, 20_000).log_w) > 0.95
+    with pytest.raises(ValueError, match="min_ess must be in"):
+        PriorRefitConfig(n_components=3, min_ess=1.5)

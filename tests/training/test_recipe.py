@@ -1,8 +1,11 @@
 """Training recipes: phases from the config, validated up front, and one chain that resumes
 exactly after a kill in any phase (train or refit)."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from flowcg.errors import ConfigError
 from flowcg.flows import build_flow
@@ -66,3 +69,14 @@ def test_killed_and_resumed_recipe_equals_uninterrupted_one(tmp_path, kill_after
         assert torch.equal(p, q)
     assert target.n_energy_evaluations == reference_target.n_energy_evaluations
     assert resumed.history()["curve"] == reference.history()["curve"]
+
+
+@pytest.mark.parametrize("recipe_file", sorted((Path(__file__).resolve().parents[2] / "conf" / "recipe").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_every_shipped_recipe_validates_against_the_shipped_defaults(recipe_file):
+    conf = recipe_file.parents[1]
+    train = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(conf / "train" / "default.yaml")).items() if k != "defaults"}
+    train["schedule"] = OmegaConf.to_container(OmegaConf.load(conf / "train" / "schedule" / "aldp_geometric.yaml"))
+    refit = OmegaConf.to_container(OmegaConf.load(conf / "train.yaml").prior_refit)
+    phases = build_phases(OmegaConf.to_container(OmegaConf.load(recipe_file).phases), train, refit)
+    assert phases[0].kind == "train"
