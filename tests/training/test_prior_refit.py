@@ -11,16 +11,22 @@ from flowcg.sampling import draw_samples, kish_ess
 from flowcg.training.prior_refit import PriorRefitConfig, refit_slow_prior
 
 
-@pytest.fixture(scope="module")
-def refit_case(small_flow, model_as_target):
-    torch.manual_seed(0)
-    model = small_flow(n_components=1, seed=0)
-    truth = copy.deepcopy(model)  # the same conditional and bijection, a 3-mode slow marginal
+def _three_mode_truth(model: StructuredFlow) -> StructuredFlow:
+    """The model's conditional and bijection under a 3-mode slow marginal."""
+    truth = copy.deepcopy(model)
     with torch.no_grad():
         truth.latent.slow.resize_(3)
         truth.latent.slow.means.copy_(torch.tensor([[-3.0], [0.5], [3.0]]))
         truth.latent.slow.log_stds.fill_(-1.0)
         truth.latent.slow.logits.copy_(torch.tensor([0.0, 1.0, -0.5]))
+    return truth
+
+
+@pytest.fixture(scope="module")
+def refit_case(small_flow, model_as_target):
+    torch.manual_seed(0)
+    model = small_flow(n_components=1, seed=0)
+    truth = _three_mode_truth(model)
     target = model_as_target(truth)
     ess_before = kish_ess(draw_samples(model, target, 20_000).log_w)
     records = refit_slow_prior(model, target, PriorRefitConfig(n_components=3, n_samples=20_000, rounds=2), seed=0)
@@ -122,13 +128,7 @@ def test_tempered_refit_steps_toward_the_target_when_the_weights_are_too_spread(
     """min_ess above the draws' ESS: each round fits w^α with α < 1 (a partial step), the rounds' ESS
     rises, and once the full weights keep min_ess (α = 1) the refit is the plain one."""
     model = small_flow(n_components=1, seed=0)
-    truth = copy.deepcopy(model)
-    with torch.no_grad():
-        truth.latent.slow.resize_(3)
-        truth.latent.slow.means.copy_(torch.tensor([[-3.0], [0.5], [3.0]]))
-        truth.latent.slow.log_stds.fill_(-1.0)
-        truth.latent.slow.logits.copy_(torch.tensor([0.0, 1.0, -0.5]))
-    target = model_as_target(truth)
+    target = model_as_target(_three_mode_truth(model))
     records = refit_slow_prior(model, target, PriorRefitConfig(n_components=3, n_samples=20_000, rounds=4, min_ess=0.6), seed=0)
     exponents = [r["weight_exponent"] for r in records]
     assert exponents[0] < 1.0 and exponents[-1] == 1.0, exponents
