@@ -2,7 +2,7 @@
 
 A model that took several warm-started runs (train, continue at β = 1, refit the slow prior,
 train conditionally, refit again, …) is one ``flowcg-train`` command once its phases are written
-down as ``recipe.phases`` (the config group ``conf/recipe``: ``plain``, ``aldp``, ``anneal``)::
+down as ``recipe.phases`` (the config group ``conf/recipe``: ``plain``, ``aldp``, ``anneal``, ``peptide``)::
 
     phases:
       - {kind: train}                                              # the run's train settings
