@@ -67,12 +67,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="aldp_implicit", help="a shipped molecular model")
     parser.add_argument("--run", type=Path, default=None, help="a flowcg-train run folder instead of a shipped model")
-    parser.add_argument("--label", default=None, help="name of the result file (default: --name)")
+    parser.add_argument("--label", default=None, help="name of the result file (default: --name, or the --run folder's name)")
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--slow-states", type=int, default=8, help="slow states for the conditional split (0: none)")
     parser.add_argument("--per-state", type=int, default=4000, help="conditional draws at each slow state")
     args = parser.parse_args()
-    label = args.label or args.name
+    label = args.label or (args.run.name if args.run else args.name)  # a run never writes over a shipped model's file
     torch.manual_seed(0)
     run = load_run(args.run) if args.run else load_pretrained(args.name)
     target = load_target(run.config.target.name, compile=True)
