@@ -31,7 +31,7 @@ import torch
 from nflows.transforms import Transform
 from torch import Tensor, nn
 
-from flowcg.compiled import FLOW_TOLERANCES, MAX_VARIANTS, CheckedCompile, allow_recompiles, compile_transform, relative_disagreement
+from flowcg.compiled import FLOW_INDUCTOR_OPTIONS, FLOW_TOLERANCES, MAX_VARIANTS, CheckedCompile, allow_recompiles, compile_transform, relative_disagreement
 from flowcg.flows.couplings import MixedSplineCoupling, SplineCoupling
 from flowcg.latent.structured import StructuredLatent
 
@@ -79,7 +79,8 @@ class StructuredFlow(nn.Module):
         if self.coordinates is not None:
             compile_transform(self.coordinates, "the coordinate map", min_batch if enabled else None)
         self._latent_log_prob = CheckedCompile(
-            self.latent.log_prob, "the latent density", relative_disagreement(FLOW_TOLERANCES), accepts=lambda z: len(z) >= min_batch
+            self.latent.log_prob, "the latent density", relative_disagreement(FLOW_TOLERANCES), accepts=lambda z: len(z) >= min_batch,
+            options=FLOW_INDUCTOR_OPTIONS,
         ) if enabled else None
         return self
 
