@@ -77,6 +77,13 @@ def coupling_layer(kind: str, features: int, parity: int, hidden: int = 64, n_bl
     raise ConfigError(f"unknown coupling '{kind}'; choose one of {', '.join(COUPLINGS)}")
 
 
+def _save_output_rows_feature_major(module: "MixedSplineCoupling", state_dict, prefix, local_metadata) -> None:
+    """State-dict hook: the output layer's rows back in the saved (feature by feature) order."""
+    for name in ("weight", "bias"):
+        key = f"{prefix}conditioner.final_layer.{name}"
+        state_dict[key] = state_dict[key][module._feature_major]
+
+
 class MixedSplineCoupling(Transform):
     """Spline coupling on R^a × (S¹)^b: the features in ``transform_mask`` are transformed
     conditioned on the rest, rational-quadratic splines with linear tails on [−B, B] for line
@@ -113,28 +120,35 @@ class MixedSplineCoupling(Transform):
         line_bias, circle_bias = bias[:n_line_params], bias[n_line_params:]
         line_bias.view(len(self._line), 3 * k - 1)[:, 2 * k :] = UNIT_DERIVATIVE
         circle_bias.view(len(self._circle), 3 * k + 1)[:, 2 * k : 3 * k] = UNIT_DERIVATIVE
-        # The output layer's rows are stored feature by feature (what the saved weights hold); the
-        # layer evaluates them parameter by parameter, so that each spline parameter comes out as
-        # one contiguous (batch, features) plane (see flowcg.flows.splines).
+        # Saved weights hold the output layer's rows feature by feature (nflows' layout); in memory
+        # they are held parameter by parameter, so that each spline parameter comes out of the
+        # matrix product as one contiguous (batch, features) plane (see flowcg.flows.splines), with
+        # no gather of the rows in each forward and no scatter of their gradient in each backward.
+        # The state-dict hooks convert between the two.
         parameter_major = torch.cat([
             torch.arange(n_line_params).view(len(self._line), 3 * k - 1).T.reshape(-1),
             n_line_params + torch.arange(n_out - n_line_params).view(len(self._circle), 3 * k + 1).T.reshape(-1),
         ])
         self.register_buffer("_parameter_major", parameter_major, persistent=False)
+        self.register_buffer("_feature_major", torch.argsort(parameter_major), persistent=False)
+        final = self.conditioner.final_layer
+        with torch.no_grad():
+            final.weight.copy_(final.weight[parameter_major])
+            final.bias.copy_(final.bias[parameter_major])
+        self._register_state_dict_hook(_save_output_rows_feature_major)
+        self._register_load_state_dict_pre_hook(self._load_output_rows_parameter_major)
 
-    def _conditioner_planes(self, features: torch.Tensor) -> torch.Tensor:
-        """The conditioner's output (B, n_out), ordered parameter by parameter (line block, then circle block)."""
-        net = self.conditioner
-        hidden = net.initial_layer(features)  # nflows' ResidualNet.forward, up to its output layer
-        for block in net.blocks:
-            hidden = block(hidden)
-        return F.linear(hidden, net.final_layer.weight[self._parameter_major], net.final_layer.bias[self._parameter_major])
+    def _load_output_rows_parameter_major(self, state_dict, prefix, *args) -> None:
+        for name in ("weight", "bias"):
+            key = f"{prefix}conditioner.final_layer.{name}"
+            if key in state_dict and state_dict[key].shape[0] == len(self._parameter_major):  # else load_state_dict reports it
+                state_dict[key] = state_dict[key][self._parameter_major]
 
     def _transform(self, inputs: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         k, batch = self.num_bins, inputs.shape[0]
         circle_condition = inputs[:, self._condition_circle]
         features = torch.cat([inputs[:, self._condition_line], torch.cos(circle_condition), torch.sin(circle_condition)], dim=-1)
-        params = self._conditioner_planes(features)
+        params = self.conditioner(features)  # (B, n_out), parameter by parameter (line block, then circle block)
         n_line = len(self._line) * (3 * k - 1)
         line = params[:, :n_line].view(batch, 3 * k - 1, len(self._line))
         circle = params[:, n_line:].view(batch, 3 * k + 1, len(self._circle))

@@ -84,18 +84,27 @@ def test_mixed_coupling_starts_at_identity():
     assert torch.allclose(y, x, atol=1e-5) and logdet.abs().max() < 1e-5
 
 
-def test_mixed_coupling_reads_the_stored_output_rows_feature_by_feature():
-    """The conditioner's output layer is stored feature by feature (the saved weights' meaning) and
-    evaluated parameter by parameter: parameter j of line feature f is stored row f(3K − 1) + j,
-    of circle feature f row n_line + f(3K + 1) + j, and comes out at [:, j, f] of its block."""
-    layer, _ = _perturbed_coupling()
+def test_mixed_coupling_saves_its_output_rows_feature_by_feature():
+    """The conditioner's output layer is saved feature by feature (the saved weights' meaning) and
+    held parameter by parameter: parameter j of line feature f is saved as row f(3K − 1) + j,
+    of circle feature f as row n_line + f(3K + 1) + j, and comes out at [:, j, f] of its block."""
+    layer, x = _perturbed_coupling()
     k, n_line, n_circle = layer.num_bins, len(layer._line), len(layer._circle)
     features = torch.randn(16, layer.conditioner.initial_layer.in_features, dtype=torch.float64)
-    stored = layer.conditioner(features)  # nflows' own forward: rows in stored order
-    planes = layer._conditioner_planes(features)
+    saved = layer.state_dict()
+    net = layer.conditioner
+    hidden = net.initial_layer(features)  # nflows' ResidualNet.forward up to its output layer
+    for block in net.blocks:
+        hidden = block(hidden)
+    stored = torch.nn.functional.linear(hidden, saved["conditioner.final_layer.weight"], saved["conditioner.final_layer.bias"])
+    planes = layer.conditioner(features)
     line = planes[:, : n_line * (3 * k - 1)].view(16, 3 * k - 1, n_line)
     circle = planes[:, n_line * (3 * k - 1) :].view(16, 3 * k + 1, n_circle)
     torch.testing.assert_close(line[:, 4, 1], stored[:, 1 * (3 * k - 1) + 4])
     torch.testing.assert_close(circle[:, 3 * k, 0], stored[:, n_line * (3 * k - 1) + 3 * k])
     torch.testing.assert_close(line.permute(0, 2, 1).reshape(16, -1), stored[:, : n_line * (3 * k - 1)])
     torch.testing.assert_close(circle.permute(0, 2, 1).reshape(16, -1), stored[:, n_line * (3 * k - 1) :])
+    # a fresh layer loading the saved rows is the same map
+    fresh, _ = _perturbed_coupling(seed=4)
+    fresh.load_state_dict(saved)
+    torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
