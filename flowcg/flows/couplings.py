@@ -84,6 +84,14 @@ def _save_output_rows_feature_major(module: "MixedSplineCoupling", state_dict, p
         state_dict[key] = state_dict[key][module._feature_major]
 
 
+def _load_output_rows_parameter_major(module: "MixedSplineCoupling", state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: saved (feature by feature) rows into the order the layer holds."""
+    for name in ("weight", "bias"):
+        key = f"{prefix}conditioner.final_layer.{name}"
+        if key in state_dict and state_dict[key].shape[0] == len(module._parameter_major):  # else load_state_dict reports it
+            state_dict[key] = state_dict[key][module._parameter_major]
+
+
 class MixedSplineCoupling(Transform):
     """Spline coupling on R^a × (S¹)^b: the features in ``transform_mask`` are transformed
     conditioned on the rest, rational-quadratic splines with linear tails on [−B, B] for line
@@ -136,13 +144,7 @@ class MixedSplineCoupling(Transform):
             final.weight.copy_(final.weight[parameter_major])
             final.bias.copy_(final.bias[parameter_major])
         self._register_state_dict_hook(_save_output_rows_feature_major)
-        self._register_load_state_dict_pre_hook(self._load_output_rows_parameter_major)
-
-    def _load_output_rows_parameter_major(self, state_dict, prefix, *args) -> None:
-        for name in ("weight", "bias"):
-            key = f"{prefix}conditioner.final_layer.{name}"
-            if key in state_dict and state_dict[key].shape[0] == len(self._parameter_major):  # else load_state_dict reports it
-                state_dict[key] = state_dict[key][self._parameter_major]
+        self._register_load_state_dict_pre_hook(_load_output_rows_parameter_major, with_module=True)
 
     def _transform(self, inputs: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         k, batch = self.num_bins, inputs.shape[0]
