@@ -14,7 +14,7 @@ it, spline) and the fixed coordinate map, forward and inverse, through compiled 
 the eager evaluation on first use, eager on any failure). Compiling the spline alone left the
 autograd bookkeeping of the small ops around it as costly as the spline. One graph per layer, not
 one for the whole push-forward: layers of equal shapes share inductor's cached kernels, so a
-flow compiles in some 40 s cold (5 s warm), where the whole push-forward took minutes and gave
+flow compiles in one to two minutes cold (a few seconds warm), where the whole push-forward took minutes and gave
 no faster a step. Inside a compiled layer the spline is recomputed in the backward rather than
 its intermediates saved (:func:`~flowcg.flows.splines.rational_quadratic`): writing and reading
 them back cost more than the arithmetic. Randomness stays outside the compiled region, so the random stream, and the exact resume of a training run, do not depend on
