@@ -43,8 +43,7 @@ def main() -> None:
     layer = model._couplings()[args.layer]
     compiled.allow_recompiles(64)
     compiled.compile_transform(layer, "a coupling layer")
-    inputs = 0.5 * torch.randn(args.batch, layer._transformed.numel() + layer._condition_line.numel() + layer._condition_circle.numel(),
-                               generator=torch.Generator().manual_seed(0))
+    inputs = 0.5 * torch.randn(args.batch, model.latent.dim, generator=torch.Generator().manual_seed(0))  # every layer acts on the flow space
 
     def forward_backward():
         x = inputs.clone().requires_grad_(True)

@@ -114,11 +114,18 @@ def compile_transform(transform: torch.nn.Module, what: str, min_batch: int | No
     for direction in ("forward", "inverse"):
         transform.__dict__.pop(direction, None)  # the class's own method again
         if min_batch is not None:
-            setattr(transform, direction, CheckedCompile(
-                getattr(transform, direction), f"{what} ({direction})", relative_disagreement(FLOW_TOLERANCES),
+            setattr(transform, direction, compile_flow_piece(
+                getattr(transform, direction), f"{what} ({direction})",
                 accepts=lambda inputs, context=None: context is None and len(inputs) >= min_batch,
-                parameters=list(transform.parameters()), options=FLOW_INDUCTOR_OPTIONS,
+                parameters=list(transform.parameters()),
             ))
+
+
+def compile_flow_piece(fn: Callable, what: str, accepts: Callable[..., bool], parameters: list[Tensor] = ()) -> CheckedCompile:
+    """A piece of the flow (a transform's direction, the latent density) through :class:`CheckedCompile`
+    with the flow's tolerances (:data:`FLOW_TOLERANCES`) and inductor options (:data:`FLOW_INDUCTOR_OPTIONS`)."""
+    return CheckedCompile(fn, what, relative_disagreement(FLOW_TOLERANCES), accepts=accepts, parameters=parameters,
+                          options=FLOW_INDUCTOR_OPTIONS)
 
 
 def allow_recompiles(variants: int) -> None:

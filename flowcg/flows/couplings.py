@@ -81,7 +81,7 @@ def _save_output_rows_feature_major(module: "MixedSplineCoupling", state_dict, p
     """State-dict hook: the output layer's rows back in the saved (feature by feature) order."""
     for name in ("weight", "bias"):
         key = f"{prefix}conditioner.final_layer.{name}"
-        state_dict[key] = state_dict[key][module._feature_major]
+        state_dict[key] = state_dict[key][torch.argsort(module._parameter_major)]
 
 
 def _load_output_rows_parameter_major(module: "MixedSplineCoupling", state_dict, prefix, *args) -> None:
@@ -138,7 +138,6 @@ class MixedSplineCoupling(Transform):
             n_line_params + torch.arange(n_out - n_line_params).view(len(self._circle), 3 * k + 1).T.reshape(-1),
         ])
         self.register_buffer("_parameter_major", parameter_major, persistent=False)
-        self.register_buffer("_feature_major", torch.argsort(parameter_major), persistent=False)
         final = self.conditioner.final_layer
         with torch.no_grad():
             final.weight.copy_(final.weight[parameter_major])

@@ -31,7 +31,7 @@ import torch
 from nflows.transforms import Transform
 from torch import Tensor, nn
 
-from flowcg.compiled import FLOW_INDUCTOR_OPTIONS, FLOW_TOLERANCES, MAX_VARIANTS, CheckedCompile, allow_recompiles, compile_transform, relative_disagreement
+from flowcg.compiled import MAX_VARIANTS, CheckedCompile, allow_recompiles, compile_flow_piece, compile_transform
 from flowcg.flows.couplings import MixedSplineCoupling, SplineCoupling
 from flowcg.latent.structured import StructuredLatent
 
@@ -78,9 +78,8 @@ class StructuredFlow(nn.Module):
             compile_transform(layer, "a coupling layer", min_batch if enabled else None)
         if self.coordinates is not None:
             compile_transform(self.coordinates, "the coordinate map", min_batch if enabled else None)
-        self._latent_log_prob = CheckedCompile(
-            self.latent.log_prob, "the latent density", relative_disagreement(FLOW_TOLERANCES), accepts=lambda z: len(z) >= min_batch,
-            options=FLOW_INDUCTOR_OPTIONS,
+        self._latent_log_prob = compile_flow_piece(
+            self.latent.log_prob, "the latent density", accepts=lambda z: len(z) >= min_batch
         ) if enabled else None
         return self
 

@@ -1,5 +1,6 @@
 """Circular splines, the circle embedding and mixed line/circle couplings: exact densities, inverses, periodicity."""
 
+import copy
 import math
 
 import torch
@@ -92,11 +93,9 @@ def test_mixed_coupling_saves_its_output_rows_feature_by_feature():
     k, n_line, n_circle = layer.num_bins, len(layer._line), len(layer._circle)
     features = torch.randn(16, layer.conditioner.initial_layer.in_features, dtype=torch.float64)
     saved = layer.state_dict()
-    net = layer.conditioner
-    hidden = net.initial_layer(features)  # nflows' ResidualNet.forward up to its output layer
-    for block in net.blocks:
-        hidden = block(hidden)
-    stored = torch.nn.functional.linear(hidden, saved["conditioner.final_layer.weight"], saved["conditioner.final_layer.bias"])
+    stored_net = copy.deepcopy(layer.conditioner)  # nflows' own network with the rows in saved order
+    stored_net.final_layer.load_state_dict({name: saved[f"conditioner.final_layer.{name}"] for name in ("weight", "bias")})
+    stored = stored_net(features)
     planes = layer.conditioner(features)
     line = planes[:, : n_line * (3 * k - 1)].view(16, 3 * k - 1, n_line)
     circle = planes[:, n_line * (3 * k - 1) :].view(16, 3 * k + 1, n_circle)
