@@ -21,6 +21,12 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
 * ``al_flow``: AL (0.01 nm) whose initial data are 500 one-shot flow draws resampled by weight
   (``initial.source=flow``) instead of the MD;
 * ``random_flow``: al_flow's loop with random selection (what choosing the queries adds);
+* ``al_iw``: importance-weighted AL: each round draws 200 candidates among 4 000 one-shot flow
+  draws with probability ∝ 0.2/N + 0.8 × (RMSD to the training set), the oracle answers each with
+  4 conditional draws, and the labels are weighted by their joint importance weights over the
+  pick's probability, so the data stay an equilibrium design (``strategy=importance_sampling``,
+  ``loop.candidates=flow``, ``loop.query_weight=importance``);
+* ``random_iw``: al_iw with uniform picks (what the preference adds);
 * ``flow_draws``: no rounds; the whole budget as one-shot flow draws resampled by weight, the
   data-free static baseline (``al_flow`` against it is what the queries add);
 * ``ceiling``: no rounds; 1000 equilibrium frames of the reference labelled by the oracle (8.6× the
@@ -78,9 +84,11 @@ COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.fi
 #: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
 #: other arms; committee: strategy=committee with three models; random: strategy=random; static:
 #: loop.rounds=0 and initial.n_frames = BUDGET; ceiling: loop.rounds=0, initial.source=reference
-ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "al_flow", "random_flow", "flow_draws", "ceiling"]
+ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "al_flow", "random_flow", "al_iw", "random_iw", "flow_draws",
+        "ceiling"]
 #: the arms that choose their queries, each compared with the baselines
-STRATEGY_ARMS, BASELINES = ["al", "al_threshold_0.01", "committee", "al_flow"], ["static", "random", "random_flow", "flow_draws"]
+STRATEGY_ARMS = ["al", "al_threshold_0.01", "committee", "al_flow", "al_iw"]
+BASELINES = ["static", "random", "random_flow", "random_iw", "flow_draws"]
 LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 

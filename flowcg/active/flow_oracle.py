@@ -95,7 +95,7 @@ class FlowOracle:
         dropped = np.setdiff1d(np.arange(len(cg)), query[keep])
         if dropped.size:
             log.warning("flow oracle: no finite weight for queries %s; they get no labels", dropped.tolist())
-        labels = self._labels(x, energy, forces, keep, weights[keep], query[keep], start)
+        labels = self._labels(x, energy, forces, keep, weights[keep], query[keep], start, log_w[keep])
         return labels.mean_force() if self.label_kind == "mean_force" else labels
 
     def equilibrium(self, n: int, seed: int) -> Labels:
@@ -116,14 +116,27 @@ class FlowOracle:
         log.info("flow oracle: %d equilibrium draws, Kish ESS %.3f, %d distinct after resampling", n, kish_ess(log_w), len(np.unique(chosen)))
         return self._labels(x, energy, forces, chosen, np.ones(n), np.arange(n), start)
 
+    def proposals(self, n: int, seed: int) -> np.ndarray:
+        """(n, n_beads, 3) CG frames (nm) of n one-shot draws x ~ q(x), with no energy evaluated: a
+        candidate pool distributed as q's CG marginal. Queries picked from it and answered by
+        :meth:`label` carry joint log weights that undo both q's error and the pick
+        (:meth:`Labels.importance_weighted`)."""
+        if n < 1:
+            raise ConfigError(f"need at least one proposal, got {n}")
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            draws = self.model.sample(n)
+        return self.mapping.map_positions(draws.x.to(torch.float64).numpy())
+
     def _score(self, x: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Energies (kJ/mol), forces (kJ/mol/nm) and log weights −u(x) − log q(x) of draws x (float64, nm)."""
         energy, forces = self.target.energy_and_forces(x)
         return energy, forces, (-energy / self.target.kT - log_q.to(torch.float64)).numpy()
 
     def _labels(self, x: torch.Tensor, energy: torch.Tensor, forces: torch.Tensor, rows: np.ndarray, weights: np.ndarray,
-                query: np.ndarray, start: float) -> Labels:
-        """The labels of draws ``x[rows]`` (a mask or indices; every draw's evaluation counted), timed from ``start``."""
+                query: np.ndarray, start: float, log_weights: np.ndarray | None = None) -> Labels:
+        """The labels of draws ``x[rows]`` (a mask or indices; every draw's evaluation counted), timed from ``start``;
+        ``log_weights`` (of the rows) the joint log importance weights, if they are to be kept."""
         positions = x.numpy()[rows]
         return Labels(
             positions_nm=positions,
@@ -134,6 +147,7 @@ class FlowOracle:
             energies_kJ_mol=energy.numpy()[rows],
             n_energy_evaluations=len(x),
             wall_s=time.perf_counter() - start,
+            log_weights=log_weights,
         )
 
     @staticmethod

@@ -18,6 +18,20 @@ their CG configuration the force-matching loss is unchanged up to a constant,
 Σ_k w_k |F_θ(X) − F_k|² = W |F_θ(X) − F̄|² + Σ_k w_k |F_k − F̄|², at 1/K of the rows; when they
 differ (the flow oracle fixes (φ, ψ), not the stiff CG bonds and angles) the label is the mean
 force at the mean configuration.
+
+Importance-weighted design (:meth:`Labels.importance_weighted`). When the query frames X_i were
+drawn from a pool of one-shot flow draws (CG marginal q) with probabilities π_i, and each query
+was answered by K draws x_ik ~ q(x | s_i) at its slow state, the rows weighted
+
+    v_ik ∝ w̃(x_ik) / (N π_i),    w̃(x) = exp(−u(x) − log q(x))   (joint, unnormalised),
+
+estimate Boltzmann averages without bias: E over pool, picks and draws of Σ_ik v_ik g(x_ik) is
+∝ ∫ e^(−u) g dx, since E_{x ~ q(x|s)}[w̃(x)] = p̃(s)/q(s) (the query's marginal weight) and the
+1/(N π_i) undoes the choice. The labels of such a batch (or of a batch drawn uniformly) are then
+an equilibrium design whatever the strategy preferred, as in importance-weighted active learning
+(Beygelzimer, Dasgupta & Langford, ICML 2009). The batch is scaled to the Kish ESS of its
+per-query sums Σ_k v_ik: the K draws of a query share one slow state, so the batch is worth
+about as many independent frames as it has well-weighted queries, not draws.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
+from flowcg.errors import ConfigError
 from flowcg.io import load_npz, save_npz_atomic
 
 __all__ = ["Labels", "Oracle"]
@@ -46,6 +61,8 @@ class Labels:
         energies_kJ_mol: (K,) all-atom potential energies U(x).
         n_energy_evaluations: energy/force evaluations the oracle spent on this batch.
         wall_s: the oracle's wall time for this batch, in s.
+        log_weights: (K,) joint log importance weights −u(x) − log q(x) of flow draws (unnormalised,
+            one constant per batch); NaN where there is none (MD frames, resampled draws).
     """
 
     positions_nm: np.ndarray
@@ -56,14 +73,17 @@ class Labels:
     energies_kJ_mol: np.ndarray
     n_energy_evaluations: int = 0
     wall_s: float = 0.0
+    log_weights: np.ndarray | None = None
 
     def __post_init__(self):
         k = len(self.weights)
+        if self.log_weights is None:
+            self.log_weights = np.full(k, np.nan)
         if self.cg_positions_nm.shape != self.cg_forces_kJ_mol_nm.shape or self.cg_positions_nm.shape[0] != k:
             raise ValueError(f"labels disagree in shape: positions {self.cg_positions_nm.shape}, forces "
                              f"{self.cg_forces_kJ_mol_nm.shape}, {k} weights")
-        if len(self.query) != k or len(self.energies_kJ_mol) != k or len(self.positions_nm) != k:
-            raise ValueError("labels need one configuration, query index and energy per row")
+        if len(self.query) != k or len(self.energies_kJ_mol) != k or len(self.positions_nm) != k or len(self.log_weights) != k:
+            raise ValueError("labels need one configuration, query index, energy and log weight per row")
 
     @property
     def n_queries(self) -> int:
@@ -93,6 +113,7 @@ class Labels:
             energies_kJ_mol=np.concatenate([p.energies_kJ_mol for p in parts]),
             n_energy_evaluations=sum(p.n_energy_evaluations for p in parts),
             wall_s=sum(p.wall_s for p in parts),
+            log_weights=np.concatenate([p.log_weights for p in parts]),
         )
 
     def mean_force(self) -> "Labels":
@@ -120,13 +141,34 @@ class Labels:
         scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
         return replace(self, weights=self.weights * scale[self.query])
 
+    def importance_weighted(self, design_weights: np.ndarray) -> "Labels":
+        """The rows reweighted to an equilibrium design (module docstring): row ik gets
+        w̃(x_ik) × ``design_weights[i]`` (1/(N π_i) of query i, any common scale), the batch scaled to
+        the Kish ESS of its per-query sums. Rows of weight 0 stay 0; every other row needs a finite
+        log weight (flow draws, not MD frames)."""
+        design = np.asarray(design_weights, dtype=np.float64)
+        if len(self) and (design.ndim != 1 or len(design) <= self.query.max()):
+            raise ValueError(f"need one design weight per query (≥ {self.query.max() + 1}), got shape {design.shape}")
+        used = self.weights > 0
+        if not np.isfinite(self.log_weights[used]).all():
+            raise ConfigError("importance-weighted labels need the oracle's joint log weights (flow draws); these rows have none")
+        if not used.any():
+            return self
+        raw = np.zeros(len(self))
+        raw[used] = np.exp(self.log_weights[used] - self.log_weights[used].max()) * design[self.query[used]]
+        per_query = np.bincount(self.query, weights=raw)
+        ess = per_query.sum() ** 2 / (per_query**2).sum()
+        return replace(self, weights=raw * ess / raw.sum())
+
     def save(self, path: str | Path) -> None:
         """Atomic npz write: a kill leaves the old file or the new one, never half of one."""
         save_npz_atomic(path, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
 
     @classmethod
     def load(cls, path: str | Path) -> "Labels":
-        values = load_npz(path, what="label file", keys=[f.name for f in fields(cls)])
+        required = [f.name for f in fields(cls) if f.name != "log_weights"]  # absent from label files before 2026-12-06
+        values = load_npz(path, what="label file", keys=required)
+        values["log_weights"] = load_npz(path, what="label file").get("log_weights")
         values["n_energy_evaluations"] = int(values["n_energy_evaluations"])
         values["wall_s"] = float(values["wall_s"])
         return cls(**values)

@@ -7,7 +7,8 @@ Round r = 0 … R runs the steps
     simulate  batched BAOAB from data frames with the committee's mean force; stopped replicas
               are counted and dropped;
     evaluate  W1 / Ramachandran KL of the simulated frames against the reference (if given);
-    select    at most M query frames among the simulated ones (a :mod:`~flowcg.active.selection` strategy);
+    select    at most M query frames among the candidates (a :mod:`~flowcg.active.selection` strategy):
+              the simulated frames, or one-shot draws of the flow oracle (``candidates="flow"``);
     query     the oracle labels them;
     add       the labels join the dataset,
 
@@ -47,7 +48,8 @@ __all__ = ["ActiveLearningLoop", "LoopOptions", "ModelOptions", "SimulationOptio
 log = logging.getLogger(__name__)
 
 STEPS = ("train", "simulate", "evaluate", "select", "query", "add")
-QUERY_WEIGHTS = ("labels", "unit")
+QUERY_WEIGHTS = ("labels", "unit", "importance")
+CANDIDATES = ("simulation", "flow")
 #: seed offset of the prior's flow draws, so that they are not the initial draws of initial.source=flow
 PRIOR_SEED_OFFSET = 7919
 
@@ -115,8 +117,14 @@ class SimulationOptions:
 @dataclass
 class LoopOptions:
     """rounds R; queries_per_round M; committee_size models (≥ 2 for the committee strategy);
-    fit: the first fit; finetune_steps: steps of each later fine-tune; max_candidates: simulated
-    frames offered to the strategy (a seeded subsample); temperature_K of the CG model."""
+    fit: the first fit; finetune_steps: steps of each later fine-tune; max_candidates: frames
+    offered to the strategy; candidates: where they come from, ``"simulation"`` (a seeded
+    subsample of the round's CG MD frames) or ``"flow"`` (one-shot draws of the flow oracle,
+    :meth:`FlowOracle.proposals`); query_weight: what a round's labels weigh, ``"labels"`` (the
+    oracle's weights), ``"unit"`` (one per query) or ``"importance"`` (an equilibrium design again:
+    the oracle's joint importance weights times the strategy's design weights,
+    :meth:`Labels.importance_weighted`; needs ``candidates="flow"``, whose density is known, and a
+    strategy that draws with known probabilities); temperature_K of the CG model."""
 
     rounds: int = 4
     queries_per_round: int = 25
@@ -127,10 +135,15 @@ class LoopOptions:
     temperature_K: float = 300.0
     seed: int = 0
     query_weight: str = "unit"
+    candidates: str = "simulation"
 
     def __post_init__(self):
         if self.query_weight not in QUERY_WEIGHTS:
             raise ConfigError(f"loop.query_weight must be one of {', '.join(QUERY_WEIGHTS)}, got '{self.query_weight}'")
+        if self.candidates not in CANDIDATES:
+            raise ConfigError(f"loop.candidates must be one of {', '.join(CANDIDATES)}, got '{self.candidates}'")
+        if self.query_weight == "importance" and self.candidates != "flow":
+            raise ConfigError("loop.query_weight=importance needs loop.candidates=flow: weights undo a pick only from a pool of known density")
 
 
 def _seed(seed: int, round_index: int, step: str, member: int = 0) -> int:
@@ -157,9 +170,14 @@ class ActiveLearningLoop:
                  reference: CGReference | None = None, initial_tica=None, on_step: Callable[[int, str], None] | None = None):
         if options.fit.energy_weight > 0 and initial_tica is None:
             raise ConfigError("energy matching needs the TICA model of the initial data")
-        self.uses_committee = getattr(strategy, "name", "") == "committee"
+        self.uses_committee = getattr(strategy, "needs_committee", False)
         if self.uses_committee and options.committee_size < 2:
-            raise ConfigError("the committee strategy needs committee_size ≥ 2")
+            raise ConfigError(f"the {strategy.name} strategy needs a committee: loop.committee_size ≥ 2")
+        if options.query_weight == "importance" and not getattr(strategy, "knows_probabilities", False):
+            raise ConfigError(f"loop.query_weight=importance needs a strategy that draws with known probabilities "
+                              f"(random, importance_sampling), not '{strategy.name}'")
+        if options.candidates == "flow" and not isinstance(oracle, FlowOracle):
+            raise ConfigError("loop.candidates=flow needs the flow oracle (oracle=flow)")
         if simulation.final_start_from == "reference" and reference is None:
             raise ConfigError("simulation.final_start_from=reference needs an evaluation reference")
         self.run_dir = Path(run_dir)
@@ -204,9 +222,12 @@ class ActiveLearningLoop:
     def dataset(self, round_index: int) -> Labels:
         """Initial labels plus those added in rounds < round_index (journalled ``add`` steps only),
         the rounds' weighted as ``options.query_weight`` says."""
-        rounds = [Labels.load(self.round_dir(r) / "labels.npz") for r in range(round_index) if self.journal.done(r, "add")]
+        done = [r for r in range(round_index) if self.journal.done(r, "add")]
+        rounds = [Labels.load(self.round_dir(r) / "labels.npz") for r in done]
         if self.options.query_weight == "unit":
             rounds = [labels.per_query_unit_weight() for labels in rounds]
+        elif self.options.query_weight == "importance":
+            rounds = [labels.importance_weighted(self._design_weights(r)) for r, labels in zip(done, rounds)]
         return Labels.concatenate([self.initial] + rounds)
 
     # ------------------------------------------------------------------ models
@@ -287,18 +308,32 @@ class ActiveLearningLoop:
         save_json_atomic(metrics, self.round_dir(r) / "metrics.json")
         return metrics
 
-    def _select(self, r: int) -> dict:
+    def _design_weights(self, r: int) -> np.ndarray:
+        return load_npz(self.round_dir(r) / "queries.npz", what="query file", keys=["design_weights"])["design_weights"]
+
+    def _candidates(self, r: int, rng: np.random.Generator) -> np.ndarray:
+        if self.options.candidates == "flow":
+            return self.oracle.proposals(self.options.max_candidates, seed=_seed(self.options.seed, r, "select"))
         frames = self.simulated_frames(r)
-        rng = np.random.default_rng(_seed(self.options.seed, r, "select"))
         if len(frames) > self.options.max_candidates:
             frames = frames[np.sort(rng.choice(len(frames), self.options.max_candidates, replace=False))]
+        return frames
+
+    def _select(self, r: int) -> dict:
+        rng = np.random.default_rng(_seed(self.options.seed, r, "select"))
+        frames = self._candidates(r, rng)
         committee = None
         if self.uses_committee:
             models = self.committee(r)
             dtype = next(models[0].parameters()).dtype
             committee = [lambda x, m=m: m.forces(x.to(dtype), create_graph=False) for m in models]
-        chosen = self.strategy.select(frames, self.dataset(r).cg_positions_nm, self.options.queries_per_round, rng, committee)
-        save_npz_atomic(self.round_dir(r) / "queries.npz", frames=frames[chosen])
+        training = self.dataset(r).cg_positions_nm
+        if self.options.query_weight == "importance":
+            chosen, design = self.strategy.select_weighted(frames, training, self.options.queries_per_round, rng, committee)
+        else:
+            chosen = self.strategy.select(frames, training, self.options.queries_per_round, rng, committee)
+            design = np.ones(len(chosen))
+        save_npz_atomic(self.round_dir(r) / "queries.npz", frames=frames[chosen], design_weights=design)
         return {"n_candidates": len(frames), "n_selected": len(chosen)}
 
     def _query(self, r: int) -> dict:

@@ -24,7 +24,23 @@ Strategies (all return at most m distinct int64 indices into the candidates):
       σ_I = ( Σ_{c ∈ xyz} std_k(F^k_{Ic})² )^{1/2},      D(X) = (1/n) Σ_I σ_I      (kJ/mol/nm),
 
   with the sample standard deviation (K − 1 in the denominator); the m largest D are picked;
-* ``random`` — m candidates drawn uniformly without replacement.
+* ``random`` — m candidates drawn uniformly without replacement;
+* ``importance_sampling`` — m candidates drawn independently (with replacement) with probabilities
+
+      π_i = ε / N + (1 − ε) S_i / Σ_j S_j,
+
+  S_i a score of how wrong the model may be at candidate i: its distance to the training set
+  d(X_i, training) (``score="coverage"``: a smooth model's error grows with the distance to its
+  data) or the committee disagreement D(X_i) (``score="committee"``); the uniform share ε bounds
+  every design weight 1/(N π_i) by 1/ε. From a pool drawn from the equilibrium ensemble (or from
+  a density the labels' weights correct), drawing ∝ p·S is the importance-sampling proposal that
+  puts labels where the predicted error is, and the design weights 1/(N π_i) that
+  :meth:`select_weighted` returns make the weighted labels an equilibrium design again
+  (:meth:`flowcg.active.labels.Labels.importance_weighted`; importance-weighted active learning,
+  Beygelzimer, Dasgupta & Langford, ICML 2009).
+
+Only the two random strategies know their picks' probabilities; the greedy ones cannot be undone by
+weights, and :meth:`QueryStrategy.select_weighted` refuses them.
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ __all__ = [
     "Committee",
     "Diversity",
     "ForceFunction",
+    "ImportanceSampling",
     "QueryStrategy",
     "RMSDCoverage",
     "RandomSelection",
@@ -194,6 +211,10 @@ class QueryStrategy:
     """
 
     name: str
+    #: whether :meth:`select_weighted` works: the strategy draws its picks with known probabilities
+    knows_probabilities = False
+    #: whether it needs the loop's committee of force fields (``loop.committee_size`` ≥ 2)
+    needs_committee = False
 
     def select(
         self,
@@ -209,9 +230,29 @@ class QueryStrategy:
         _check_count(m)
         return self.choose(candidates, training, m, rng, committee)
 
+    def select_weighted(
+        self,
+        candidates_nm: np.ndarray,
+        training_nm: np.ndarray,
+        m: int,
+        rng: np.random.Generator,
+        committee: Sequence[ForceFunction] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`select`, with each pick's design weight 1/(N π) (π its probability; any
+        common scale), which undoes the choice in a weighted loss. Only random strategies have one."""
+        candidates = _check_frames(candidates_nm, "candidates_nm")
+        training = _check_frames(training_nm, "training_nm")
+        _check_same_beads(candidates, training, ("candidates_nm", "training_nm"))
+        _check_count(m)
+        return self.choose_weighted(candidates, training, m, rng, committee)
+
     def choose(self, candidates: np.ndarray, training: np.ndarray, m: int, rng: np.random.Generator,
                committee: Sequence[ForceFunction] | None) -> np.ndarray:
         raise NotImplementedError
+
+    def choose_weighted(self, candidates, training, m, rng, committee) -> tuple[np.ndarray, np.ndarray]:
+        raise ConfigError(f"strategy '{self.name}' picks its queries deterministically, so no weight can undo the choice; "
+                          "use random or importance_sampling")
 
 
 class RMSDCoverage(QueryStrategy):
@@ -241,6 +282,7 @@ class Committee(QueryStrategy):
     """The m candidates on which the committee's forces disagree most (largest D, in decreasing order)."""
 
     name = "committee"
+    needs_committee = True
 
     def __init__(self, chunk_size: int = 1024):
         if chunk_size < 1:
@@ -266,12 +308,57 @@ class RandomSelection(QueryStrategy):
 
     name = "random"
 
+    knows_probabilities = True
+
     def choose(self, candidates, training, m, rng, committee):
         return rng.choice(len(candidates), size=min(m, len(candidates)), replace=False).astype(np.int64)
 
+    def choose_weighted(self, candidates, training, m, rng, committee):
+        chosen = self.choose(candidates, training, m, rng, committee)
+        return chosen, np.ones(len(chosen))  # every candidate equally likely: a uniform design weight
+
+
+SCORES = ("coverage", "committee")
+
+
+class ImportanceSampling(QueryStrategy):
+    """m independent draws with probability ε/N + (1 − ε) S_i/ΣS (module docstring)."""
+
+    name = "importance_sampling"
+    knows_probabilities = True
+
+    def __init__(self, score: str = "coverage", uniform_share: float = 0.2, chunk_size: int = 1024):
+        if score not in SCORES:
+            raise ConfigError(f"unknown importance-sampling score '{score}'; choose one of {', '.join(SCORES)}")
+        if not 0.0 < uniform_share <= 1.0:
+            raise ConfigError(f"uniform_share must be in (0, 1], got {uniform_share}")
+        self.score, self.uniform_share, self.chunk_size = score, uniform_share, chunk_size
+        self.needs_committee = score == "committee"
+
+    def probabilities(self, candidates: np.ndarray, training: np.ndarray, committee: Sequence[ForceFunction] | None) -> np.ndarray:
+        """(N,) π over the candidates (sums to 1)."""
+        n = len(candidates)
+        if self.score == "committee":
+            score = committee_disagreement(candidates, committee, self.chunk_size)
+        else:
+            score = aligned_rmsd_to_set(candidates, training)
+        if not np.isfinite(score).all() or score.sum() <= 0:  # no training set yet, or nothing to tell apart
+            return np.full(n, 1.0 / n)
+        return self.uniform_share / n + (1.0 - self.uniform_share) * score / score.sum()
+
+    def choose(self, candidates, training, m, rng, committee):
+        return self.choose_weighted(candidates, training, m, rng, committee)[0]
+
+    def choose_weighted(self, candidates, training, m, rng, committee):
+        if len(candidates) == 0 or m == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        pi = self.probabilities(candidates, training, committee)
+        chosen = rng.choice(len(candidates), size=m, replace=True, p=pi).astype(np.int64)
+        return chosen, 1.0 / (len(candidates) * pi[chosen])
+
 
 STRATEGIES: dict[str, type[QueryStrategy]] = {
-    strategy.name: strategy for strategy in (RMSDCoverage, Committee, Diversity, RandomSelection)
+    strategy.name: strategy for strategy in (RMSDCoverage, Committee, Diversity, RandomSelection, ImportanceSampling)
 }
 
 
