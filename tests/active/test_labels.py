@@ -1,4 +1,4 @@
-"""Mean-force labels: a query's weighted draws collapse into the conditional mean force."""
+"""Labels: mean-force labels collapse a query's weighted draws into the conditional mean force; importance weighting."""
 
 import numpy as np
 import pytest
@@ -89,3 +89,20 @@ def test_flow_oracle_mean_force_labels_collapse_its_draws():
     assert len(mean) == 5 and mean.n_energy_evaluations == draws.n_energy_evaluations == 40
     for name in ("cg_positions_nm", "cg_forces_kJ_mol_nm", "weights"):
         np.testing.assert_allclose(getattr(mean, name), getattr(draws.mean_force(), name))
+
+
+def test_importance_weights_are_joint_weights_over_the_pick_probability_scaled_to_the_query_ess(tmp_path):
+    log_w = np.log(np.array([1.0, 3.0, 2.0, 2.0, 5.0, 7.0]))
+    query = np.array([0, 0, 1, 1, 2, 2])
+    labels = Labels(np.zeros((6, 4, 3)), np.zeros((6, 2, 3)), np.zeros((6, 2, 3)), np.array([1.0, 1, 1, 1, 0, 0]), query, np.zeros(6),
+                    log_weights=log_w + 40.0)  # one unknown constant per batch
+    design = np.array([2.0, 0.5, 1.0])
+    weighted = labels.importance_weighted(design)
+    raw = np.array([2.0, 6.0, 1.0, 1.0, 0.0, 0.0])  # w̃ × design of its query; a dead row stays dead
+    per_query = np.array([8.0, 2.0])
+    np.testing.assert_allclose(weighted.weights, raw / raw.sum() * per_query.sum() ** 2 / (per_query**2).sum())
+    labels.save(tmp_path / "labels.npz")
+    np.testing.assert_array_equal(Labels.load(tmp_path / "labels.npz").log_weights, labels.log_weights)
+    with pytest.raises(ConfigError, match="joint log weights"):
+        Labels(np.zeros((1, 4, 3)), np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), np.ones(1), np.zeros(1, dtype=np.int64),
+               np.zeros(1)).importance_weighted(np.ones(1))  # an MD frame has none

@@ -121,6 +121,23 @@ def test_committee_strategy_trains_and_queries_a_committee(tmp_path, parts):
     assert metrics[1]["n_queries"] == parts[3].n_queries + 3
 
 
+def test_importance_weighted_rounds_pick_among_flow_draws_and_weigh_their_picks(tmp_path, parts):
+    options = replace(TINY_LOOP, rounds=1, candidates="flow", query_weight="importance")
+    loop = make_loop(tmp_path, parts, strategy="importance_sampling", options=options)
+    loop.run()
+    queries = np.load(tmp_path / "round_000" / "queries.npz")
+    assert len(queries["frames"]) == len(queries["design_weights"]) == options.queries_per_round
+    labels = Labels.load(tmp_path / "round_000" / "labels.npz")
+    data = loop.dataset(1)
+    np.testing.assert_allclose(data.weights[len(parts[3]):], labels.importance_weighted(queries["design_weights"]).weights)
+    with pytest.raises(ValueError, match="candidates=flow"):
+        replace(TINY_LOOP, query_weight="importance")
+    with pytest.raises(ValueError, match="known probabilities"):
+        make_loop(tmp_path / "greedy", parts, strategy="diversity", options=options)
+    with pytest.raises(ValueError, match="needs the flow oracle"):
+        make_loop(tmp_path / "md", parts, oracle=object(), options=replace(TINY_LOOP, candidates="flow"))
+
+
 def test_learned_dihedral_terms_are_trained_and_saved_with_each_model(tmp_path, parts):
     """cg_model.dihedral_prior=learned: the loop's prior holds zero coefficients; each round's model
     fits its own by force matching and models.pt carries them."""

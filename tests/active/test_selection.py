@@ -7,6 +7,7 @@ from flowcg.active.selection import (
     STRATEGIES,
     Committee,
     Diversity,
+    ImportanceSampling,
     RandomSelection,
     RMSDCoverage,
     aligned_rmsd_to_set,
@@ -139,10 +140,10 @@ def test_random_selection_is_distinct_and_reproducible(toy_set):
 
 
 def test_build_strategy_by_name():
-    assert set(STRATEGIES) == {"rmsd_coverage", "committee", "diversity", "random"}
+    assert set(STRATEGIES) == {"rmsd_coverage", "committee", "diversity", "random", "importance_sampling"}
     strategy = build_strategy("rmsd_coverage", threshold_nm=0.1)
     assert isinstance(strategy, RMSDCoverage) and strategy.threshold_nm == 0.1
-    with pytest.raises(ValueError, match="unknown query strategy 'nope'.*committee, diversity, random, rmsd_coverage"):
+    with pytest.raises(ValueError, match="unknown query strategy 'nope'.*committee, diversity, importance_sampling, random, rmsd_coverage"):
         build_strategy("nope")
 
 
@@ -166,3 +167,46 @@ def test_coverage_asks_nothing_when_the_training_frames_cover_every_candidate():
     candidates = training[:20] + rng.normal(scale=1e-4, size=(20, 5, 3))
     picks = build_strategy("rmsd_coverage", threshold_nm=0.01).select(candidates, training, 5, np.random.default_rng(0))
     assert picks.dtype == np.int64 and len(picks) == 0
+
+
+def test_importance_sampling_draws_by_its_probabilities_and_returns_their_inverse(toy_set):
+    candidates, training, _ = toy_set
+    strategy = ImportanceSampling(score="coverage", uniform_share=0.2)
+    pi = strategy.probabilities(candidates, training, None)
+    distance = aligned_rmsd_to_set(candidates, training)
+    np.testing.assert_allclose(pi, 0.2 / len(candidates) + 0.8 * distance / distance.sum(), rtol=1e-12)
+    assert pi.sum() == pytest.approx(1.0) and pi.min() >= 0.2 / len(candidates)
+    picks, design = strategy.select_weighted(candidates, training, 20_000, np.random.default_rng(3))
+    frequency = np.bincount(picks, minlength=len(candidates)) / len(picks)
+    np.testing.assert_allclose(frequency, pi, atol=0.01)
+    np.testing.assert_allclose(design, 1.0 / (len(candidates) * pi[picks]))
+    assert design.max() <= 1.0 / 0.2 + 1e-12  # the uniform share bounds every design weight
+    assert strategy.select(candidates, training, 5, np.random.default_rng(3)).tolist() == picks[:5].tolist()
+
+
+def test_weighted_picks_of_a_skewed_preference_give_equilibrium_averages():
+    """Pool s ~ q = N(0.5, 1.3²), target p = N(0, 1), picks ∝ 0.2/N + 0.8|s|/Σ|s|: the labels
+    weighted by p̃/q × 1/(Nπ) average s² to E_p[s²] = 1, and the picks alone do not."""
+    rng = np.random.default_rng(4)
+    pool = rng.normal(0.5, 1.3, size=(200_000, 1))
+    frames = np.concatenate([pool[:, :, None], np.zeros((len(pool), 1, 2))], axis=2)  # one bead: only the score matters
+    strategy = ImportanceSampling(score="committee", uniform_share=0.2)
+    committee = [lambda x: torch.zeros_like(x), lambda x: x.abs() * np.sqrt(2) * torch.tensor([1.0, 0.0, 0.0])]
+    picks, design = strategy.select_weighted(frames, frames[:0], 100_000, rng, committee)
+    s = pool[picks, 0]
+    log_w = -0.5 * s**2 - (-0.5 * ((s - 0.5) / 1.3) ** 2 - np.log(1.3))
+    weights = np.exp(log_w) * design
+    assert np.sum(weights * s**2) / weights.sum() == pytest.approx(1.0, abs=0.03)
+    assert np.mean(s**2) > 2.0
+
+
+def test_greedy_strategies_refuse_weighted_picks(toy_set):
+    candidates, training, _ = toy_set
+    with pytest.raises(ValueError, match="deterministically"):
+        RMSDCoverage().select_weighted(candidates, training, 2, np.random.default_rng(0))
+    picks, design = RandomSelection().select_weighted(candidates, training, 3, np.random.default_rng(0))
+    assert len(set(picks.tolist())) == 3 and design.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown importance-sampling score"):
+        build_strategy("importance_sampling", score="psychic")
+    with pytest.raises(ValueError, match="uniform_share"):
+        build_strategy("importance_sampling", uniform_share=0.0)
