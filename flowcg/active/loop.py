@@ -349,6 +349,13 @@ class ActiveLearningLoop:
     def _add(self, r: int) -> dict:
         return {"n_labels": len(Labels.load(self.round_dir(r) / "labels.npz"))}
 
+    def simulate_and_evaluate(self, r: int) -> dict:
+        """Round r's CG MD and its evaluation, run again and overwritten; in a copy of a finished
+        run with another ``options.seed`` this measures the evaluation's own noise
+        (``data_free_benchmarks/al_final_md_noise.py``)."""
+        self._simulate(r)
+        return self._evaluate(r)
+
     # ------------------------------------------------------------------ driver
     def run(self) -> list[dict]:
         """Run (or resume) every round; returns each round's metrics."""

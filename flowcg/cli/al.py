@@ -105,9 +105,9 @@ def initial_labels(cfg: DictConfig, target, mapping, backmapper, oracle, referen
     return labels
 
 
-@clean_errors("flowcg-al")
-def active_learning(cfg: DictConfig) -> list[dict]:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def build_loop(cfg: DictConfig, run_dir: Path) -> tuple[ActiveLearningLoop, Labels, Path | None]:
+    """The loop of a flowcg-al config in ``run_dir`` (its initial data made, or read back when
+    ``run_dir`` holds them), the initial labels and the evaluation reference's path."""
     target = build_target(cfg.target)
     mapping = build_mapping(target.topology, cfg.mapping)
     backmapper = TorsionBackmapper(InternalCoordinateTransform.from_topology(target.topology), target.positions, mapping)
@@ -134,6 +134,13 @@ def active_learning(cfg: DictConfig) -> list[dict]:
         build_from_options(SimulationOptions, "simulation", OmegaConf.to_container(cfg.simulation, resolve=True)),
         reference=reference, initial_tica=initial_tica,
     )
+    return loop, initial, reference_path
+
+
+@clean_errors("flowcg-al")
+def active_learning(cfg: DictConfig) -> list[dict]:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    loop, initial, reference_path = build_loop(cfg, run_dir)
     metrics = loop.run()
     summary = {"rounds": metrics, "initial_frames": len(initial), "initial_evaluations": initial.n_energy_evaluations,
                "initial_wall_s": initial.wall_s, **loop.prior_cost, "oracle": cfg.oracle.name, "strategy": cfg.strategy.name,
@@ -141,7 +148,7 @@ def active_learning(cfg: DictConfig) -> list[dict]:
     write_json(summary, run_dir / "metrics.json")
     plot_w1_per_round(metrics, run_dir / "w1_per_round.png")
     for r in range(cfg.loop.rounds + 1):
-        plot_round_ramachandran(loop.simulated_frames(r), backmapper, run_dir / f"free_energy_round_{r:03d}.png", reference)
+        plot_round_ramachandran(loop.simulated_frames(r), loop.backmapper, run_dir / f"free_energy_round_{r:03d}.png", loop.reference)
     log.info("done: %s", {k: metrics[-1].get(k) for k in ("w1", "kl64", "n_labels")})
     return metrics
 

@@ -1,0 +1,71 @@
+"""How much of an AL arm's seed-to-seed W1 spread is the noise of its final CG MD.
+
+    .venv/bin/python data_free_benchmarks/al_final_md_noise.py RUN [RUN ...] [--repeats 3] [--label al_final_md_noise]
+
+Each RUN is a finished ``flowcg-al`` folder (e.g. ``data_free_benchmarks/runs/al_aldp/flow_draws/seed0``).
+It is copied to ``runs/al_final_md_noise/<arm>_<seed>/rep<k>``, and the copy's last round is
+simulated again with the run's seed + 1000 k and evaluated against the same reference: the same
+models, start rule and length, only the Langevin noise and the start frames differ. The spread
+of W1 over the repeats of one run is the evaluation's noise. The spread over an arm's seeds
+(``al_aldp.py``) is that plus the model's own spread (its data and training). Rerunning skips
+finished repeats. Results: ``results/<label>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from flowcg.builders import cpu_model
+from flowcg.cli.al import build_loop
+from flowcg.io import load_json, save_json_atomic, write_atomic
+
+HERE = Path(__file__).resolve().parent
+#: seed offset of repeat k: k × this, far from the benchmark's seeds 0–9
+REPEAT_SEED_STRIDE = 1000
+
+
+def repeat_final_round(run: Path, copy: Path, k: int) -> dict:
+    """The last round's metrics of ``run`` simulated and evaluated again in ``copy`` with seed + 1000 k."""
+    done = copy / "repeat.json"
+    if done.is_file():
+        return load_json(done)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg.seed = int(cfg.seed) + REPEAT_SEED_STRIDE * k
+    shutil.copytree(run, copy, dirs_exist_ok=True)
+    loop, _, _ = build_loop(cfg, copy)  # initial labels and prior frames are read back from the copy
+    metrics = loop.simulate_and_evaluate(loop.options.rounds)
+    save_json_atomic(metrics, done)
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="finished flowcg-al run folders")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--label", default="al_final_md_noise")
+    args = parser.parse_args()
+    rows = []
+    for run in args.runs:
+        name = f"{run.parent.name}_{run.name}"
+        original = load_json(run / "metrics.json")["rounds"][-1]["w1"]
+        repeats = [repeat_final_round(run, HERE / "runs" / "al_final_md_noise" / name / f"rep{k}", k)["w1"] for k in range(1, args.repeats + 1)]
+        w1 = np.array([original, *repeats])
+        rows.append({"run": str(run), "name": name, "w1": w1.tolist(), "mean": float(w1.mean()), "std": float(w1.std(ddof=1))})
+        print(f"{name}: W1 {', '.join(f'{v:.4f}' for v in w1)} (std {rows[-1]['std']:.4f})", flush=True)
+    pooled = float(np.sqrt(np.mean([r["std"] ** 2 for r in rows])))
+    result = {"rows": rows, "pooled_within_run_std": pooled, "repeats": args.repeats, "device": f"{cpu_model()}, default threads"}
+    save_json_atomic(result, HERE / "results" / f"{args.label}.json")
+    lines = ["| run | W1: the run's own, then the repeats | std |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {', '.join(f'{v:.4f}' for v in r['w1'])} | {r['std']:.4f} |" for r in rows]
+    lines.append(f"| pooled within-run std | | {pooled:.4f} |")
+    write_atomic(HERE / "results" / f"{args.label}.md", lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
