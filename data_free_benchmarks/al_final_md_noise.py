@@ -18,10 +18,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from flowcg.builders import cpu_model
 from flowcg.cli.al import build_loop
+from flowcg.cli.common import CONFIG_PACKAGE
 from flowcg.io import load_json, save_json_atomic, write_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -34,8 +36,11 @@ def repeat_final_round(run: Path, copy: Path, k: int) -> dict:
     done = copy / "repeat.json"
     if done.is_file():
         return load_json(done)
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    cfg.seed = int(cfg.seed) + REPEAT_SEED_STRIDE * k
+    # the run's overrides composed afresh, so that a run made before a setting existed gets its default
+    overrides = [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml") if not o.startswith("seed=")]
+    seed = int(OmegaConf.load(run / ".hydra" / "config.yaml").seed) + REPEAT_SEED_STRIDE * k
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("al", overrides=[*overrides, f"seed={seed}", f"hydra.searchpath=['file://{HERE / 'conf'}']"])
     shutil.copytree(run, copy, dirs_exist_ok=True)
     loop, _, _ = build_loop(cfg, copy)  # initial labels and prior frames are read back from the copy
     metrics = loop.simulate_and_evaluate(loop.options.rounds)
