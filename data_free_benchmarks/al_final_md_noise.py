@@ -1,14 +1,17 @@
-"""How much of an AL arm's seed-to-seed W1 spread is the noise of its final CG MD.
+"""How much of an AL arm's seed-to-seed W1 spread is the noise of its final CG MD, and how much its training's.
 
-    .venv/bin/python data_free_benchmarks/al_final_md_noise.py RUN [RUN ...] [--repeats 3] [--label al_final_md_noise]
+    .venv/bin/python data_free_benchmarks/al_final_md_noise.py RUN [RUN ...] [--repeats 3] [--retrain] [--label al_final_md_noise]
 
 Each RUN is a finished ``flowcg-al`` folder (e.g. ``data_free_benchmarks/runs/al_aldp/flow_draws/seed0``).
-It is copied to ``runs/al_final_md_noise/<arm>_<seed>/rep<k>``, and the copy's last round is
+It is copied to ``runs/<label>/<arm>_<seed>/rep<k>``, and the copy's last round is
 simulated again with the run's seed + 1000 k and evaluated against the same reference: the same
 models, start rule and length, only the Langevin noise and the start frames differ. The spread
 of W1 over the repeats of one run is the evaluation's noise. The spread over an arm's seeds
-(``al_aldp.py``) is that plus the model's own spread (its data and training). Rerunning skips
-finished repeats. Results: ``results/<label>.{json,md}``.
+(``al_aldp.py``) is that plus the model's own spread (its data and training). With ``--retrain``
+(runs without rounds only, whose data are fixed before any training) the copy's models are trained
+afresh too, on the same labels and prior: the spread is then the evaluation's plus the network
+initialisation's and minibatches'. Rerunning skips finished repeats. Results:
+``results/<label>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ HERE = Path(__file__).resolve().parent
 REPEAT_SEED_STRIDE = 1000
 
 
-def repeat_final_round(run: Path, copy: Path, k: int) -> dict:
-    """The last round's metrics of ``run`` simulated and evaluated again in ``copy`` with seed + 1000 k."""
+def repeat_final_round(run: Path, copy: Path, k: int, retrain: bool) -> dict:
+    """The last round's metrics of ``run`` simulated and evaluated again in ``copy`` with seed + 1000 k
+    (``retrain``: its model trained again too, on the same labels)."""
     done = copy / "repeat.json"
     if done.is_file():
         return load_json(done)
@@ -42,8 +46,12 @@ def repeat_final_round(run: Path, copy: Path, k: int) -> dict:
     with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
         cfg = compose("al", overrides=[*overrides, f"seed={seed}", f"hydra.searchpath=['file://{HERE / 'conf'}']"])
     shutil.copytree(run, copy, dirs_exist_ok=True)
+    if retrain:
+        if cfg.loop.rounds != 0:
+            raise SystemExit(f"{run}: --retrain needs a run without rounds (its queries would change with the seed)")
+        (copy / "journal.json").unlink()
     loop, _, _ = build_loop(cfg, copy)  # initial labels and prior frames are read back from the copy
-    metrics = loop.simulate_and_evaluate(loop.options.rounds)
+    metrics = loop.run()[-1] if retrain else loop.simulate_and_evaluate(loop.options.rounds)
     save_json_atomic(metrics, done)
     return metrics
 
@@ -52,18 +60,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="finished flowcg-al run folders")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--retrain", action="store_true", help="train the models again too (runs without rounds only)")
     parser.add_argument("--label", default="al_final_md_noise")
     args = parser.parse_args()
     rows = []
     for run in args.runs:
         name = f"{run.parent.name}_{run.name}"
         original = load_json(run / "metrics.json")["rounds"][-1]["w1"]
-        repeats = [repeat_final_round(run, HERE / "runs" / "al_final_md_noise" / name / f"rep{k}", k)["w1"] for k in range(1, args.repeats + 1)]
+        repeats = [repeat_final_round(run, HERE / "runs" / args.label / name / f"rep{k}", k, args.retrain)["w1"] for k in range(1, args.repeats + 1)]
         w1 = np.array([original, *repeats])
         rows.append({"run": str(run), "name": name, "w1": w1.tolist(), "mean": float(w1.mean()), "std": float(w1.std(ddof=1))})
         print(f"{name}: W1 {', '.join(f'{v:.4f}' for v in w1)} (std {rows[-1]['std']:.4f})", flush=True)
     pooled = float(np.sqrt(np.mean([r["std"] ** 2 for r in rows])))
-    result = {"rows": rows, "pooled_within_run_std": pooled, "repeats": args.repeats, "device": f"{cpu_model()}, default threads"}
+    result = {"rows": rows, "pooled_within_run_std": pooled, "repeats": args.repeats, "retrain": args.retrain,
+              "device": f"{cpu_model()}, default threads"}
     save_json_atomic(result, HERE / "results" / f"{args.label}.json")
     lines = ["| run | W1: the run's own, then the repeats | std |", "|---|---|---|"]
     lines += [f"| {r['name']} | {', '.join(f'{v:.4f}' for v in r['w1'])} | {r['std']:.4f} |" for r in rows]
