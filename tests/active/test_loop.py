@@ -130,6 +130,9 @@ def test_importance_weighted_rounds_pick_among_flow_draws_and_weigh_their_picks(
     labels = Labels.load(tmp_path / "round_000" / "labels.npz")
     data = loop.dataset(1)
     np.testing.assert_allclose(data.weights[len(parts[3]):], labels.importance_weighted(queries["design_weights"]).weights)
+    frames = np.load(tmp_path / "round_001" / "simulation.npz")["frames"]
+    loop.simulate_and_evaluate(1)  # the same seed repeats the final run exactly (another seed measures its noise)
+    np.testing.assert_array_equal(np.load(tmp_path / "round_001" / "simulation.npz")["frames"], frames)
     with pytest.raises(ValueError, match="candidates=flow"):
         replace(TINY_LOOP, query_weight="importance")
     with pytest.raises(ValueError, match="known probabilities"):
