@@ -90,7 +90,7 @@ class SimulationOptions:
     Replicas start from frames of the initial data (``start_from="initial"``: every arm and
     round starts alike, so the evaluation compares models, not starting sets) or of all labels
     so far (``"data"``). The last round's run, which only serves the evaluation, can be made
-    longer with ``final_n_steps`` and started elsewhere with ``final_start_from``: ``"reference"``
+    longer with ``final_n_steps``, wider with ``final_n_replicas`` and started elsewhere with ``final_start_from``: ``"reference"``
     starts it from frames of the evaluation reference, a spread over every basin that is the same
     for every arm (a CG model that is right stays there; started in one basin, a short run measures
     how far the model got, not where it settles). Only the last round may start there: a round
@@ -104,6 +104,7 @@ class SimulationOptions:
     friction_per_ps: float = 1.0
     start_from: str = "initial"
     final_n_steps: int | None = None
+    final_n_replicas: int | None = None
     final_start_from: str | None = None
 
     def __post_init__(self):
@@ -275,12 +276,13 @@ class ActiveLearningLoop:
         final = r == self.options.rounds
         start_from = s.final_start_from if final and s.final_start_from else s.start_from
         rng = np.random.default_rng(_seed(self.options.seed, r, "simulate"))
+        n_replicas = s.final_n_replicas if final and s.final_n_replicas else s.n_replicas
         if start_from == "reference":  # resampled by weight already: an unweighted ensemble
             n_frames = len(self.reference.frames_nm)
-            start_frames = self.reference.frames_nm[rng.choice(n_frames, size=s.n_replicas, replace=n_frames < s.n_replicas)]
+            start_frames = self.reference.frames_nm[rng.choice(n_frames, size=n_replicas, replace=n_frames < n_replicas)]
         else:
             data = self.initial if start_from == "initial" else self.dataset(r)
-            start_frames = data.cg_positions_nm[rng.choice(len(data), size=s.n_replicas, replace=True, p=data.weights / data.weights.sum())]
+            start_frames = data.cg_positions_nm[rng.choice(len(data), size=n_replicas, replace=True, p=data.weights / data.weights.sum())]
         integrator = LangevinBAOAB(mean_force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
         dtype = next(models[0].parameters()).dtype
         n_steps = s.final_n_steps if final and s.final_n_steps else s.n_steps
@@ -288,7 +290,7 @@ class ActiveLearningLoop:
                                 seed=_seed(self.options.seed, r, "simulate"))
         frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
         save_npz_atomic(self.round_dir(r) / "simulation.npz", frames=frames, alive=alive)
-        return {"n_replicas": s.n_replicas, "n_stopped": int(len(result.stopped)),
+        return {"n_replicas": n_replicas, "n_stopped": int(len(result.stopped)),
                 "stop_reasons": sorted({reason for reason in result.stop_reason if reason})}
 
     def simulated_frames(self, r: int) -> np.ndarray:

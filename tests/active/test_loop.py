@@ -203,10 +203,12 @@ def test_the_final_run_can_start_from_the_reference(tmp_path, parts):
     mapping, backmapper, oracle, initial = parts
     shifted = initial.cg_positions_nm + 10.0  # the CG model is translation-invariant: only where runs start tells them apart
     options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
-    simulation = SimulationOptions(n_replicas=4, n_steps=60, save_every=10, burn_in_saves=1, final_start_from="reference")
+    simulation = SimulationOptions(n_replicas=4, n_steps=60, save_every=10, burn_in_saves=1, final_start_from="reference",
+                                   final_n_replicas=6)
     loop = ActiveLearningLoop(tmp_path, mapping, backmapper, oracle, build_strategy("random"), initial, options, TINY_MODEL,
                               simulation, reference=FixedFrames(shifted))
     loop.run()
+    assert [Journal(tmp_path / "journal.json").entry(r, "simulate")["n_replicas"] for r in (0, 1)] == [4, 6]  # only the last is wider
     centre = initial.cg_positions_nm.mean(axis=(0, 1))
     assert np.all(np.abs(loop.simulated_frames(0).mean(axis=(0, 1)) - centre) < 1.0)
     assert np.all(np.abs(loop.simulated_frames(1).mean(axis=(0, 1)) - centre - 10.0) < 1.0)
