@@ -204,10 +204,20 @@ def committee_disagreement(
     return disagreement
 
 
-class QueryStrategy:
-    """Chooses at most m distinct candidates (int64 indices) to label next.
+def _checked(candidates_nm: np.ndarray, training_nm: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    candidates = _check_frames(candidates_nm, "candidates_nm")
+    training = _check_frames(training_nm, "training_nm")
+    _check_same_beads(candidates, training, ("candidates_nm", "training_nm"))
+    _check_count(m)
+    return candidates, training
 
-    :meth:`select` checks the frames and m; a strategy implements :meth:`choose`.
+
+class QueryStrategy:
+    """Chooses at most m candidates (int64 indices) to label next: distinct ones, except for
+    ``importance_sampling``, whose independent draws may repeat a candidate.
+
+    :meth:`select` and :meth:`select_weighted` check the frames and m; a strategy implements
+    :meth:`choose` (and, if it draws with known probabilities, :meth:`choose_weighted`).
     """
 
     name: str
@@ -224,11 +234,7 @@ class QueryStrategy:
         rng: np.random.Generator,
         committee: Sequence[ForceFunction] | None = None,
     ) -> np.ndarray:
-        candidates = _check_frames(candidates_nm, "candidates_nm")
-        training = _check_frames(training_nm, "training_nm")
-        _check_same_beads(candidates, training, ("candidates_nm", "training_nm"))
-        _check_count(m)
-        return self.choose(candidates, training, m, rng, committee)
+        return self.choose(*_checked(candidates_nm, training_nm, m), m, rng, committee)
 
     def select_weighted(
         self,
@@ -240,11 +246,7 @@ class QueryStrategy:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`select`, with each pick's design weight 1/(N π) (π its probability; any
         common scale), which undoes the choice in a weighted loss. Only random strategies have one."""
-        candidates = _check_frames(candidates_nm, "candidates_nm")
-        training = _check_frames(training_nm, "training_nm")
-        _check_same_beads(candidates, training, ("candidates_nm", "training_nm"))
-        _check_count(m)
-        return self.choose_weighted(candidates, training, m, rng, committee)
+        return self.choose_weighted(*_checked(candidates_nm, training_nm, m), m, rng, committee)
 
     def choose(self, candidates: np.ndarray, training: np.ndarray, m: int, rng: np.random.Generator,
                committee: Sequence[ForceFunction] | None) -> np.ndarray:
