@@ -108,8 +108,10 @@ def load_torch(path: str | os.PathLike, map_location="cpu", what: str = "torch f
         raise UnreadableFileError(f"{path}: truncated or not a {what} ({type(error).__name__}: {_first_line(error)})") from None
 
 
-def load_npz(path: str | os.PathLike, what: str = "numpy archive", keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """The arrays ``keys`` (default: all) of the ``.npz`` at ``path`` (no pickled objects); a
+def load_npz(path: str | os.PathLike, what: str = "numpy archive", keys: Iterable[str] | None = None,
+             optional: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (default: all) of the ``.npz`` at ``path`` (no pickled objects), plus those
+    of ``optional`` that it holds (keys added to a format after files of it were written); a
     missing key is an unreadable file too."""
     path = _existing(path, what)
     try:
@@ -117,7 +119,8 @@ def load_npz(path: str | os.PathLike, what: str = "numpy archive", keys: Iterabl
             missing = sorted(set(keys or ()) - set(data.files))
             if missing:
                 raise UnreadableFileError(f"{path}: not a {what} (no {', '.join(missing)})")
-            return {key: data[key] for key in (data.files if keys is None else keys)}
+            wanted = data.files if keys is None else [*keys, *(key for key in optional if key in data.files)]
+            return {key: data[key] for key in wanted}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UnreadableFileError(f"{path}: truncated or not a {what} ({_first_line(error)})") from None
 

@@ -31,7 +31,7 @@ from flowcg.active.labels import Labels
 from flowcg.cg.mapping import CGMapping
 from flowcg.coordinates.geometry import wrap
 from flowcg.errors import ConfigError
-from flowcg.flows.model import StructuredFlow
+from flowcg.flows.model import FlowSample, StructuredFlow
 from flowcg.sampling.importance import kish_ess, systematic_resample
 
 __all__ = ["FlowOracle"]
@@ -107,9 +107,7 @@ class FlowOracle:
         if n < 1:
             raise ConfigError(f"need at least one equilibrium draw, got {n}")
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            draws = self.model.sample(n)
+        draws = self._sample(n, seed)
         x = draws.x.to(torch.float64)
         energy, forces, log_w = self._score(x, draws.log_q)
         chosen = systematic_resample(log_w, n, seed)
@@ -123,10 +121,13 @@ class FlowOracle:
         (:meth:`Labels.importance_weighted`)."""
         if n < 1:
             raise ConfigError(f"need at least one proposal, got {n}")
+        return self.mapping.map_positions(self._sample(n, seed).x.to(torch.float64).numpy())
+
+    def _sample(self, n: int, seed: int) -> FlowSample:
+        """n one-shot draws of the model from ``seed``, leaving the global random stream untouched."""
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
-            draws = self.model.sample(n)
-        return self.mapping.map_positions(draws.x.to(torch.float64).numpy())
+            return self.model.sample(n)
 
     def _score(self, x: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Energies (kJ/mol), forces (kJ/mol/nm) and log weights −u(x) − log q(x) of draws x (float64, nm)."""

@@ -167,8 +167,7 @@ class Labels:
     @classmethod
     def load(cls, path: str | Path) -> "Labels":
         required = [f.name for f in fields(cls) if f.name != "log_weights"]  # absent from label files before 2026-12-06
-        values = load_npz(path, what="label file", keys=required)
-        values["log_weights"] = load_npz(path, what="label file").get("log_weights")
+        values = load_npz(path, what="label file", keys=required, optional=["log_weights"])
         values["n_energy_evaluations"] = int(values["n_energy_evaluations"])
         values["wall_s"] = float(values["wall_s"])
         return cls(**values)

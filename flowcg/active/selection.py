@@ -309,7 +309,6 @@ class RandomSelection(QueryStrategy):
     """min(m, N) candidates drawn uniformly without replacement."""
 
     name = "random"
-
     knows_probabilities = True
 
     def choose(self, candidates, training, m, rng, committee):
