@@ -29,6 +29,9 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
 * ``random_iw``: al_iw with uniform picks (what the preference adds);
 * ``flow_draws``: no rounds; the whole budget as one-shot flow draws resampled by weight, the
   data-free static baseline (``al_flow`` against it is what the queries add);
+* ``prior_only``: no network (``cg_model.n_interactions=0``): the CG prior alone, inverted from the
+  experiment's 20 000 flow draws, which every flow arm starts from; what the labels add is an arm's
+  W1 against it;
 * ``ceiling``: no rounds; 1000 equilibrium frames of the reference labelled by the oracle (8.6× the
   budget): what the CG model reaches when the data is right, so that the gap between an arm and
   it is the data's error and the ceiling itself the model's.
@@ -86,10 +89,10 @@ COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.fi
 #: other arms; committee: strategy=committee with three models; random: strategy=random; static:
 #: loop.rounds=0 and initial.n_frames = BUDGET; ceiling: loop.rounds=0, initial.source=reference
 ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "al_flow", "random_flow", "al_iw", "random_iw", "flow_draws",
-        "ceiling"]
+        "prior_only", "ceiling"]
 #: the arms that choose their queries, each compared with the baselines
 STRATEGY_ARMS = ["al", "al_threshold_0.01", "committee", "al_flow", "al_iw"]
-BASELINES = ["static", "random", "random_flow", "random_iw", "flow_draws"]
+BASELINES = ["static", "random", "random_flow", "random_iw", "flow_draws", "prior_only"]
 LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 

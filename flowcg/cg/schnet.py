@@ -19,6 +19,10 @@ summed over beads, plus an optional physical prior (e.g. :mod:`flowcg.cg.prior`)
 It depends on X only through distances, so it is invariant to rotations, translations and
 reflections, and to any permutation of beads that permutes their types alike. Forces are
 F = −∂U/∂X (kJ/mol/nm); force matching differentiates through them (``create_graph``).
+
+With ``n_interactions=0`` the network is switched off (U = U_prior): the baseline that says what
+the labels add beyond a prior fitted without them (a readout of the embeddings alone would be a
+constant, with no force).
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ class CGSchNet(nn.Module):
         n_filters: width of the continuous filters.
         n_rbf: number of Gaussian radial basis functions.
         cutoff: interaction cutoff in nm (pairs beyond it do not interact through the network).
-        n_interactions: number of interaction blocks.
+        n_interactions: number of interaction blocks; 0 = no network, the prior alone.
         activation: ``"ssp"`` (shifted softplus) or ``"silu"``.
         prior: optional module mapping X (B, n, 3) to an energy (B,) in kJ/mol, added to U.
     """
@@ -123,6 +127,8 @@ class CGSchNet(nn.Module):
         n_types = int(types.max()) + 1 if n_types is None else n_types
         if n_types <= int(types.max()):
             raise ConfigError(f"n_types={n_types} but bead type {int(types.max())} occurs")
+        if n_interactions < 0 or (n_interactions == 0 and prior is None):
+            raise ConfigError(f"n_interactions must be ≥ 1, or 0 with a prior (the prior alone), got {n_interactions}")
         self.register_buffer("bead_types", types)
         self.cutoff = float(cutoff)
         self.embedding = nn.Embedding(n_types, hidden)
@@ -135,11 +141,23 @@ class CGSchNet(nn.Module):
     def n_beads(self) -> int:
         return self.bead_types.numel()
 
+    @property
+    def has_network(self) -> bool:
+        """False for ``n_interactions=0``: U is the prior alone."""
+        return len(self.interactions) > 0
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that shape U: all of them, or only the prior's (learned dihedrals) without a network."""
+        modules = [self] if self.has_network else [self.prior]
+        return [p for module in modules for p in module.parameters() if p.requires_grad]
+
     def network_energy(self, x: Tensor, bead_types: Tensor | None = None) -> Tensor:
         """The learned part of U (kJ/mol), shape (B,), without the prior."""
         types = self.bead_types if bead_types is None else bead_types
         if x.ndim != 3 or x.shape[1:] != (types.numel(), 3):
             raise ValueError(f"expected positions (B, {types.numel()}, 3), got {tuple(x.shape)}")
+        if not self.has_network:
+            return x.new_zeros(x.shape[0])
         n = x.shape[1]
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
         diff = x[:, :, None, :] - x[:, None, :, :]

@@ -94,7 +94,12 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
         raise ConfigError("force-matching data must be finite with non-negative weights of positive sum")
     e = None if energy_targets_kJ_mol is None else torch.as_tensor(energy_targets_kJ_mol, **as_model)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    trainable = model.trainable_parameters()
+    if not trainable:  # the prior alone, with nothing to fit: report its loss on the data
+        with torch.no_grad():
+            predicted = model.forces(x, create_graph=False)
+        return {"force_mse": float((((predicted - f) ** 2).mean(dim=(1, 2)) * w.to(f.dtype)).sum() / w.sum()), "energy_var": math.nan}
+    optimizer = torch.optim.Adam(trainable, lr=options.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(options.steps, 1), eta_min=options.lr * options.final_lr_factor)
     model.train()
     force_loss = energy_loss = math.nan

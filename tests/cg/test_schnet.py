@@ -20,6 +20,13 @@ def frames(batch=3):
     return steps.cumsum(1)
 
 
+class Spring(torch.nn.Module):
+    """A harmonic prior U = 10 |X|² kJ/mol."""
+
+    def forward(self, x):
+        return 10.0 * x.pow(2).sum((1, 2))
+
+
 def random_rotation(seed):
     g = torch.Generator().manual_seed(seed)
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
@@ -81,10 +88,6 @@ def test_no_interaction_beyond_the_cutoff():
 
 
 def test_prior_is_added():
-    class Spring(torch.nn.Module):
-        def forward(self, x):
-            return 10.0 * x.pow(2).sum((1, 2))
-
     model, x = small_model(prior=Spring()), frames(2)
     torch.testing.assert_close(model(x), model.network_energy(x) + 10.0 * x.pow(2).sum((1, 2)))
 
@@ -109,3 +112,12 @@ def test_radial_basis_and_envelope():
     d = torch.tensor([0.0, 0.5, 1.0, 1.5])
     torch.testing.assert_close(cosine_cutoff(d, 1.0), torch.tensor([1.0, 0.5, 0.0, 0.0]))
     assert math.isclose(float(cosine_cutoff(torch.tensor(0.999999), 1.0)), 0.0, abs_tol=1e-10)
+
+
+def test_no_interactions_is_the_prior_alone():
+    model, x = CGSchNet(TYPES, n_interactions=0, prior=Spring()).double(), frames(2)
+    torch.testing.assert_close(model(x), 10.0 * x.pow(2).sum((1, 2)))
+    torch.testing.assert_close(model.forces(x, create_graph=False), -20.0 * x)
+    assert not model.has_network and model.trainable_parameters() == []
+    with pytest.raises(ValueError, match="0 with a prior"):
+        CGSchNet(TYPES, n_interactions=0)

@@ -71,3 +71,14 @@ def test_energy_matching_runs_and_reports_its_loss():
     losses = fit_force_matching(model, x, np.zeros_like(x), np.ones(len(x)), FitOptions(steps=10, batch_size=32, energy_weight=0.1),
                                 energy_targets_kJ_mol=targets)
     assert np.isfinite(losses["energy_var"])
+
+
+def test_a_prior_alone_is_not_fitted_and_reports_its_loss():
+    class Spring(torch.nn.Module):
+        def forward(self, x):
+            return 10.0 * x.pow(2).sum((1, 2))
+
+    x = frames(16)
+    model = CGSchNet(TYPES, n_interactions=0, prior=Spring()).double()
+    losses = fit_force_matching(model, x, -20.0 * x + 1.0, np.ones(16), FitOptions(steps=5, batch_size=8), seed=0)
+    assert losses["force_mse"] == pytest.approx(1.0)
