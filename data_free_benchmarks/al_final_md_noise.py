@@ -34,17 +34,22 @@ HERE = Path(__file__).resolve().parent
 REPEAT_SEED_STRIDE = 1000
 
 
+def run_config(run: Path, seed_offset: int = 0):
+    """The flowcg-al config of a finished ``run``, its overrides composed afresh (so that a run made before a
+    setting existed gets its default), with the seed moved by ``seed_offset``."""
+    overrides = [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml") if not o.startswith("seed=")]
+    seed = int(OmegaConf.load(run / ".hydra" / "config.yaml").seed) + seed_offset
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+        return compose("al", overrides=[*overrides, f"seed={seed}", f"hydra.searchpath=['file://{HERE / 'conf'}']"])
+
+
 def repeat_final_round(run: Path, copy: Path, k: int, retrain: bool) -> dict:
     """The last round's metrics of ``run`` simulated and evaluated again in ``copy`` with seed + 1000 k
     (``retrain``: its model trained again too, on the same labels)."""
     done = copy / "repeat.json"
     if done.is_file():
         return load_json(done)
-    # the run's overrides composed afresh, so that a run made before a setting existed gets its default
-    overrides = [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml") if not o.startswith("seed=")]
-    seed = int(OmegaConf.load(run / ".hydra" / "config.yaml").seed) + REPEAT_SEED_STRIDE * k
-    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
-        cfg = compose("al", overrides=[*overrides, f"seed={seed}", f"hydra.searchpath=['file://{HERE / 'conf'}']"])
+    cfg = run_config(run, seed_offset=REPEAT_SEED_STRIDE * k)
     shutil.copytree(run, copy, dirs_exist_ok=True)
     if retrain:
         if cfg.loop.rounds != 0:
