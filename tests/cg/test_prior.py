@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowcg.cg.prior import CGPrior, FourierDihedrals, HarmonicBonds, Repulsion, fit_prior
+from flowcg.cg.prior import (CGPrior, FourierDihedralPairs, FourierDihedrals, HarmonicBonds, Repulsion, consecutive_dihedral_pairs,
+                             fit_fourier_dihedral_pair, fit_prior)
 from flowcg.coordinates.geometry import bond_angle, dihedral
 from flowcg.errors import ConfigError
 from flowcg.units import kT
@@ -28,14 +29,17 @@ def place(a, b, c, bond, angle, torsion):
     return c + bond[:, None] * (local[:, :1] * bc + local[:, 1:2] * m + local[:, 2:] * n)
 
 
-def chain_frames(n_frames, seed=0, phi_sampler=None):
-    """5-bead chains with bonds ~ N(x0, kT/k), angles ~ N(θ0, kT/k), given or uniform dihedrals."""
+def chain_frames(n_frames, seed=0, phi_sampler=None, torsion_sampler=None):
+    """5-bead chains with bonds ~ N(x0, kT/k), angles ~ N(θ0, kT/k), given or uniform dihedrals
+    (``phi_sampler``: φ alone; ``torsion_sampler``: (φ, ψ) together, (n, 2))."""
     rng = np.random.default_rng(seed)
     bonds = BOND_X0 + rng.standard_normal((n_frames, 4)) * np.sqrt(KT / BOND_K)
     angles = ANGLE_X0 + rng.standard_normal((n_frames, 3)) * np.sqrt(KT / ANGLE_K)
     torsions = rng.uniform(-math.pi, math.pi, (n_frames, 2))
     if phi_sampler is not None:
         torsions[:, 0] = phi_sampler(rng, n_frames)
+    if torsion_sampler is not None:
+        torsions = torsion_sampler(rng, n_frames)
     x = np.zeros((n_frames, 5, 3))
     x[:, 1, 0] = bonds[:, 0]
     x[:, 2, 0] = bonds[:, 0] - bonds[:, 1] * np.cos(angles[:, 0])
@@ -178,3 +182,39 @@ def test_learned_dihedral_terms_recover_a_fourier_potential_by_force_matching(ba
 def test_unknown_dihedral_mode_is_a_config_error(backbone):
     with pytest.raises(ConfigError, match="unknown dihedral prior"):
         fit_prior(chain_frames(10)[0], backbone, TEMPERATURE, dihedrals="yes")
+
+
+def coupled_torsions(kappa, mu):
+    """(φ, ψ) with p ∝ exp(κ cos(φ − ψ − μ)): ψ uniform, φ − ψ von Mises; F = −kT κ cos(φ − ψ − μ)."""
+    def sample(rng, n):
+        psi = rng.uniform(-math.pi, math.pi, n)
+        return np.stack([np.angle(np.exp(1j * (psi + rng.vonmises(mu, kappa, n)))), psi], axis=1)
+    return sample
+
+
+def test_the_2d_dihedral_fit_recovers_a_coupled_free_energy():
+    kappa, mu = 2.0, 0.5
+    torsions = coupled_torsions(kappa, mu)(np.random.default_rng(0), 40000)
+    orders, a, b = fit_fourier_dihedral_pair(torsions[:, 0], torsions[:, 1], KT, n_terms=3)
+    k = [tuple(o) for o in orders].index((1, -1))  # cos(φ − ψ − μ) = cos μ cos(φ − ψ) + sin μ sin(φ − ψ)
+    assert a[k] == pytest.approx(-KT * kappa * math.cos(mu), rel=0.05)
+    assert b[k] == pytest.approx(-KT * kappa * math.sin(mu), rel=0.05)
+    others = np.delete(np.r_[a, b], [k, len(a) + k])
+    assert np.abs(others).max() < 0.05 * KT * kappa
+
+
+def test_boltzmann_2d_couples_phi_and_psi_where_1d_terms_cannot(backbone):
+    """Frames whose φ and ψ are each uniform but locked together: the 1-D terms are flat, the pair term
+    charges a frame with φ − ψ far from μ by ≈ 2 κ kT, as the true free energy does."""
+    assert consecutive_dihedral_pairs(backbone.dihedrals) == ([(0, 1)], [])
+    kappa, mu = 3.0, 0.0
+    x, *_ = chain_frames(30000, seed=7, torsion_sampler=coupled_torsions(kappa, mu))
+    coupled = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann_2d")
+    separate = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann")
+    assert isinstance(coupled.terms["dihedral_pairs"], FourierDihedralPairs) and "dihedrals" not in coupled.terms
+    locked, unlocked = (chain_frames(1, seed=1, torsion_sampler=lambda rng, n: np.array([[t, 0.0]]))[0] for t in (0.0, math.pi))
+    frames = torch.as_tensor(np.concatenate([locked, unlocked]))
+    pair_gap = float(coupled.terms["dihedral_pairs"](frames[1:]) - coupled.terms["dihedral_pairs"](frames[:1]))
+    assert pair_gap == pytest.approx(2 * kappa * KT, rel=0.1)
+    single_gap = float(separate.terms["dihedrals"](frames[1:]) - separate.terms["dihedrals"](frames[:1]))
+    assert abs(single_gap) < 0.3 * KT
