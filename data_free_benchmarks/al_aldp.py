@@ -196,6 +196,25 @@ def comparisons(arms: dict) -> dict:
     return result
 
 
+def versus(arms: dict, other: Path) -> dict:
+    """Each arm against the same arm of another benchmark name (runs in ``other``), paired over the seeds both
+    ran: W1 of the other minus this one's (positive = this variant lower), and both KL64 means."""
+    result = {}
+    for arm, a in arms.items():
+        mine = {r["seed"]: r for r in a["per_seed"]}
+        theirs = {seed: read_arm(other, arm, seed) for seed in mine if run_summary(other, arm, seed).is_file()}
+        if not theirs:
+            continue
+        difference = np.array([theirs[seed]["w1"] - mine[seed]["w1"] for seed in sorted(theirs)])
+        result[arm] = {"seeds": sorted(theirs), "paired_difference": float(difference.mean()),
+                       "paired_se": float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("nan"),
+                       "w1_other": float(np.mean([theirs[seed]["w1"] for seed in theirs])),
+                       "w1_this": float(np.mean([mine[seed]["w1"] for seed in theirs])),
+                       "kl64_other": float(np.mean([theirs[seed]["kl64"] for seed in theirs])),
+                       "kl64_this": float(np.mean([mine[seed]["kl64"] for seed in theirs]))}
+    return result
+
+
 def report(arms: dict, compared: dict) -> list[str]:
     reference_basins = next(iter(arms.values()))["per_seed"][0]["reference_basins"]
     basins = list(reference_basins)
@@ -232,6 +251,8 @@ def main() -> None:
                         "a variant of the benchmark (e.g. with -o cg_model.dihedral_prior=learned) under its own name")
     parser.add_argument("--label", default=None, help="results in results/LABEL.{json,md} instead of results/NAME.*: "
                         "the report of a subset of arms or seeds beside the full one")
+    parser.add_argument("--versus", default=None, metavar="NAME",
+                        help="also compare each arm with the same arm and seeds of the benchmark NAME (runs/NAME), paired")
     parser.add_argument("--dry-run", action="store_true", help="print the multirun commands of the unfinished runs and stop")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report the finished runs among --arms x --seeds (an arm may then have fewer seeds)")
@@ -259,8 +280,15 @@ def main() -> None:
     result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(reference or "shipped with the oracle's model"),
               "common_overrides": COMMON, "overrides": args.override, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
     label = args.label or args.name
-    save_json_atomic(result, HERE / "results" / f"{label}.json")
     lines = report(arms, compared)
+    if args.versus:
+        against = versus(arms, HERE / "runs" / args.versus)
+        result["versus"] = {"name": args.versus, "arms": against}
+        lines += ["", f"| arm | seeds | W1 {args.versus} | W1 {args.name} | paired difference ± SE (positive: {args.name} lower) | "
+                  f"KL64 {args.versus} | KL64 {args.name} |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {arm} | {len(v['seeds'])} | {v['w1_other']:.4f} | {v['w1_this']:.4f} | {v['paired_difference']:+.4f} ± {v['paired_se']:.4f} | "
+                  f"{v['kl64_other']:.2f} | {v['kl64_this']:.2f} |" for arm, v in against.items()]
+    save_json_atomic(result, HERE / "results" / f"{label}.json")
     write_atomic(HERE / "results" / f"{label}.md", lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
     print("\n".join(lines))
 
