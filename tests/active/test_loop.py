@@ -154,6 +154,19 @@ def test_learned_dihedral_terms_are_trained_and_saved_with_each_model(tmp_path, 
         replace(TINY_MODEL, dihedral_prior="true")
 
 
+def test_the_prior_alone_runs_the_loop_with_a_2d_dihedral_term(tmp_path, parts):
+    """cg_model.n_interactions=0 (the prior_only arm): nothing is fitted, the models are the prior, and
+    the CG MD runs on its forces; dihedral_prior=boltzmann_2d couples φ and ψ in one term."""
+    options = LoopOptions(rounds=0, fit=FitOptions(steps=5, batch_size=8))
+    loop = make_loop(tmp_path, parts, options=options, model=replace(TINY_MODEL, n_interactions=0, dihedral_prior="boltzmann_2d"))
+    loop.run()
+    assert "dihedral_pairs" in loop.prior.terms and "dihedrals" not in loop.prior.terms
+    (model,) = loop.committee(0)
+    x = torch.as_tensor(parts[3].cg_positions_nm, dtype=torch.float32)
+    torch.testing.assert_close(model(x), loop.prior(x))
+    assert len(loop.simulated_frames(0)) > 0
+
+
 def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     overrides = ["target=aldp_vacuum", "oracle.pretrained=aldp_vacuum", "oracle.samples_per_query=4", "initial.n_frames=30",
