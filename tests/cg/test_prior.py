@@ -106,17 +106,31 @@ def test_repulsion_groupings(backbone):
     assert "repulsion" not in fit_prior(x, backbone, TEMPERATURE, repulsion=False).terms
 
 
+def fourier_profile(energy, angles, n_terms=3):
+    """Least-squares cos nθ, sin nθ coefficients (n = 1 … N, per column of ``angles``) of an energy over the frames."""
+    n = np.arange(1, n_terms + 1)
+    features = [f(np.outer(column, n)) for column in angles.T for f in (np.cos, np.sin)]
+    coefficients, *_ = np.linalg.lstsq(np.concatenate([np.ones((len(energy), 1)), *features], axis=1), energy, rcond=None)
+    return coefficients[1:].reshape(len(angles.T), 2, n_terms)
+
+
 def test_dihedral_prior_fits_a_von_mises_free_energy(backbone):
+    """Along the dihedrals, the whole prior (dihedral terms + what the repulsion of beads 0–3, 1–4, 0–4
+    already charges there) is the frames' free energy; without the repulsion, the dihedral term alone."""
     mu, kappa = 1.0, 2.0  # p(φ) ∝ exp(κ cos(φ − μ)) ⇒ F(φ) = −kT κ (cos μ cos φ + sin μ sin φ)
-    x, *_ = chain_frames(40000, seed=3, phi_sampler=lambda rng, n: rng.vonmises(mu, kappa, n))
-    prior = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann", dihedral_terms=3)
-    term = prior.terms["dihedrals"]
-    a, b = term.a[0].numpy(), term.b[0].numpy()
-    assert a[0] == pytest.approx(-KT * kappa * math.cos(mu), rel=0.03)
-    assert b[0] == pytest.approx(-KT * kappa * math.sin(mu), rel=0.03)
-    assert np.abs(np.r_[a[1:], b[1:]]).max() < 0.05 * KT * kappa
-    # ψ was uniform: a flat free energy.
-    assert np.abs(np.r_[term.a[1].numpy(), term.b[1].numpy()]).max() < 0.05 * KT
+    x, _, _, torsions = chain_frames(40000, seed=3, phi_sampler=lambda rng, n: rng.vonmises(mu, kappa, n))
+    expected = np.zeros((2, 2, 3))
+    expected[0, :, 0] = -KT * kappa * np.array([math.cos(mu), math.sin(mu)])  # ψ was uniform: flat
+    for repulsion in (False, True):
+        prior = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann", dihedral_terms=3, repulsion=repulsion).double()
+        total = fourier_profile(prior(torch.as_tensor(x)).detach().numpy(), torsions)
+        np.testing.assert_allclose(total, expected, atol=0.05 * KT * kappa)
+        if not repulsion:
+            term = prior.terms["dihedrals"]
+            np.testing.assert_allclose(np.stack([term.a.numpy(), term.b.numpy()], axis=1), expected, atol=0.05 * KT * kappa)
+    # the repulsion's own share along φ is not negligible, so the second pass tests the correction
+    share = fourier_profile(prior.terms["repulsion"](torch.as_tensor(x)).detach().numpy(), torsions)
+    assert np.abs(share).max() > 0.1 * KT
 
 
 def test_prior_fit_rejects_bad_input(backbone):
@@ -209,8 +223,8 @@ def test_boltzmann_2d_couples_phi_and_psi_where_1d_terms_cannot(backbone):
     assert consecutive_dihedral_pairs(backbone.dihedrals) == ([(0, 1)], [])
     kappa, mu = 3.0, 0.0
     x, *_ = chain_frames(30000, seed=7, torsion_sampler=coupled_torsions(kappa, mu))
-    coupled = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann_2d")
-    separate = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann")
+    coupled = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann_2d", repulsion=False)
+    separate = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann", repulsion=False)
     assert isinstance(coupled.terms["dihedral_pairs"], FourierDihedralPairs) and "dihedrals" not in coupled.terms
     locked, unlocked = (chain_frames(1, seed=1, torsion_sampler=lambda rng, n: np.array([[t, 0.0]]))[0] for t in (0.0, math.pi))
     frames = torch.as_tensor(np.concatenate([locked, unlocked]))
