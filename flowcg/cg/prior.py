@@ -54,11 +54,13 @@ The other terms' share. The CG MD samples the dihedrals from exp(−(U_dihedral 
 U_rest is not blind to them: the repulsion between beads three and four bonds apart depends on φ
 and ψ (on alanine dipeptide's prior frames it charges αR 1.4 kJ/mol, 0.56 kT, more than β), so a
 dihedral term that alone reproduces the frames' marginal gives the CG MD too little αR (prior
-alone: 0.083–0.087 against 0.116; with the correction below 0.114–0.116). The inversion therefore subtracts from the dihedral terms
-the least-squares projection of U_rest(X_k) over the frames on their own Fourier features: to first
-order, U_rest's free energy along the dihedrals, which the CG MD then adds back. The projection is
-on each dihedral's own 1-D features, also under ``boltzmann_2d``: the joint 2-D one extrapolates into
-the barely sampled φ > 0 region and opened a false αL basin there (35 % of the CG MD, measured).
+alone: 0.083–0.087 against 0.116). The inversion therefore reads the dihedral terms off the frames
+reweighted by exp(+U_repulsion/kT): if the frames follow exp(−U_prior/kT), the inversion's own
+assumption, the reweighted frames follow exp(−(U_dihedral + U_bonds + U_angles)/kT), whose
+dihedral marginal is exp(−U_dihedral/kT) (bonds and angles, with their r² sin θ Jacobian, do not
+depend on the dihedrals). The weights act only where frames are; a least-squares projection of
+U_repulsion on the dihedral features, tried first, extrapolated into dihedral ranges without frames
+and opened a false αL basin (85 % of the CG MD whose prior came from one short MD in β and αR).
 
 Repulsion. σ is the smallest distance observed for a pair (or for all pairs of the same pair
 of bead types, or for all pairs at once); at that distance the repulsion costs ε (default
@@ -68,7 +70,6 @@ dipeptide's frames, but not blind to the dihedrals: above) and stops collapse ou
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Sequence
 
@@ -257,15 +258,23 @@ def _boltzmann_harmonic(q: Tensor, kt: float) -> tuple[np.ndarray, np.ndarray]:
     return q.mean(0).numpy(), (kt / variance).numpy()
 
 
+def _frame_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+    """Weights scaled to sum to the number of frames (ones if None), so that counts stay in frames."""
+    if weights is None:
+        return np.ones(n)
+    weights = np.asarray(weights, dtype=np.float64)
+    return weights * (n / weights.sum())
+
+
 def fit_fourier_dihedral(
-    phi: np.ndarray, kt: float, n_terms: int = 3, bins: int = 72, pseudocount: float = 1.0
+    phi: np.ndarray, kt: float, n_terms: int = 3, bins: int = 72, pseudocount: float = 1.0, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cos and sin coefficients (n_terms,) in kJ/mol of −kT log p(φ) for angles φ (rad), constant dropped.
 
     ``pseudocount`` is added to every bin's count, so an empty bin costs kT log(max count /
-    pseudocount) rather than infinity.
+    pseudocount) rather than infinity; ``weights`` (T,) weigh the frames (scaled to sum to T).
     """
-    counts, edges = np.histogram(np.asarray(phi), bins=bins, range=(-math.pi, math.pi))
+    counts, edges = np.histogram(np.asarray(phi), bins=bins, range=(-math.pi, math.pi), weights=_frame_weights(weights, len(phi)))
     centres = 0.5 * (edges[1:] + edges[:-1])
     free_energy = -kt * np.log(counts + pseudocount)
     n = np.arange(1, n_terms + 1)
@@ -275,18 +284,21 @@ def fit_fourier_dihedral(
 
 
 def fit_fourier_dihedral_pair(phi: np.ndarray, psi: np.ndarray, kt: float, n_terms: int = 3, grid: int = 72,
-                              ridge: float = 1e-4, iterations: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                              ridge: float = 1e-4, iterations: int = 50, weights: np.ndarray | None = None
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Orders (K, 2) and cos, sin coefficients (K,) in kJ/mol of the maximum-likelihood 2-D Fourier free energy
     of the angle pairs (φ, ψ) (rad; module docstring): Newton's method on the convex negative log-likelihood
     (+ ``ridge``/2 |θ|², which keeps θ finite when a feature's moment sits at its bound), the partition
-    function on a ``grid`` × ``grid`` midpoint grid (exact for the series' own products up to order grid/2)."""
+    function on a ``grid`` × ``grid`` midpoint grid (exact for the series' own products up to order grid/2);
+    ``weights`` (T,) weigh the frames."""
     orders = fourier_orders_2d(n_terms)
 
     def features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         argument = np.outer(a, orders[:, 0]) + np.outer(b, orders[:, 1])
         return np.concatenate([np.cos(argument), np.sin(argument)], axis=1)
 
-    target = features(np.asarray(phi, dtype=np.float64), np.asarray(psi, dtype=np.float64)).mean(0)
+    w = _frame_weights(weights, len(phi))
+    target = w @ features(np.asarray(phi, dtype=np.float64), np.asarray(psi, dtype=np.float64)) / w.sum()
     centres = -math.pi + (np.arange(grid) + 0.5) * 2 * math.pi / grid
     on_grid = features(*(axis.ravel() for axis in np.meshgrid(centres, centres, indexing="ij")))
 
@@ -316,17 +328,6 @@ def fit_fourier_dihedral_pair(phi: np.ndarray, psi: np.ndarray, kt: float, n_ter
         if np.abs(gradient).max() < 1e-9:
             break
     return orders, -kt * theta[: len(orders)], -kt * theta[len(orders):]
-
-
-def _projection_on_dihedral_features(energy: np.ndarray, phi: np.ndarray, n_terms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares fit of the frames' ``energy`` (T,) by a constant plus cos nφ_d, sin nφ_d (n = 1 … N) of every
-    dihedral d jointly: the cos and sin coefficients (n_dihedrals, N) of the part of the energy that the
-    dihedrals explain one by one (module docstring: the other terms' share, subtracted from the inversion)."""
-    angle = phi[:, :, None] * np.arange(1, n_terms + 1)  # (T, D, N)
-    design = np.concatenate([np.ones((len(energy), 1)), np.cos(angle).reshape(len(energy), -1), np.sin(angle).reshape(len(energy), -1)], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, energy, rcond=None)
-    n_dihedrals = phi.shape[1]
-    return coefficients[1: 1 + n_dihedrals * n_terms].reshape(n_dihedrals, n_terms), coefficients[1 + n_dihedrals * n_terms:].reshape(n_dihedrals, n_terms)
 
 
 def consecutive_dihedral_pairs(quadruples: np.ndarray) -> tuple[list[tuple[int, int]], list[int]]:
@@ -424,26 +425,16 @@ def fit_prior(
     pairs, single = consecutive_dihedral_pairs(quadruples) if dihedrals == "boltzmann_2d" else ([], list(range(len(quadruples))))
     if dihedrals in ("boltzmann", "boltzmann_2d") and len(quadruples):
         phi = FourierDihedrals.coordinates(x, torch.as_tensor(quadruples)).numpy()
-        others = copy.deepcopy(CGPrior(terms)).double()(x).numpy() if terms else np.zeros(len(x))
-        shift_a, shift_b = _projection_on_dihedral_features(others, phi, dihedral_terms)
+        # the frames without the repulsion's share along the dihedrals (module docstring)
+        repulsion_energy = terms["repulsion"](x).numpy() if "repulsion" in terms else np.zeros(len(x))
+        weights = np.exp((repulsion_energy - repulsion_energy.max()) / kt)
         if single:
-            fits = [fit_fourier_dihedral(phi[:, d], kt, dihedral_terms, dihedral_bins) for d in single]
-            terms["dihedrals"] = FourierDihedrals(quadruples[single], np.stack([a for a, _ in fits]) - shift_a[single],
-                                                  np.stack([b for _, b in fits]) - shift_b[single])
+            fits = [fit_fourier_dihedral(phi[:, d], kt, dihedral_terms, dihedral_bins, weights=weights) for d in single]
+            terms["dihedrals"] = FourierDihedrals(quadruples[single], np.stack([a for a, _ in fits]), np.stack([b for _, b in fits]))
         if pairs:
-            orders = fourier_orders_2d(dihedral_terms)
-            # the 1-D shifts sit on the orders (m, 0) and (0, n): cos(mφ + 0ψ) = cos mφ
-            on_phi, on_psi = (orders[:, 1] == 0), (orders[:, 0] == 0)
-            a_pairs, b_pairs = [], []
-            for i, j in pairs:
-                _, a, b = fit_fourier_dihedral_pair(phi[:, i], phi[:, j], kt, dihedral_terms)
-                a[on_phi] -= shift_a[i][orders[on_phi, 0] - 1]
-                b[on_phi] -= shift_b[i][orders[on_phi, 0] - 1]
-                a[on_psi] -= shift_a[j][orders[on_psi, 1] - 1]
-                b[on_psi] -= shift_b[j][orders[on_psi, 1] - 1]
-                a_pairs.append(a)
-                b_pairs.append(b)
-            terms["dihedral_pairs"] = FourierDihedralPairs(quadruples[np.array(pairs)], orders, np.stack(a_pairs), np.stack(b_pairs))
+            fits = [fit_fourier_dihedral_pair(phi[:, i], phi[:, j], kt, dihedral_terms, weights=weights) for i, j in pairs]
+            terms["dihedral_pairs"] = FourierDihedralPairs(quadruples[np.array(pairs)], fits[0][0], np.stack([a for _, a, _ in fits]),
+                                                           np.stack([b for *_, b in fits]))
     elif dihedrals == "learned" and len(quadruples):
         zeros = np.zeros((len(quadruples), dihedral_terms))
         terms["dihedrals"] = FourierDihedrals(quadruples, zeros, zeros, learnable=True)
