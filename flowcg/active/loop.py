@@ -65,9 +65,10 @@ class ModelOptions:
     n_interactions: int = 2
     # Signed dihedral terms: CGSchNet sees bead distances only, which are the same for a frame and
     # its mirror image, so without them the model cannot tell αR (φ < 0) from αL (φ > 0).
-    # "boltzmann" inverts them from the initial data, "learned" fits them by force matching
+    # "boltzmann_2d" inverts one coupled term per consecutive pair (φ, ψ) from the prior's frames,
+    # "boltzmann" one 1-D term per dihedral, "learned" fits 1-D terms by force matching
     # (flowcg.cg.prior: inversion needs equilibrium frames, force matching does not), "none".
-    dihedral_prior: str = "boltzmann"
+    dihedral_prior: str = "boltzmann_2d"
     # Frames of the Boltzmann inversion: 0 = the initial data; n > 0 = n one-shot draws of the flow
     # oracle resampled by weight (n energy evaluations, no labels). Inversion reads the free energy of
     # each CG dihedral off a histogram, and 500 initial frames put about one frame at φ > 0 (0.2 % of
