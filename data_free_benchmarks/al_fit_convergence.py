@@ -35,7 +35,8 @@ import torch
 
 from al_final_md_noise import run_config
 from flowcg.builders import cpu_model
-from flowcg.cg.training import FitOptions, fit_force_matching
+from flowcg.cg.schnet import CGSchNet
+from flowcg.cg.training import FitOptions, fit_force_matching, weighted_force_mse
 from flowcg.cli.al import build_loop
 from flowcg.io import save_json_atomic, write_atomic
 
@@ -47,10 +48,6 @@ SPLIT_SEED = 123
 def parse_fit(text: str) -> tuple[int, float]:
     steps, lr = text.split(":")
     return int(steps), float(lr)
-
-
-def held_out_forces(model, x: torch.Tensor) -> torch.Tensor:
-    return model.forces(x, create_graph=False).detach()
 
 
 def main() -> None:
@@ -72,10 +69,7 @@ def main() -> None:
     f = torch.as_tensor(data.cg_forces_kJ_mol_nm[held_out], dtype=torch.float32)
     w = torch.as_tensor(data.weights[held_out], dtype=torch.float32)
 
-    def mse(forces: torch.Tensor, target: torch.Tensor) -> float:
-        return float((((forces - target) ** 2).mean(dim=(1, 2)) * w).sum() / w.sum())
-
-    prior_alone = mse(-torch.func.grad(lambda y: loop.prior(y).sum())(x), f)
+    prior_alone = weighted_force_mse(CGSchNet(loop.mapping.bead_types, n_interactions=0, prior=loop.prior).forces(x, create_graph=False), f, w)
     rows = []
     for text in args.fits:
         steps, lr = parse_fit(text)
@@ -87,10 +81,10 @@ def main() -> None:
             start = time.perf_counter()
             fit_force_matching(model, data.cg_positions_nm, data.cg_forces_kJ_mol_nm, train_weights, options, seed=init)
             walls.append(time.perf_counter() - start)
-            predictions.append(held_out_forces(model, x))
-            losses.append(mse(predictions[-1], f))
+            predictions.append(model.forces(x, create_graph=False))
+            losses.append(weighted_force_mse(predictions[-1], f, w))
             print(f"{text} init {init}: held-out MSE {losses[-1]:.0f} ({walls[-1]:.0f} s)", flush=True)
-        disagreement = [mse(a, b) for a, b in itertools.combinations(predictions, 2)]
+        disagreement = [weighted_force_mse(a, b, w) for a, b in itertools.combinations(predictions, 2)]
         rows.append({"fit": text, "steps": steps, "lr": lr, "held_out_mse": losses, "signal": [prior_alone - m for m in losses],
                      "disagreement": disagreement, "wall_s": walls})
     result = {"run": str(args.run), "n_rows": len(data), "n_held_out": int(held_out.sum()), "prior_alone_mse": prior_alone,

@@ -285,7 +285,7 @@ class ActiveLearningLoop:
             data = self.initial if start_from == "initial" else self.dataset(r)
             start_frames = data.cg_positions_nm[rng.choice(len(data), size=n_replicas, replace=True, p=data.weights / data.weights.sum())]
         integrator = LangevinBAOAB(mean_force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
-        dtype = next(models[0].parameters()).dtype
+        dtype = models[0].dtype
         n_steps = s.final_n_steps if final and s.final_n_steps else s.n_steps
         result = integrator.run(torch.as_tensor(start_frames, dtype=dtype), n_steps, s.save_every,
                                 seed=_seed(self.options.seed, r, "simulate"))
@@ -328,7 +328,7 @@ class ActiveLearningLoop:
         committee = None
         if self.uses_committee:
             models = self.committee(r)
-            dtype = next(models[0].parameters()).dtype
+            dtype = models[0].dtype
             committee = [lambda x, m=m: m.forces(x.to(dtype), create_graph=False) for m in models]
         training = self.dataset(r).cg_positions_nm
         if self.options.query_weight == "importance":

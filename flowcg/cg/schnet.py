@@ -142,6 +142,11 @@ class CGSchNet(nn.Module):
         return self.bead_types.numel()
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating dtype (positions and forces are handled in it)."""
+        return next(self.parameters()).dtype
+
+    @property
     def has_network(self) -> bool:
         """False for ``n_interactions=0``: U is the prior alone."""
         return len(self.interactions) > 0

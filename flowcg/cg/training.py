@@ -37,7 +37,7 @@ from flowcg.cg.schnet import CGSchNet
 from flowcg.errors import ConfigError
 from flowcg.units import kT
 
-__all__ = ["FitOptions", "fit_force_matching", "tica_free_energy"]
+__all__ = ["FitOptions", "fit_force_matching", "tica_free_energy", "weighted_force_mse"]
 
 
 @dataclass
@@ -68,6 +68,12 @@ def tica_free_energy(cg_positions_nm: np.ndarray, weights: np.ndarray, tica, tem
     return kT(temperature_K) * energy
 
 
+def weighted_force_mse(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> float:
+    """Σ_k w_k ‖F_k − F̂_k‖² / (3 n Σ_k w_k) in (kJ/mol/nm)²: the force-matching loss L_F over rows (K, n, 3)."""
+    weights = weights.to(target.dtype)
+    return float((((predicted.detach() - target) ** 2).mean(dim=(1, 2)) * weights).sum() / weights.sum())
+
+
 def _fixed_prior_energy(prior: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The prior's energy without its trainable terms (a :class:`CGPrior`'s learned dihedrals belong
     to the model); any other prior module counts whole."""
@@ -83,8 +89,7 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
     """
     if options.energy_weight > 0 and energy_targets_kJ_mol is None:
         raise ConfigError("energy matching (energy_weight > 0) needs energy targets")
-    param = next(model.parameters())
-    as_model = dict(dtype=param.dtype, device=param.device)
+    as_model = dict(dtype=model.dtype, device=model.bead_types.device)
     x = torch.as_tensor(positions_nm, **as_model)
     f = torch.as_tensor(forces_kJ_mol_nm, **as_model)
     w = torch.as_tensor(weights, dtype=torch.float64)
@@ -96,9 +101,7 @@ def fit_force_matching(model: CGSchNet, positions_nm: np.ndarray, forces_kJ_mol_
     generator = torch.Generator().manual_seed(seed)
     trainable = model.trainable_parameters()
     if not trainable:  # the prior alone, with nothing to fit: report its loss on the data
-        with torch.no_grad():
-            predicted = model.forces(x, create_graph=False)
-        return {"force_mse": float((((predicted - f) ** 2).mean(dim=(1, 2)) * w.to(f.dtype)).sum() / w.sum()), "energy_var": math.nan}
+        return {"force_mse": weighted_force_mse(model.forces(x, create_graph=False), f, w), "energy_var": math.nan}
     optimizer = torch.optim.Adam(trainable, lr=options.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(options.steps, 1), eta_min=options.lr * options.final_lr_factor)
     model.train()
