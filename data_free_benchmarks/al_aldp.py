@@ -11,6 +11,8 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
 ``<run>/al.log``; the multirun's output is appended to ``runs/al_aldp/multirun.log``.
 
 * ``al``: ``experiment=al_aldp``, the RMSD-coverage strategy with the flow oracle;
+* ``al_md``: ``al`` with the seed paper's oracle (32 frames of OpenMM MD restrained at the query's
+  (φ, ψ) per query, ``oracle=md``): the oracles compared at the same labels, by W1 and cost;
 * ``al_threshold_0.01``: the same with a 0.01 nm coverage threshold (at 0.02 nm the simulated
   frames run out of uncovered candidates after 2–3 rounds, leaving part of the budget unspent);
 * ``committee``: queries where a committee of three CG models disagrees most about the forces;
@@ -88,11 +90,13 @@ COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.fi
 #: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
 #: other arms; committee: strategy=committee with three models; random: strategy=random; static:
 #: loop.rounds=0 and initial.n_frames = BUDGET; ceiling: loop.rounds=0, initial.source=reference
-ARMS = ["al", "al_threshold_0.01", "committee", "random", "static", "al_flow", "random_flow", "al_iw", "random_iw", "flow_draws",
+ARMS = ["al", "al_md", "al_threshold_0.01", "committee", "random", "static", "al_flow", "random_flow", "al_iw", "random_iw", "flow_draws",
         "prior_only", "ceiling"]
 #: the arms that choose their queries, each compared with the baselines
-STRATEGY_ARMS = ["al", "al_threshold_0.01", "committee", "al_flow", "al_iw"]
+STRATEGY_ARMS = ["al", "al_md", "al_threshold_0.01", "committee", "al_flow", "al_iw"]
 BASELINES = ["static", "random", "random_flow", "random_iw", "flow_draws", "prior_only"]
+#: (arm, against): the same loop with another oracle, compared like a strategy with a baseline
+ORACLE_PAIRS = [("al", "al_md")]
 LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 
@@ -174,25 +178,25 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def comparisons(arms: dict) -> dict:
-    """Each strategy arm against each baseline: relative W1 improvement on seed means, the difference of
+    """Each strategy arm against each baseline, and each of :data:`ORACLE_PAIRS`: relative W1 improvement on seed means, the difference of
     the means with its standard error, and whether it exceeds twice that error; and the same on the
     seeds both arms ran, paired. Arms of one seed share its network initialisations, its prior's flow
     draws and (flow arms) its initial draws, and their W1 move together (seed 1 is high in every arm),
     so the paired standard error, the spread of the per-seed differences over sqrt(n), is the honest
     one for a difference; the unpaired one treats that shared part as noise."""
     result = {}
-    for a in [s for s in STRATEGY_ARMS if s in arms]:
-        for b in [s for s in BASELINES if s in arms]:
-            difference = arms[b]["w1_mean"] - arms[a]["w1_mean"]
-            se = float(np.hypot(arms[a]["w1_se"], arms[b]["w1_se"]))
-            w1_a = {r["seed"]: r["w1"] for r in arms[a]["per_seed"]}
-            w1_b = {r["seed"]: r["w1"] for r in arms[b]["per_seed"]}
-            paired = np.array([w1_b[seed] - w1_a[seed] for seed in sorted(set(w1_a) & set(w1_b))])
-            paired_se = float(paired.std(ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else float("nan")
-            result[f"{a}_vs_{b}"] = {"relative_improvement": 1.0 - arms[a]["w1_mean"] / arms[b]["w1_mean"],
-                                     "w1_difference": difference, "se": se, "beyond_2_se": bool(difference > 2 * se),
-                                     "paired_seeds": len(paired), "paired_difference": float(paired.mean()) if len(paired) else float("nan"),
-                                     "paired_se": paired_se, "beyond_2_paired_se": bool(len(paired) > 1 and paired.mean() > 2 * paired_se)}
+    pairs = [(a, b) for a in STRATEGY_ARMS for b in BASELINES] + ORACLE_PAIRS
+    for a, b in [(a, b) for a, b in pairs if a in arms and b in arms]:
+        difference = arms[b]["w1_mean"] - arms[a]["w1_mean"]
+        se = float(np.hypot(arms[a]["w1_se"], arms[b]["w1_se"]))
+        w1_a = {r["seed"]: r["w1"] for r in arms[a]["per_seed"]}
+        w1_b = {r["seed"]: r["w1"] for r in arms[b]["per_seed"]}
+        paired = np.array([w1_b[seed] - w1_a[seed] for seed in sorted(set(w1_a) & set(w1_b))])
+        paired_se = float(paired.std(ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else float("nan")
+        result[f"{a}_vs_{b}"] = {"relative_improvement": 1.0 - arms[a]["w1_mean"] / arms[b]["w1_mean"],
+                                 "w1_difference": difference, "se": se, "beyond_2_se": bool(difference > 2 * se),
+                                 "paired_seeds": len(paired), "paired_difference": float(paired.mean()) if len(paired) else float("nan"),
+                                 "paired_se": paired_se, "beyond_2_paired_se": bool(len(paired) > 1 and paired.mean() > 2 * paired_se)}
     return result
 
 

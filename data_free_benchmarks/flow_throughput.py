@@ -5,8 +5,9 @@ and compiled kernels never leak between settings):
 
 * **implementation**: this checkout, and the flowcg of commit ``5af5968`` (the flow engine before
   the fast path), unpacked with ``git archive`` into a temporary folder and imported from there;
-* **path**: ``eager`` (flow eager) and, for this checkout, ``fast`` (coupling splines through the
-  compiled kernel, ``StructuredFlow.use_compile``);
+* **path**: ``eager`` (flow eager) and, for this checkout, ``fast`` (coupling layers through the
+  compiled kernels, ``StructuredFlow.use_compile``) and ``fast-bf16`` (the same, its training steps in
+  mixed precision: ``train.conditioner_dtype=bfloat16``; sampling is at full precision, as ``fast``);
 * **threads**: 1 and 2 (``torch.set_num_threads``; this checkout runs the force field on one
   thread inside either setting, :mod:`flowcg.threads`);
 * **batch**: 256, 1024 and 4096.
@@ -52,7 +53,11 @@ def _timed(call, seconds: float, min_calls: int = 3) -> tuple[float, int]:
     return (time.perf_counter() - start) / calls, calls
 
 
-def worker(threads: int, batch: int, fast: bool, seconds: float) -> dict:
+#: the paths of this checkout: compiled flow, conditioner dtype of the training steps
+PATHS = {"eager": (False, None), "fast": (True, None), "fast-bf16": (True, "bfloat16")}
+
+
+def worker(threads: int, batch: int, path: str, seconds: float) -> dict:
     """One setting, measured in this process with the flowcg found on ``sys.path``."""
     import torch
 
@@ -63,9 +68,11 @@ def worker(threads: int, batch: int, fast: bool, seconds: float) -> dict:
 
     run = load_run(Path("flowcg/pretrained/aldp_implicit").resolve())
     model, target = run.model, load_target("aldp_implicit", compile=True)
+    fast, conditioner_dtype = PATHS[path]
     if fast:
         model.use_compile()
-    config = TrainConfig(batch_size=batch, lr=1e-6, final_steps=10**9, show_progress=False)
+    precision = {"conditioner_dtype": conditioner_dtype} if conditioner_dtype else {}  # 5af5968's TrainConfig has no such field
+    config = TrainConfig(batch_size=batch, lr=1e-6, final_steps=10**9, show_progress=False, **precision)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, target, build_schedule("constant"), config, run_dir)
         trainer.state["beta"] = 1.0
@@ -84,7 +91,7 @@ def worker(threads: int, batch: int, fast: bool, seconds: float) -> dict:
         model.sample(batch)
         sample_s, calls = _timed(lambda: model.sample(batch), seconds)
     return {
-        "threads": threads, "batch": batch, "path": "fast" if fast else "eager",
+        "threads": threads, "batch": batch, "path": path,
         "step_s": step_s, "steps_per_s": 1 / step_s, "samples_per_s_training": batch / step_s, "timed_steps": steps,
         "sample_call_s": sample_s, "samples_per_s": batch / sample_s, "timed_sample_calls": calls,
         "first_step_s": first_step_s, "first_sample_s": first_sample_s,
@@ -92,12 +99,12 @@ def worker(threads: int, batch: int, fast: bool, seconds: float) -> dict:
     }
 
 
-def _measure(root: Path, implementation: str, threads: int, batch: int, fast: bool, seconds: float, cache: str) -> dict:
+def _measure(root: Path, implementation: str, threads: int, batch: int, path: str, seconds: float, cache: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root), "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(threads), str(batch), str(int(fast)), "--seconds", str(seconds)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(threads), str(batch), path, "--seconds", str(seconds)]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
-        raise RuntimeError(f"{implementation} threads={threads} batch={batch} fast={fast} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{implementation} threads={threads} batch={batch} path={path} failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["implementation"] = implementation
     print(json.dumps(row), flush=True)
@@ -121,15 +128,15 @@ def _table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=3, type=int, metavar=("THREADS", "BATCH", "FAST"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("THREADS", "BATCH", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=8.0, help="minimum timed wall seconds per measurement")
     parser.add_argument("--batch", type=int, nargs="*", default=list(BATCH_SIZES))
     parser.add_argument("--threads", type=int, nargs="*", default=list(THREADS))
     parser.add_argument("--name", default="flow_throughput", help="results/<name>.{json,md} (a spot check keeps the full table)")
     args = parser.parse_args()
     if args.worker:
-        threads, batch, fast = args.worker
-        print(json.dumps(worker(threads, batch, bool(fast), args.seconds)))
+        threads, batch, path = args.worker
+        print(json.dumps(worker(int(threads), int(batch), path, args.seconds)))
         return
 
     sys.path.insert(0, str(ROOT))
@@ -145,9 +152,9 @@ def main() -> None:
         cache = str(Path(scratch) / "inductor")  # one cold cache for all: compile times as a new user sees them
         for threads in args.threads:
             for batch in args.batch:
-                rows.append(_measure(baseline_root, BASELINE_COMMIT, threads, batch, False, args.seconds, cache))
-                for fast in (False, True):
-                    rows.append(_measure(ROOT, "this checkout", threads, batch, fast, args.seconds, cache))
+                rows.append(_measure(baseline_root, BASELINE_COMMIT, threads, batch, "eager", args.seconds, cache))
+                for path in PATHS:
+                    rows.append(_measure(ROOT, "this checkout", threads, batch, path, args.seconds, cache))
     result = {
         "command": "python data_free_benchmarks/flow_throughput.py " + " ".join(sys.argv[1:]),
         "cpu": cpu_model(), "cores": os.cpu_count(), "baseline_commit": BASELINE_COMMIT,

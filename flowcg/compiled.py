@@ -55,6 +55,8 @@ class CheckedCompile:
         parameters: tensors ``fn`` reads besides its arguments (a module's parameters): the first
             backward of each signature is differentiated back to them too, inside the guard.
         options: inductor options for this function (``torch.compile(options=...)``).
+        state: ``() -> hashable``: what ``fn`` computes depends on besides its arguments (a layer's
+            arithmetic dtype); part of the signature, so each state is compiled and checked apart.
 
     Examples:
         >>> square = CheckedCompile(lambda x: x * x, "a square", lambda a, b: None, accepts=lambda x: False)
@@ -63,8 +65,10 @@ class CheckedCompile:
     """
 
     def __init__(self, fn: Callable, what: str, disagreement: Callable, accepts: Callable[..., bool] | None = None,
-                 max_variants: int = MAX_VARIANTS, parameters: list[Tensor] = (), options: dict | None = None):
+                 max_variants: int = MAX_VARIANTS, parameters: list[Tensor] = (), options: dict | None = None,
+                 state: Callable[[], object] | None = None):
         self.fn, self.what, self.disagreement, self.parameters = fn, what, disagreement, list(parameters)
+        self.state = state or (lambda: None)
         self.accepts = accepts or (lambda *args: True)
         self.max_variants = max_variants
         self._compiled: Callable | None = torch.compile(fn, dynamic=False, options=options)
@@ -76,7 +80,8 @@ class CheckedCompile:
         return self._compiled is not None
 
     def _signature(self, args) -> tuple:
-        return tuple((tuple(a.shape), a.dtype, a.device.type) if isinstance(a, Tensor) else a for a in args), torch.is_grad_enabled()
+        arguments = tuple((tuple(a.shape), a.dtype, a.device.type) if isinstance(a, Tensor) else a for a in args)
+        return arguments, torch.is_grad_enabled(), self.state()
 
     def _turn_off(self, reason: str) -> None:
         log.warning("torch.compile of %s: %s; evaluating eagerly from now on", self.what, reason)
@@ -110,22 +115,28 @@ def compile_transform(transform: torch.nn.Module, what: str, min_batch: int | No
     """Evaluate an nflows-style transform's ``forward`` and ``inverse`` (``(inputs, context=None) ->
     (outputs, logabsdet)``, with their backward) through :class:`CheckedCompile` for batches of
     ≥ ``min_batch`` rows and no context; ``min_batch=None`` makes it eager again. The compiled
-    callables shadow the class's methods on the instance; ``what`` names it in the log."""
+    callables shadow the class's methods on the instance; ``what`` names it in the log. A transform
+    with a ``conditioner_dtype`` attribute (:class:`~flowcg.flows.couplings.MixedSplineCoupling`) is
+    compiled and checked for each value of it apart."""
+    def precision():
+        return getattr(transform, "conditioner_dtype", None)
+
     for direction in ("forward", "inverse"):
         transform.__dict__.pop(direction, None)  # the class's own method again
         if min_batch is not None:
             setattr(transform, direction, compile_flow_piece(
                 getattr(transform, direction), f"{what} ({direction})",
                 accepts=lambda inputs, context=None: context is None and len(inputs) >= min_batch,
-                parameters=list(transform.parameters()),
+                parameters=list(transform.parameters()), state=precision,
             ))
 
 
-def compile_flow_piece(fn: Callable, what: str, accepts: Callable[..., bool], parameters: list[Tensor] = ()) -> CheckedCompile:
+def compile_flow_piece(fn: Callable, what: str, accepts: Callable[..., bool], parameters: list[Tensor] = (),
+                       state: Callable[[], object] | None = None) -> CheckedCompile:
     """A piece of the flow (a transform's direction, the latent density) through :class:`CheckedCompile`
     with the flow's tolerances (:data:`FLOW_TOLERANCES`) and inductor options (:data:`FLOW_INDUCTOR_OPTIONS`)."""
     return CheckedCompile(fn, what, relative_disagreement(FLOW_TOLERANCES), accepts=accepts, parameters=parameters,
-                          options=FLOW_INDUCTOR_OPTIONS)
+                          options=FLOW_INDUCTOR_OPTIONS, state=state)
 
 
 def allow_recompiles(variants: int) -> None:

@@ -77,6 +77,23 @@ def coupling_layer(kind: str, features: int, parity: int, hidden: int = 64, n_bl
     raise ConfigError(f"unknown coupling '{kind}'; choose one of {', '.join(COUPLINGS)}")
 
 
+class ReducedPrecisionLinear(nn.Linear):
+    """``nn.Linear`` whose matrix product runs in ``compute_dtype`` when that is set (None: as
+    ``nn.Linear``): the input and the weight rounded to it, the product (accumulated in float32 by
+    the BLAS) converted back to the input's dtype, the bias added there. Activations between such
+    layers stay at full precision, so compiled and eager evaluations round at the same places and
+    agree to float32 round-off (under ``torch.autocast`` the activations and bias additions run in
+    bfloat16 too, and inductor's fused order of them differed from eager's by up to 0.1 in log-det).
+    Its backward runs the two gradient products in ``compute_dtype`` as well."""
+
+    compute_dtype: torch.dtype | None = None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is None:
+            return super().forward(inputs)
+        return F.linear(inputs.to(self.compute_dtype), self.weight.to(self.compute_dtype)).to(inputs.dtype) + self.bias
+
+
 def _save_output_rows_feature_major(module: "MixedSplineCoupling", state_dict, prefix, local_metadata) -> None:
     """State-dict hook: the output layer's rows back in the saved (feature by feature) order."""
     for name in ("weight", "bias"):
@@ -102,6 +119,14 @@ class MixedSplineCoupling(Transform):
     circle. Identity at initialisation (zero output layer, unit knot derivatives, zero shift).
     Per transformed feature it outputs K widths, K heights and K − 1 inner derivatives, plus for
     a periodic one the shared end derivative and the rotation δ (rad).
+
+    ``conditioner_dtype`` (None: the inputs' dtype) runs the conditioner's matrix products in that
+    dtype (bfloat16: mixed-precision training, set by
+    :meth:`~flowcg.flows.model.StructuredFlow.conditioner_precision`; :class:`ReducedPrecisionLinear`).
+    They are most of a training step's arithmetic; the activations, the spline, the log-det and
+    the parameters stay in the inputs' dtype, and forward and inverse compute the same spline
+    parameters from the same untransformed features, so the layer stays an exact bijection with an
+    exact log-det in either setting.
     """
 
     def __init__(self, transform_mask: torch.Tensor, periodic_mask: torch.Tensor, hidden: int = 128,
@@ -123,6 +148,9 @@ class MixedSplineCoupling(Transform):
         n_in = len(self._condition_line) + 2 * len(self._condition_circle)
         n_out = len(self._line) * (3 * k - 1) + len(self._circle) * (3 * k + 1)
         self.conditioner = _conditioner_factory(hidden, n_blocks)(n_in, n_out)
+        self._linear_layers = [m for m in self.conditioner.modules() if type(m) is nn.Linear]
+        for linear in self._linear_layers:
+            linear.__class__ = ReducedPrecisionLinear  # same parameters and state dict; the product's dtype settable
         bias = self.conditioner.final_layer.bias.detach()
         n_line_params = len(self._line) * (3 * k - 1)
         line_bias, circle_bias = bias[:n_line_params], bias[n_line_params:]
@@ -171,6 +199,16 @@ class MixedSplineCoupling(Transform):
         if not inverse:
             y = torch.where(self._is_line, y, wrap(y + shift))
         return inputs.index_copy(1, self._transformed, y), logdet.sum(-1)
+
+    @property
+    def conditioner_dtype(self) -> torch.dtype | None:
+        """The dtype of the conditioner's matrix products; None: the inputs' (class docstring)."""
+        return self._linear_layers[0].compute_dtype
+
+    @conditioner_dtype.setter
+    def conditioner_dtype(self, dtype: torch.dtype | None) -> None:
+        for linear in self._linear_layers:
+            linear.compute_dtype = dtype
 
     def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._transform(inputs, inverse=False)

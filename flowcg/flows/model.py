@@ -25,13 +25,16 @@ The transforms follow nflows' convention ``forward(inputs) -> (outputs, logabsde
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from nflows.transforms import Transform
 from torch import Tensor, nn
 
 from flowcg.compiled import MAX_VARIANTS, CheckedCompile, allow_recompiles, compile_flow_piece, compile_transform
+from flowcg.errors import ConfigError
 from flowcg.flows.couplings import MixedSplineCoupling, SplineCoupling
 from flowcg.latent.structured import StructuredLatent
 
@@ -89,6 +92,43 @@ class StructuredFlow(nn.Module):
         transforms = self._couplings() + ([self.coordinates] if self.coordinates is not None else [])
         kernels = [transform.__dict__.get(direction) for transform in transforms for direction in ("forward", "inverse")]
         return any(kernel.active for kernel in [*kernels, self._latent_log_prob] if kernel is not None)
+
+    @contextmanager
+    def conditioner_precision(self, dtype: torch.dtype | None) -> Iterator[None]:
+        """Within the block, the coupling layers' conditioners compute in ``dtype`` (None: the model's).
+
+        Mixed-precision training: ``torch.bfloat16`` runs the conditioners' matrix products, most of
+        a step's arithmetic, at 2–4× the float32 rate on CPUs with bfloat16 units (AVX512-BF16, AMX);
+        the weights, the splines, log q and the energies stay in the model's dtype, and a model
+        trained so is evaluated and sampled at full precision (data_free_benchmarks/RESULTS.md,
+        "Flow throughput"). Why full precision there: each layer stays an exact bijection, but
+        pulling a configuration back recomputes the layers' untransformed features to float32
+        round-off, which can flip a bfloat16 rounding of a conditioner input; pulled-back and
+        pushed-forward log q then differ by up to ~0.1 for a few per cent of points, noise a training
+        gradient tolerates and an importance weight should not carry. See
+        :meth:`check_conditioner_precision` for what it refuses."""
+        self.check_conditioner_precision(dtype)
+        layers = [layer for layer in self._couplings() if isinstance(layer, MixedSplineCoupling)]
+        previous = [layer.conditioner_dtype for layer in layers]
+        for layer in layers:
+            layer.conditioner_dtype = dtype
+        try:
+            yield
+        finally:
+            for layer, dtype_before in zip(layers, previous):
+                layer.conditioner_dtype = dtype_before
+
+    def check_conditioner_precision(self, dtype: torch.dtype | None) -> None:
+        """Raise :class:`~flowcg.errors.ConfigError` unless :meth:`conditioner_precision` can run this
+        model in ``dtype``: a reduced dtype needs :class:`MixedSplineCoupling` layers (the internal-
+        coordinate flow) and a float32 model (mixed precision below float64 is not what it is for)."""
+        if dtype is None:
+            return
+        if not any(isinstance(layer, MixedSplineCoupling) for layer in self._couplings()):
+            raise ConfigError("a reduced conditioner precision needs the internal-coordinate flow's mixed spline couplings (model.kind=internal)")
+        model_dtype = next(self.parameters()).dtype
+        if model_dtype != torch.float32:
+            raise ConfigError(f"a {dtype} conditioner is mixed precision for a float32 model (dtype=float32), not {model_dtype}")
 
     def _couplings(self) -> list[Transform]:
         return [layer for layer in self.bijection.modules() if isinstance(layer, (SplineCoupling, MixedSplineCoupling))]

@@ -12,6 +12,10 @@ Robustness, because one bad batch must never end a long run:
   whose norm exceeds ``skip_factor`` × that median is skipped and counted (on alanine dipeptide,
   after one clipped-but-applied 2.5e8 spike the loss jumped from ~250 to ~1200 and never recovered).
 
+With ``conditioner_dtype: bfloat16`` each step runs the coupling conditioners in bfloat16
+(:meth:`~flowcg.flows.model.StructuredFlow.conditioner_precision`, mixed precision); the stage
+evaluations, like sampling and refits, run at the model's full precision.
+
 Every ``checkpoint_every`` steps and at every stage boundary the full state (model, optimiser,
 RNG states, schedule position, counters, history) is written atomically to
 ``<run_dir>/checkpoint.pt``. ``fit(resume=True)`` continues from it and, with the same seed and
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BUFFER_NAME = "buffer.pt"
+#: ``train.conditioner_dtype`` values: None = the model's own dtype.
+CONDITIONER_DTYPES = {None: None, "bfloat16": torch.bfloat16}
 
 
 class MetricLogger(Protocol):
@@ -85,6 +91,7 @@ class TrainConfig:
     forward_kl_weight: float = 0.0  # λ: loss = (1 − λ) reverse KL + λ importance-weighted forward KL (objective.py)
     buffer_size: int = 0  # > 0: the forward KL resamples a buffer of this many draws per stage (buffer.py)
     buffer_refresh_steps: int = 0  # > 0: the buffer is drawn anew every this many steps of a stage (0: once per stage)
+    conditioner_dtype: str | None = None  # "bfloat16": the coupling conditioners compute in it during steps (mixed precision)
 
     def __post_init__(self):
         for name in ("batch_size", "steps_per_stage", "max_stages", "eval_batch_size", "checkpoint_every", "log_every"):
@@ -104,6 +111,9 @@ class TrainConfig:
             raise ConfigError("train.buffer_size feeds the forward KL: set train.forward_kl_weight > 0 as well")
         if 0 < self.buffer_size < self.batch_size:
             raise ConfigError(f"train.buffer_size ({self.buffer_size}) must hold at least one batch ({self.batch_size})")
+        if self.conditioner_dtype not in CONDITIONER_DTYPES:
+            raise ConfigError(f"train.conditioner_dtype must be null (the model's dtype) or one of "
+                              f"{', '.join(d for d in CONDITIONER_DTYPES if d)}, got {self.conditioner_dtype!r}")
         if self.final_steps < 0:  # 0: a warm-started run that only evaluates (or refits its prior)
             raise ConfigError(f"train.final_steps must be ≥ 0, got {self.final_steps}")
 
@@ -148,6 +158,11 @@ class Trainer:
         # fused Adam: one kernel over all parameters instead of a dozen ops per tensor (~20 → 2 ms per step for the ALDP flow)
         self._fused_adam = next(model.parameters()).device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=self._fused_adam)
+        self._conditioner_dtype = CONDITIONER_DTYPES[config.conditioner_dtype]
+        try:
+            model.check_conditioner_precision(self._conditioner_dtype)  # now, not at the first step
+        except ConfigError as error:
+            raise ConfigError(f"train.conditioner_dtype={config.conditioner_dtype}: {error}") from None
         self.state = {
             "step": 0,
             "stage": 0,
@@ -226,8 +241,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
-        estimate = kl_objective(self.model, self.target, s["beta"], cfg.batch_size, cfg.forward_kl_weight, cfg.slow_uniform_fraction,
-                                cfg.linear_until, cfg.clamp_max, self.buffer)
+        with self.model.conditioner_precision(self._conditioner_dtype):  # autograd keeps the dtypes for the backward
+            estimate = kl_objective(self.model, self.target, s["beta"], cfg.batch_size, cfg.forward_kl_weight, cfg.slow_uniform_fraction,
+                                    cfg.linear_until, cfg.clamp_max, self.buffer)
         s["nonfinite_energies"] += estimate.n_nonfinite  # reported once per stage, not per step
         loss = float(estimate.loss.detach())
         if not math.isfinite(loss):

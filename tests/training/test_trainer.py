@@ -8,7 +8,7 @@ from flowcg.flows import build_flow
 from flowcg.targets import load_target
 from flowcg.targets.synthetic import DoubleWell
 from flowcg.training import TrainConfig, Trainer, build_schedule
-from flowcg.errors import MissingFileError
+from flowcg.errors import ConfigError, MissingFileError
 from tests.training.conftest import Killed, KillableDoubleWell
 
 SMALL = dict(batch_size=64, steps_per_stage=6, final_steps=10, eval_batch_size=128, checkpoint_every=5, show_progress=False)
@@ -82,3 +82,11 @@ def test_short_training_lands_mass_in_both_wells(tmp_path):
     w = torch.softmax(log_w, 0)
     assert abs(float((w * (draw.x[:, 0] < 0)).sum()) - exact_left) < 0.01
     assert float(1 / (len(w) * (w**2).sum())) > 0.8  # Kish ESS
+
+
+def test_conditioner_dtype_is_checked_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="conditioner_dtype"):
+        TrainConfig(**SMALL, conditioner_dtype="float16")
+    model = build_flow(2, 1, 2, n_couplings=2, hidden=16)
+    with pytest.raises(ConfigError, match="train.conditioner_dtype=bfloat16: .*model.kind=internal"):
+        Trainer(model, DoubleWell(), build_schedule("constant"), TrainConfig(**SMALL, conditioner_dtype="bfloat16"), tmp_path)
