@@ -11,8 +11,8 @@ config group ``data_free_benchmarks/conf/al_arm/``), through the launcher ``--la
 ``<run>/al.log``; the multirun's output is appended to ``runs/al_aldp/multirun.log``.
 
 * ``al``: ``experiment=al_aldp``, the RMSD-coverage strategy with the flow oracle;
-* ``al_md``: ``al`` with the seed paper's oracle (32 frames of OpenMM MD restrained at the query's
-  (φ, ψ) per query, ``oracle=md``): the oracles compared at the same labels, by W1 and cost;
+* ``al_md``: ``al_threshold_0.01`` with the seed paper's oracle (32 frames of OpenMM MD restrained at
+  the query's (φ, ψ) per query, ``oracle=md``): the oracles compared at the same labels, by W1 and cost;
 * ``al_threshold_0.01``: the same with a 0.01 nm coverage threshold (at 0.02 nm the simulated
   frames run out of uncovered candidates after 2–3 rounds, leaving part of the budget unspent);
 * ``committee``: queries where a committee of three CG models disagrees most about the forces;
@@ -90,13 +90,13 @@ COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.fi
 #: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
 #: other arms; committee: strategy=committee with three models; random: strategy=random; static:
 #: loop.rounds=0 and initial.n_frames = BUDGET; ceiling: loop.rounds=0, initial.source=reference
-ARMS = ["al", "al_md", "al_threshold_0.01", "committee", "random", "static", "al_flow", "random_flow", "al_iw", "random_iw", "flow_draws",
+ARMS = ["al", "al_threshold_0.01", "al_md", "committee", "random", "static", "al_flow", "random_flow", "al_iw", "random_iw", "flow_draws",
         "prior_only", "ceiling"]
 #: the arms that choose their queries, each compared with the baselines
-STRATEGY_ARMS = ["al", "al_md", "al_threshold_0.01", "committee", "al_flow", "al_iw"]
+STRATEGY_ARMS = ["al", "al_threshold_0.01", "al_md", "committee", "al_flow", "al_iw"]
 BASELINES = ["static", "random", "random_flow", "random_iw", "flow_draws", "prior_only"]
 #: (arm, against): the same loop with another oracle, compared like a strategy with a baseline
-ORACLE_PAIRS = [("al", "al_md")]
+ORACLE_PAIRS = [("al_threshold_0.01", "al_md")]
 LAUNCHERS = ["joblib", "submitit_local", "submitit_slurm", "basic"]
 
 

@@ -39,7 +39,7 @@ from flowcg.cg.mapping import CGMapping
 from flowcg.cg.prior import DIHEDRAL_MODES, fit_prior
 from flowcg.cg.schnet import CGSchNet
 from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
-from flowcg.errors import ConfigError
+from flowcg.errors import ConfigError, InputError
 from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic
 from flowcg.md.langevin import LangevinBAOAB
 
@@ -75,11 +75,16 @@ class ModelOptions:
     # the ensemble), so the prior sets that basin's level from a pseudocount; the flow's draws are the
     # cheapest way to many equilibrium frames, and the CG model needs no forces of them.
     prior_draws: int = 0
+    # Or the prior's frames read from a file: another run's prior_frames.npz, so that two loops (e.g.
+    # with different oracles) start from the same prior. Its oracle cost is counted in this run too.
+    prior_frames: str | None = None
     dtype: str = "float32"
 
     def __post_init__(self):
         if self.prior_draws < 0:
             raise ConfigError(f"cg_model.prior_draws must be ≥ 0, got {self.prior_draws}")
+        if self.prior_draws and self.prior_frames:
+            raise ConfigError("cg_model.prior_draws and cg_model.prior_frames both choose the prior's frames: set one")
         if self.dihedral_prior not in DIHEDRAL_MODES:
             raise ConfigError(f"cg_model.dihedral_prior must be one of {', '.join(DIHEDRAL_MODES)}, got '{self.dihedral_prior}'")
 
@@ -202,8 +207,14 @@ class ActiveLearningLoop:
         """The CG frames of the prior's Boltzmann inversion and their oracle cost: the initial data's
         (free), or with ``model_options.prior_draws`` = n > 0, n one-shot draws of the flow oracle
         resampled by weight (:meth:`FlowOracle.equilibrium`), saved in ``prior_frames.npz`` so that
-        a resumed run fits the same prior."""
+        a resumed run fits the same prior, or those of ``model_options.prior_frames`` (such a file)."""
         n_draws = self.model_options.prior_draws
+        if self.model_options.prior_frames:
+            frames = load_npz(self.model_options.prior_frames, what="prior frames", keys=["cg_positions_nm", "n_energy_evaluations", "wall_s"])
+            if frames["cg_positions_nm"].shape[1:] != (self.mapping.n_beads, 3):
+                raise InputError(f"{self.model_options.prior_frames}: prior frames of shape {frames['cg_positions_nm'].shape[1:]}, "
+                                 f"the mapping has ({self.mapping.n_beads}, 3)")
+            return frames
         if n_draws == 0:
             return {"cg_positions_nm": self.initial.cg_positions_nm, "n_energy_evaluations": 0, "wall_s": 0.0}
         path = self.run_dir / "prior_frames.npz"

@@ -18,6 +18,7 @@ from flowcg.active.loop import ActiveLearningLoop, LoopOptions, ModelOptions, Si
 from flowcg.active.selection import build_strategy
 from flowcg.cg.mapping import CGMapping
 from flowcg.cg.training import FitOptions
+from flowcg.errors import InputError
 from flowcg.pretrained import load_pretrained
 
 TINY_MODEL = ModelOptions(hidden=16, n_filters=16, n_rbf=8, n_interactions=1)
@@ -193,6 +194,23 @@ def test_prior_draws_need_the_flow_oracle(tmp_path, parts):
         make_loop(tmp_path / "md", parts, oracle=object(), model=replace(TINY_MODEL, prior_draws=10))
     with pytest.raises(ValueError, match="prior_draws"):
         replace(TINY_MODEL, prior_draws=-1)
+
+
+def test_prior_frames_from_another_run_give_any_oracle_the_same_prior(tmp_path, parts):
+    """cg_model.prior_frames: a loop with another oracle (no flow) inverts its prior from a flow run's
+    prior_frames.npz, and counts their cost; a file of another mapping's shape is a clear error."""
+    flow_loop = make_loop(tmp_path / "flow", parts, model=replace(TINY_MODEL, prior_draws=20))
+    frames = tmp_path / "flow" / "prior_frames.npz"
+    other = make_loop(tmp_path / "other", parts, oracle=object(), model=replace(TINY_MODEL, prior_frames=str(frames)))
+    x = torch.as_tensor(parts[3].cg_positions_nm)
+    torch.testing.assert_close(other.prior(x), flow_loop.prior(x))
+    assert other.prior_cost == flow_loop.prior_cost and other.prior_cost["prior_evaluations"] == 20
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, cg_positions_nm=np.zeros((20, 4, 3)), n_energy_evaluations=20, wall_s=1.0)
+    with pytest.raises(InputError, match="the mapping has"):
+        make_loop(tmp_path / "wrong", parts, model=replace(TINY_MODEL, prior_frames=str(wrong)))
+    with pytest.raises(ValueError, match="set one"):
+        replace(TINY_MODEL, prior_draws=10, prior_frames=str(frames))
 
 
 def test_bad_strategy_is_one_line(tmp_path):
