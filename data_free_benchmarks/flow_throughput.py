@@ -57,6 +57,18 @@ def _timed(call, seconds: float, min_calls: int = 3) -> tuple[float, int]:
 PATHS = {"eager": (False, None), "fast": (True, None), "fast-bf16": (True, "bfloat16")}
 
 
+def step_trainer(model, target, batch: int, run_dir: str, **settings):
+    """A trainer whose ``train_step`` is the timed step: β = 1, batch ``batch``, a learning rate too small
+    to move the weights measurably; ``settings`` add TrainConfig fields (absent from 5af5968's)."""
+    from flowcg.training import Trainer, TrainConfig, build_schedule
+
+    config = TrainConfig(batch_size=batch, lr=1e-6, final_steps=10**9, show_progress=False, **settings)
+    trainer = Trainer(model, target, build_schedule("constant"), config, run_dir)
+    trainer.state["beta"] = 1.0
+    model.train()
+    return trainer
+
+
 def worker(threads: int, batch: int, path: str, seconds: float) -> dict:
     """One setting, measured in this process with the flowcg found on ``sys.path``."""
     import torch
@@ -64,19 +76,14 @@ def worker(threads: int, batch: int, path: str, seconds: float) -> dict:
     torch.set_num_threads(threads)
     from flowcg import load_target
     from flowcg.builders import load_run
-    from flowcg.training import Trainer, TrainConfig, build_schedule
 
     run = load_run(Path("flowcg/pretrained/aldp_implicit").resolve())
     model, target = run.model, load_target("aldp_implicit", compile=True)
     fast, conditioner_dtype = PATHS[path]
     if fast:
         model.use_compile()
-    precision = {"conditioner_dtype": conditioner_dtype} if conditioner_dtype else {}  # 5af5968's TrainConfig has no such field
-    config = TrainConfig(batch_size=batch, lr=1e-6, final_steps=10**9, show_progress=False, **precision)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model, target, build_schedule("constant"), config, run_dir)
-        trainer.state["beta"] = 1.0
-        model.train()
+        trainer = step_trainer(model, target, batch, run_dir, **({"conditioner_dtype": conditioner_dtype} if conditioner_dtype else {}))
         start = time.perf_counter()
         trainer.train_step()
         first_step_s = time.perf_counter() - start

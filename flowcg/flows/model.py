@@ -107,8 +107,7 @@ class StructuredFlow(nn.Module):
         pushed-forward log q then differ by up to ~0.1 for a few per cent of points, noise a training
         gradient tolerates and an importance weight should not carry. See
         :meth:`check_conditioner_precision` for what it refuses."""
-        self.check_conditioner_precision(dtype)
-        layers = [layer for layer in self._couplings() if isinstance(layer, MixedSplineCoupling)]
+        layers = self.check_conditioner_precision(dtype)
         previous = [layer.conditioner_dtype for layer in layers]
         for layer in layers:
             layer.conditioner_dtype = dtype
@@ -118,17 +117,19 @@ class StructuredFlow(nn.Module):
             for layer, dtype_before in zip(layers, previous):
                 layer.conditioner_dtype = dtype_before
 
-    def check_conditioner_precision(self, dtype: torch.dtype | None) -> None:
-        """Raise :class:`~flowcg.errors.ConfigError` unless :meth:`conditioner_precision` can run this
-        model in ``dtype``: a reduced dtype needs :class:`MixedSplineCoupling` layers (the internal-
+    def check_conditioner_precision(self, dtype: torch.dtype | None) -> list[MixedSplineCoupling]:
+        """The layers :meth:`conditioner_precision` sets; raises :class:`~flowcg.errors.ConfigError` unless it can
+        run this model in ``dtype``: a reduced dtype needs :class:`MixedSplineCoupling` layers (the internal-
         coordinate flow) and a float32 model (mixed precision below float64 is not what it is for)."""
+        layers = [layer for layer in self._couplings() if isinstance(layer, MixedSplineCoupling)]
         if dtype is None:
-            return
-        if not any(isinstance(layer, MixedSplineCoupling) for layer in self._couplings()):
+            return layers
+        if not layers:
             raise ConfigError("a reduced conditioner precision needs the internal-coordinate flow's mixed spline couplings (model.kind=internal)")
         model_dtype = next(self.parameters()).dtype
         if model_dtype != torch.float32:
             raise ConfigError(f"a {dtype} conditioner is mixed precision for a float32 model (dtype=float32), not {model_dtype}")
+        return layers
 
     def _couplings(self) -> list[Transform]:
         return [layer for layer in self.bijection.modules() if isinstance(layer, (SplineCoupling, MixedSplineCoupling))]
