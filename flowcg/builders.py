@@ -93,18 +93,22 @@ def build_internal_model(target: Target, fit_reference: bool = True, **options) 
     ``slow_coordinates="auto"`` places the slow latents on the torsions that
     :func:`~flowcg.coordinates.slow_torsions.discover_slow_torsions` finds.
 
+    ``stiff_covariance``: ``"diagonal"`` (each stiff coordinate scaled by its own harmonic width)
+    or ``"full"`` (their harmonic covariance at the minimum; :mod:`flowcg.coordinates.harmonic`).
+
     ``fit_reference=False`` skips the minimisation and the curvature evaluations, for a model
     whose weights (standardisation included) are loaded next."""
     transform = _internal_transform(target)
+    covariance = options.pop("stiff_covariance", "diagonal")
     if fit_reference:
         x_min = minimized_positions(target.system, target.positions)
-        reference = harmonic_reference(target.energy, transform, x_min)
+        reference = harmonic_reference(target.energy, transform, x_min, covariance=covariance)
         if options.get("slow_coordinates") == AUTO:
             options["slow_coordinates"] = _discover(target, transform, x_min, options.get("slow_dim", 2)).selected
     else:
         if options.get("slow_coordinates") == AUTO:
             raise ConfigError("slow_coordinates: auto needs the force field's minimum (fit_reference=True); a run's config.yaml names the indices found")
-        reference = unfitted_reference(transform)
+        reference = unfitted_reference(transform, covariance)
     return build_from_options(build_internal_flow, "model", options, transform, reference)
 
 

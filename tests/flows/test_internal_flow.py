@@ -62,6 +62,54 @@ def test_standardization_inverts_across_the_torsion_seam(vacuum):
     assert torch.allclose(back, y, atol=1e-9) and torch.allclose(logdet, -logdet_inverse)
 
 
+@pytest.fixture(scope="module")
+def full_reference(vacuum):
+    transform = InternalCoordinateTransform.from_topology(vacuum.topology)
+    return transform, harmonic_reference(vacuum.energy, transform, minimized_positions(vacuum.system, vacuum.positions), covariance="full")
+
+
+def test_full_covariance_whitens_the_stiff_hessian(vacuum, full_reference):
+    """With the correlation factor, y = 0 is the minimum and the Hessian of u in y is the identity on the
+    stiff coordinates: a standard normal y is the harmonic approximation, correlations included."""
+    transform, reference = full_reference
+    standardization = HarmonicStandardization(reference).double()
+    stiff = reference.stiff.nonzero().ravel()
+
+    def gradient(y):  # ∂u/∂y (B, dim); the force field has first derivatives only, so the Hessian is differenced
+        y = y.clone().requires_grad_(True)
+        cartesian, _ = transform.forward(standardization(y)[0])
+        return torch.autograd.grad(vacuum.energy(cartesian).sum(), y)[0]
+
+    origin = torch.zeros(1, transform.dim, dtype=torch.float64)
+    assert gradient(origin)[0, stiff].abs().max() < 0.05  # y = 0 is the minimum (to the minimiser's tolerance)
+    step = 1e-3 * torch.eye(transform.dim, dtype=torch.float64)[stiff]
+    hessian = (gradient(step) - gradient(-step))[:, stiff] / 2e-3
+    assert torch.allclose(hessian, torch.eye(len(stiff), dtype=torch.float64), atol=1e-3)
+    assert not torch.allclose(reference.correlation, torch.eye(transform.dim, dtype=torch.float64), atol=0.1)  # correlations matter
+
+
+def test_full_covariance_standardization_inverts_with_the_autograd_log_det(full_reference):
+    transform, reference = full_reference
+    standardization = HarmonicStandardization(reference).double()
+    y = torch.randn(16, transform.dim, dtype=torch.float64)
+    ic, log_det = standardization(y)
+    back, log_det_inverse = standardization.inverse(ic)
+    assert torch.allclose(back, y, atol=1e-9) and torch.allclose(log_det, -log_det_inverse)
+    jacobian = torch.autograd.functional.jacobian(lambda v: standardization(v[None])[0][0], y[0])
+    assert log_det[0].item() == pytest.approx(torch.linalg.slogdet(jacobian).logabsdet.item(), abs=1e-9)
+
+
+def test_full_covariance_model_has_an_exact_density_and_restores_from_its_state(vacuum):
+    model = build_internal_model(vacuum, n_couplings=2, hidden=16, fast_hidden=8, stiff_covariance="full", seed=0).double()
+    draw = model.rsample(32)
+    assert torch.allclose(model.log_prob(draw.x.detach()), draw.log_q.detach(), atol=1e-6)
+    restored = build_internal_model(vacuum, fit_reference=False, n_couplings=2, hidden=16, fast_hidden=8, stiff_covariance="full", seed=0).double()
+    restored.load_state_dict(model.state_dict())
+    assert torch.allclose(restored.log_prob(draw.x.detach()), draw.log_q.detach(), atol=1e-9)
+    with pytest.raises(ValueError, match="unknown stiff_covariance 'dense'; choose one of diagonal, full"):
+        build_internal_model(vacuum, stiff_covariance="dense")
+
+
 def test_wrapped_slow_prior_gives_an_exact_density(vacuum):
     model = build_internal_model(vacuum, n_couplings=2, hidden=16, slow_prior="wrapped", seed=2).double()
     with torch.no_grad():
