@@ -82,8 +82,13 @@ def worker(threads: int, batch: int, path: str, seconds: float) -> dict:
     fast, conditioner_dtype = PATHS[path]
     if fast:
         model.use_compile()
+    from flowcg.training import TrainConfig
+
+    # each path of this checkout names its precision (the default, auto, picks bfloat16 on a CPU with
+    # bfloat16 units); 5af5968's TrainConfig has no such field
+    settings = {"conditioner_dtype": conditioner_dtype} if hasattr(TrainConfig, "conditioner_dtype") else {}
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = step_trainer(model, target, batch, run_dir, **({"conditioner_dtype": conditioner_dtype} if conditioner_dtype else {}))
+        trainer = step_trainer(model, target, batch, run_dir, **settings)
         start = time.perf_counter()
         trainer.train_step()
         first_step_s = time.perf_counter() - start

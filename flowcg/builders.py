@@ -8,7 +8,6 @@ target and model from them.
 from __future__ import annotations
 
 import logging
-import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from flowcg.coordinates.slow_torsions import SlowTorsionDiscovery, discover_slow
 from flowcg.errors import ConfigError, MissingFileError, build_from_options
 from flowcg.flows import StructuredFlow, build_flow
 from flowcg.flows.build import build_internal_flow
+from flowcg.hardware import cpu_model
 from flowcg.io import load_torch, save_atomic
 from flowcg.targets import Target, load_target
 from flowcg.training.recipe import build_phases
@@ -56,15 +56,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
 
 
 def describe_device(device: torch.device) -> str:

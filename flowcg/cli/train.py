@@ -29,6 +29,7 @@ from flowcg.io import load_torch
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
 from flowcg.training.recipe import build_phases, run_recipe
+from flowcg.training.trainer import resolve_conditioner_dtype
 from flowcg.training.trainer import CHECKPOINT_NAME
 
 DISCOVERY_NAME = "slow_discovery.json"
@@ -60,6 +61,8 @@ def train(cfg: DictConfig) -> dict:
     discovery = resolve_slow_coordinates(cfg.model, target)  # config.yaml then names the torsions found
     model = build_model(cfg.model, target).to(device=device, dtype=resolve_dtype(cfg.dtype))
     configure_compile(model, cfg.compile, cfg.model.kind)
+    cfg.train.conditioner_dtype = resolve_conditioner_dtype(cfg.train.conditioner_dtype, model)  # config.yaml names the precision used
+    log.info("train.conditioner_dtype: %s", cfg.train.conditioner_dtype or "the model's dtype")
     phases = build_phases(OmegaConf.to_container(cfg.recipe.phases, resolve=True),
                           OmegaConf.to_container(cfg.train, resolve=True), OmegaConf.to_container(cfg.prior_refit, resolve=True))
     if cfg.n_samples < 1:
@@ -106,6 +109,7 @@ def train(cfg: DictConfig) -> dict:
                                    "minimisations": discovery.minimisations}} if discovery is not None else {}),
             "seed": cfg.seed,
             "dtype": cfg.dtype,
+            "conditioner_dtype": cfg.train.conditioner_dtype,
             "device": describe_device(device),
         }
         plot_run(target, {**final, **history}, samples, run_dir / "plots", reference)

@@ -16,6 +16,7 @@ from flowcg.coordinates.geometry import wrap
 from flowcg.coordinates.harmonic import HarmonicStandardization, harmonic_reference, minimized_positions
 from flowcg.targets import load_target
 from flowcg.training import TrainConfig, Trainer, build_schedule
+from flowcg.training import trainer as trainer_module
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +255,21 @@ def test_reduced_conditioner_precision_is_refused_where_it_means_nothing(vacuum)
     with pytest.raises(ConfigError, match="model.kind=internal"):
         build_flow(2, 1, 2, n_couplings=2, hidden=16).check_conditioner_precision(torch.bfloat16)
     build_flow(2, 1, 2, n_couplings=2, hidden=16).check_conditioner_precision(None)  # full precision: anything
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_conditioner_precision_is_bfloat16_only_where_it_pays(vacuum, monkeypatch, native, tmp_path):
+    monkeypatch.setattr(trainer_module, "native_bfloat16", lambda: native)
+
+    def internal():
+        return build_internal_model(vacuum, n_couplings=2, hidden=16, fast_hidden=8, seed=0)
+
+    for model, expected in ((internal(), "bfloat16" if native else None), (internal().double(), None),
+                            (build_flow(2, 1, 2, n_couplings=2, hidden=16), None)):
+        assert trainer_module.resolve_conditioner_dtype("auto", model) == expected
+    assert trainer_module.resolve_conditioner_dtype(None, internal()) is None  # only auto is resolved
+    trainer = Trainer(internal(), vacuum, build_schedule("constant"), TrainConfig(batch_size=8, eval_batch_size=8, show_progress=False), tmp_path)
+    assert trainer._conditioner_dtype == (torch.bfloat16 if native else None)  # auto is the default
 
 
 @pytest.mark.compile
