@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from flowcg import load_target
-from flowcg.builders import cpu_model
-from flowcg.coordinates import InternalCoordinateTransform
-from flowcg.coordinates.harmonic import COVARIANCES, HarmonicStandardization, harmonic_reference, minimized_positions
+from flowcg.builders import cpu_model, internal_transform
+from flowcg.coordinates.harmonic import HarmonicStandardization, harmonic_reference, minimized_positions
 from flowcg.io import save_json_atomic
 from flowcg.sampling import kish_ess
 
@@ -56,11 +56,12 @@ def main() -> None:
     for name in args.targets:
         start = time.perf_counter()
         target = load_target(name, dtype="float64")
-        transform = InternalCoordinateTransform.from_topology(target.topology, constraints=getattr(target, "constraints", ())).double()
-        x_min = minimized_positions(target.system, target.positions)
+        transform = internal_transform(target).double()
+        full = harmonic_reference(target.energy, transform, minimized_positions(target.system, target.positions), covariance="full")
+        # the diagonal reference is the full one without its factor: the same widths, one Hessian
+        references = {"diagonal": replace(full, correlation=None), "full": full}
         row = {"target": name, "dim": transform.dim, "stiff": int((~transform.rotor_mask).sum())}
-        for covariance in COVARIANCES:
-            reference = harmonic_reference(target.energy, transform, x_min, covariance=covariance)
+        for covariance, reference in references.items():
             row[covariance] = score(target, transform, reference, args.n, args.seed)
         row["wall_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)

@@ -89,7 +89,7 @@ def build_internal_model(target: Target, fit_reference: bool = True, **options) 
 
     ``fit_reference=False`` skips the minimisation and the curvature evaluations, for a model
     whose weights (standardisation included) are loaded next."""
-    transform = _internal_transform(target)
+    transform = internal_transform(target)
     covariance = options.pop("stiff_covariance", "diagonal")
     if fit_reference:
         x_min = minimized_positions(target.system, target.positions)
@@ -106,7 +106,8 @@ def build_internal_model(target: Target, fit_reference: bool = True, **options) 
 AUTO = "auto"
 
 
-def _internal_transform(target: Target) -> InternalCoordinateTransform:
+def internal_transform(target: Target) -> InternalCoordinateTransform:
+    """The internal-coordinate map of a molecular target's topology (its constrained bonds left out)."""
     if getattr(target, "topology", None) is None:
         raise ConfigError(f"model kind 'internal' needs a molecular target with a topology; '{target.name}' has none")
     return InternalCoordinateTransform.from_topology(target.topology, constraints=getattr(target, "constraints", ()))
@@ -125,7 +126,7 @@ def resolve_slow_coordinates(cfg_model: DictConfig, target: Target) -> SlowTorsi
     model without a scan. Returns the discovery, or None for any other setting."""
     if cfg_model.get("kind") != "internal" or cfg_model.get("slow_coordinates") != AUTO:
         return None
-    transform = _internal_transform(target)
+    transform = internal_transform(target)
     discovery = _discover(target, transform, minimized_positions(target.system, target.positions), cfg_model.get("slow_dim", 2))
     cfg_model.slow_coordinates = discovery.selected
     return discovery

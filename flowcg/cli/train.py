@@ -29,8 +29,7 @@ from flowcg.io import load_torch
 from flowcg.logger import build_logger
 from flowcg.sampling import draw_samples
 from flowcg.training.recipe import build_phases, run_recipe
-from flowcg.training.trainer import resolve_conditioner_dtype
-from flowcg.training.trainer import CHECKPOINT_NAME
+from flowcg.training.trainer import CHECKPOINT_NAME, resolve_conditioner_dtype
 
 DISCOVERY_NAME = "slow_discovery.json"
 

@@ -41,8 +41,8 @@ from openmm import unit
 from torch import Tensor
 
 from flowcg.coordinates.geometry import wrap
-from flowcg.errors import ConfigError
 from flowcg.coordinates.internal import InternalCoordinateTransform
+from flowcg.errors import ConfigError
 
 #: Central-difference steps: nm for bonds, rad for angles and torsions.
 _STEP_NM, _STEP_RAD = 1e-4, 1e-3
