@@ -3,7 +3,8 @@
 Round r = 0 … R runs the steps
 
     train     fit (r = 0) or fine-tune (r > 0) a committee of CGSchNet models on all labels so far
-              (old regions stay in the data, so they are not forgotten);
+              (old regions stay in the data, so they are not forgotten), then re-invert each model's
+              dihedral terms on the prior's frames with its network's energy (``dihedral_reinversion``);
     simulate  batched BAOAB from data frames with the committee's mean force; stopped replicas
               are counted and dropped;
     evaluate  W1 / Ramachandran KL of the simulated frames against the reference (if given);
@@ -36,7 +37,7 @@ from flowcg.active.flow_oracle import FlowOracle
 from flowcg.active.journal import Journal
 from flowcg.active.labels import Labels, Oracle
 from flowcg.cg.mapping import CGMapping
-from flowcg.cg.prior import DIHEDRAL_MODES, fit_prior
+from flowcg.cg.prior import DIHEDRAL_MODES, INVERTED_DIHEDRAL_MODES, fit_prior, invert_dihedral_terms
 from flowcg.cg.schnet import CGSchNet
 from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
 from flowcg.errors import ConfigError, InputError
@@ -48,6 +49,7 @@ __all__ = ["ActiveLearningLoop", "LoopOptions", "ModelOptions", "SimulationOptio
 log = logging.getLogger(__name__)
 
 STEPS = ("train", "simulate", "evaluate", "select", "query", "add")
+DIHEDRAL_REINVERSIONS = ("after_fit", "once")
 QUERY_WEIGHTS = ("labels", "unit", "importance")
 CANDIDATES = ("simulation", "flow")
 #: seed offset of the prior's flow draws, so that they are not the initial draws of initial.source=flow
@@ -78,9 +80,17 @@ class ModelOptions:
     # Or the prior's frames read from a file: another run's prior_frames.npz, so that two loops (e.g.
     # with different oracles) start from the same prior. Its oracle cost is counted in this run too.
     prior_frames: str | None = None
+    # When the inverted dihedral terms are read off the prior's frames: "after_fit" (after every fit
+    # and fine-tune, with the network's energy in the reweighting, so that the whole model keeps the
+    # frames' dihedral marginal and the labels shape the rest: flowcg.cg.prior.invert_dihedral_terms)
+    # or "once" (before any label; a network then moves the basins' balance as its force fit says).
+    dihedral_reinversion: str = "after_fit"
     dtype: str = "float32"
 
     def __post_init__(self):
+        if self.dihedral_reinversion not in DIHEDRAL_REINVERSIONS:
+            raise ConfigError(f"cg_model.dihedral_reinversion must be one of {', '.join(DIHEDRAL_REINVERSIONS)}, "
+                              f"got '{self.dihedral_reinversion}'")
         if self.prior_draws < 0:
             raise ConfigError(f"cg_model.prior_draws must be ≥ 0, got {self.prior_draws}")
         if self.prior_draws and self.prior_frames:
@@ -199,6 +209,7 @@ class ActiveLearningLoop:
             initial.save(initial_path)
         # a deterministic function of data fixed before round 0: fitted once, copied into every model
         prior_frames = self._prior_frames()
+        self.prior_frames_nm = prior_frames["cg_positions_nm"]
         self.prior = fit_prior(prior_frames["cg_positions_nm"], mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
         #: what the prior's own frames cost the oracle (0 when the initial data serve)
         self.prior_cost = {"prior_evaluations": int(prior_frames["n_energy_evaluations"]), "prior_wall_s": float(prior_frames["wall_s"])}
@@ -268,15 +279,32 @@ class ActiveLearningLoop:
             energy_targets = tica_free_energy(data.cg_positions_nm, data.weights, self.initial_tica, self.options.temperature_K) - prior_energy
         previous = self.committee(r - 1) if r > 0 else None
         fit = self.options.fit if r == 0 else FitOptions(**{**asdict(self.options.fit), "steps": self.options.finetune_steps})
-        states, losses = [], []
+        states, losses, reweighting_ess = [], [], []
         for member in range(self.options.committee_size):
             torch.manual_seed(_seed(self.options.seed, r, "train", member))
             model = self.new_model() if previous is None else previous[member]
             losses.append(fit_force_matching(model, data.cg_positions_nm, data.cg_forces_kJ_mol_nm, data.weights, fit,
                                              seed=_seed(self.options.seed, r, "train", member), energy_targets_kJ_mol=energy_targets))
+            if self.reinverts_dihedrals(model):
+                reweighting_ess.append(self._reinvert_dihedrals(model))
             states.append(model.state_dict())
         save_atomic({"models": states}, self.round_dir(r) / "models.pt")
-        return {"n_rows": len(data), "n_queries": data.n_queries, "force_mse": float(np.mean([l["force_mse"] for l in losses]))}
+        info = {"n_rows": len(data), "n_queries": data.n_queries, "force_mse": float(np.mean([l["force_mse"] for l in losses]))}
+        if reweighting_ess:
+            info["dihedral_reweighting_ess"] = min(reweighting_ess)
+        return info
+
+    def reinverts_dihedrals(self, model: CGSchNet) -> bool:
+        """Whether a fit of ``model`` is followed by the re-inversion of its dihedral terms."""
+        return (self.model_options.dihedral_reinversion == "after_fit" and model.has_network
+                and self.model_options.dihedral_prior in INVERTED_DIHEDRAL_MODES)
+
+    def _reinvert_dihedrals(self, model: CGSchNet) -> float:
+        """Refit ``model``'s dihedral terms on the prior's frames with its network's energy in the weights
+        (:func:`~flowcg.cg.prior.invert_dihedral_terms`); returns the weights' Kish ESS fraction."""
+        with torch.no_grad():
+            network = model.network_energy(torch.as_tensor(self.prior_frames_nm, dtype=model.dtype)).double().numpy()
+        return invert_dihedral_terms(model.prior, self.prior_frames_nm, self.options.temperature_K, network)
 
     def _simulate(self, r: int) -> dict:
         models = self.committee(r)

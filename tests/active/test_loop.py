@@ -1,5 +1,6 @@
 """The active-learning loop: a tiny end-to-end run on aldp_vacuum, exact resume after a kill, labels."""
 
+import copy
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from flowcg.active.labels import Labels
 from flowcg.active.loop import ActiveLearningLoop, LoopOptions, ModelOptions, SimulationOptions
 from flowcg.active.selection import build_strategy
 from flowcg.cg.mapping import CGMapping
+from flowcg.cg.prior import invert_dihedral_terms
 from flowcg.cg.training import FitOptions
 from flowcg.errors import InputError
 from flowcg.pretrained import load_pretrained
@@ -140,6 +142,30 @@ def test_importance_weighted_rounds_pick_among_flow_draws_and_weigh_their_picks(
         make_loop(tmp_path / "greedy", parts, strategy="diversity", options=options)
     with pytest.raises(ValueError, match="needs the flow oracle"):
         make_loop(tmp_path / "md", parts, oracle=object(), options=replace(TINY_LOOP, candidates="flow"))
+
+
+def test_dihedral_terms_are_reinverted_after_each_fit(tmp_path, parts):
+    """cg_model.dihedral_reinversion=after_fit (the default): each saved model's dihedral term is the
+    inversion of the prior's frames with that model's network energy in the weights (journalled with the
+    weights' ESS); with "once" the models keep the loop's prior term."""
+    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=20, batch_size=16), finetune_steps=5)
+    loop = make_loop(tmp_path / "after_fit", parts, options=options)
+    loop.run()
+    for r in (0, 1):
+        (model,) = loop.committee(r)
+        expected = copy.deepcopy(loop.prior)
+        with torch.no_grad():
+            network = model.network_energy(torch.as_tensor(loop.prior_frames_nm, dtype=model.dtype)).double().numpy()
+        ess = invert_dihedral_terms(expected, loop.prior_frames_nm, loop.options.temperature_K, network)
+        torch.testing.assert_close(model.prior.terms["dihedral_pairs"].a, expected.terms["dihedral_pairs"].a)
+        assert not torch.equal(model.prior.terms["dihedral_pairs"].a, loop.prior.terms["dihedral_pairs"].a)
+        assert loop.journal.entry(r, "train")["dihedral_reweighting_ess"] == pytest.approx(ess)
+    once = make_loop(tmp_path / "once", parts, options=options, model=replace(TINY_MODEL, dihedral_reinversion="once"))
+    once.run()
+    torch.testing.assert_close(once.committee(1)[0].prior.terms["dihedral_pairs"].a, once.prior.terms["dihedral_pairs"].a)
+    assert "dihedral_reweighting_ess" not in once.journal.entry(0, "train")
+    with pytest.raises(ValueError, match="dihedral_reinversion"):
+        replace(TINY_MODEL, dihedral_reinversion="always")
 
 
 def test_learned_dihedral_terms_are_trained_and_saved_with_each_model(tmp_path, parts):

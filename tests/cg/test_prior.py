@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from flowcg.cg.prior import (CGPrior, FourierDihedralPairs, FourierDihedrals, HarmonicBonds, Repulsion, consecutive_dihedral_pairs,
-                             fit_fourier_dihedral_pair, fit_prior)
+                             fit_fourier_dihedral_pair, fit_prior, invert_dihedral_terms)
 from flowcg.coordinates.geometry import bond_angle, dihedral
 from flowcg.errors import ConfigError
 from flowcg.units import kT
@@ -131,6 +131,27 @@ def test_dihedral_prior_fits_a_von_mises_free_energy(backbone):
     # the repulsion's own share along φ is not negligible, so the second pass tests the correction
     share = fourier_profile(prior.terms["repulsion"](torch.as_tensor(x)).detach().numpy(), torsions)
     assert np.abs(share).max() > 0.1 * KT
+
+
+def test_reinversion_with_a_network_keeps_the_frames_dihedral_marginal(backbone):
+    """A learned energy that depends on φ (here 1.5 kT cos 2φ): after invert_dihedral_terms with it, the
+    whole model along φ (dihedral terms + repulsion + that energy) is the frames' free energy again,
+    and the dihedral term alone has taken the learned energy's share off."""
+    mu, kappa = 1.0, 2.0
+    x, _, _, torsions = chain_frames(40000, seed=5, phi_sampler=lambda rng, n: rng.vonmises(mu, kappa, n))
+    expected = np.zeros((2, 2, 3))
+    expected[0, :, 0] = -KT * kappa * np.array([math.cos(mu), math.sin(mu)])
+    prior = fit_prior(x, backbone, TEMPERATURE, dihedrals="boltzmann", dihedral_terms=3).double()
+    network = 1.5 * KT * np.cos(2 * torsions[:, 0])
+    before = prior.terms["dihedrals"].a.clone()
+    ess = invert_dihedral_terms(prior, x, TEMPERATURE, network)
+    assert 0.1 < ess <= 1.0
+    total = fourier_profile(prior(torch.as_tensor(x)).detach().numpy() + network, torsions)
+    np.testing.assert_allclose(total, expected, atol=0.05 * KT * kappa)
+    shift = (prior.terms["dihedrals"].a - before).numpy()
+    assert shift[0, 1] == pytest.approx(-1.5 * KT, abs=0.1 * KT)  # the cos 2φ coefficient gave the network's share back
+    with pytest.raises(ValueError, match="network energies"):
+        invert_dihedral_terms(prior, x, TEMPERATURE, network[:10])
 
 
 def test_prior_fit_rejects_bad_input(backbone):
