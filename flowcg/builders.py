@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from flowcg.coordinates.harmonic import harmonic_reference, minimized_positions, unfitted_reference
+from flowcg.coordinates.harmonic import DEFAULT_COVARIANCE, harmonic_reference, minimized_positions, unfitted_reference
 from flowcg.coordinates.internal import InternalCoordinateTransform
 from flowcg.coordinates.slow_torsions import SlowTorsionDiscovery, discover_slow_torsions
 from flowcg.errors import ConfigError, MissingFileError, build_from_options
@@ -78,28 +78,28 @@ def build_target(cfg_target) -> Target:
 MODEL_KINDS = ("structured", "internal")
 
 
-def build_internal_model(target: Target, fit_reference: bool = True, **options) -> StructuredFlow:
+def build_internal_model(target: Target, fit_reference: bool = True, stiff_covariance: str = DEFAULT_COVARIANCE,
+                         **options) -> StructuredFlow:
     """Internal-coordinate flow for a molecular target: Z-matrix from its topology, stiff
     coordinates standardised at the force field's minimum (see :mod:`flowcg.coordinates.harmonic`).
     ``slow_coordinates="auto"`` places the slow latents on the torsions that
     :func:`~flowcg.coordinates.slow_torsions.discover_slow_torsions` finds.
 
-    ``stiff_covariance``: ``"diagonal"`` (each stiff coordinate scaled by its own harmonic width)
+    ``stiff_covariance``: ``"diagonal"`` (the default: each stiff coordinate scaled by its own harmonic width)
     or ``"full"`` (their harmonic covariance at the minimum; :mod:`flowcg.coordinates.harmonic`).
 
     ``fit_reference=False`` skips the minimisation and the curvature evaluations, for a model
     whose weights (standardisation included) are loaded next."""
     transform = internal_transform(target)
-    covariance = options.pop("stiff_covariance", "diagonal")
     if fit_reference:
         x_min = minimized_positions(target.system, target.positions)
-        reference = harmonic_reference(target.energy, transform, x_min, covariance=covariance)
+        reference = harmonic_reference(target.energy, transform, x_min, covariance=stiff_covariance)
         if options.get("slow_coordinates") == AUTO:
             options["slow_coordinates"] = _discover(target, transform, x_min, options.get("slow_dim", 2)).selected
     else:
         if options.get("slow_coordinates") == AUTO:
             raise ConfigError("slow_coordinates: auto needs the force field's minimum (fit_reference=True); a run's config.yaml names the indices found")
-        reference = unfitted_reference(transform, covariance)
+        reference = unfitted_reference(transform, stiff_covariance)
     return build_from_options(build_internal_flow, "model", options, transform, reference)
 
 

@@ -13,6 +13,7 @@ from flowcg.active.loop import LoopOptions, ModelOptions, SimulationOptions
 from flowcg.active.md_oracle import MDOracle
 from flowcg.active.selection import STRATEGIES
 from flowcg.cg.training import FitOptions
+from flowcg.builders import build_internal_model
 from flowcg.flows.build import build_flow, build_internal_flow
 from flowcg.md.walkers import WalkerSettings
 from flowcg.training.prior_refit import PriorRefitConfig
@@ -28,6 +29,7 @@ PAIRS = [
     ("train.yaml", "prior_refit", PriorRefitConfig),
     ("model/structured.yaml", None, build_flow),
     ("model/internal.yaml", None, build_internal_flow),
+    ("model/internal.yaml", None, build_internal_model),
     *[(f"train/schedule/{p.name}", None, SCHEDULES[OmegaConf.load(p).kind]) for p in sorted((CONF / "train/schedule").glob("*.yaml"))],
     ("al.yaml", "loop", LoopOptions),
     ("al.yaml", "fit", FitOptions),

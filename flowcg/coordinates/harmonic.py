@@ -76,10 +76,12 @@ class HarmonicReference:
 
 #: ``covariance`` settings: independent stiff coordinates, or their full harmonic covariance.
 COVARIANCES = ("diagonal", "full")
+#: the default: the full covariance starts better but trains no better (data_free_benchmarks/RESULTS.md)
+DEFAULT_COVARIANCE = "diagonal"
 
 
 def harmonic_reference(energy_kT, transform: InternalCoordinateTransform, x_min_nm: np.ndarray, max_width: float = 0.5,
-                       covariance: str = "diagonal") -> HarmonicReference:
+                       covariance: str = DEFAULT_COVARIANCE) -> HarmonicReference:
     """Centres and widths from the minimum ``x_min_nm`` of the reduced energy ``energy_kT`` (B, N, 3) → (B,);
     with ``covariance="full"`` also the correlation factor F of the stiff coordinates.
 
@@ -117,7 +119,7 @@ def _correlation_factor(hessian: Tensor, width: Tensor, stiff: Tensor, max_width
     return factor
 
 
-def unfitted_reference(transform: InternalCoordinateTransform, covariance: str = "diagonal") -> HarmonicReference:
+def unfitted_reference(transform: InternalCoordinateTransform, covariance: str = DEFAULT_COVARIANCE) -> HarmonicReference:
     """Centres 0, widths 1 (and F = I) with the right masks: the shape of a reference, for a model whose
     fitted standardisation is then restored from a saved state (no minimisation, no energy call)."""
     _check_covariance(covariance)
