@@ -160,6 +160,9 @@ def test_dihedral_terms_are_reinverted_after_each_fit(tmp_path, parts):
         torch.testing.assert_close(model.prior.terms["dihedral_pairs"].a, expected.terms["dihedral_pairs"].a)
         assert not torch.equal(model.prior.terms["dihedral_pairs"].a, loop.prior.terms["dihedral_pairs"].a)
         assert loop.journal.entry(r, "train")["dihedral_reweighting_ess"] == pytest.approx(ess)
+    # the next fine-tune fits the network against the label-free prior, not against its own re-inversion
+    refit = loop._with_label_free_prior(loop.committee(0)[0])
+    torch.testing.assert_close(refit.prior.terms["dihedral_pairs"].a, loop.prior.terms["dihedral_pairs"].a)
     once = make_loop(tmp_path / "once", parts, options=options, model=replace(TINY_MODEL, dihedral_reinversion="once"))
     once.run()
     torch.testing.assert_close(once.committee(1)[0].prior.terms["dihedral_pairs"].a, once.prior.terms["dihedral_pairs"].a)
