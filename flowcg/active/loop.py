@@ -211,6 +211,9 @@ class ActiveLearningLoop:
         # a deterministic function of data fixed before round 0: fitted once, copied into every model
         prior_frames = self._prior_frames()
         self.prior_frames_nm = prior_frames["cg_positions_nm"]
+        #: whether every fit is followed by the re-inversion of the models' dihedral terms (a network to fit, inverted terms)
+        self.reinverts_dihedrals = (model_options.dihedral_reinversion == "after_fit" and model_options.n_interactions > 0
+                                    and model_options.dihedral_prior in INVERTED_DIHEDRAL_MODES)
         self.prior = fit_prior(prior_frames["cg_positions_nm"], mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
         #: what the prior's own frames cost the oracle (0 when the initial data serve)
         self.prior_cost = {"prior_evaluations": int(prior_frames["n_energy_evaluations"]), "prior_wall_s": float(prior_frames["wall_s"])}
@@ -286,7 +289,7 @@ class ActiveLearningLoop:
             model = self.new_model() if previous is None else self._with_label_free_prior(previous[member])
             losses.append(fit_force_matching(model, data.cg_positions_nm, data.cg_forces_kJ_mol_nm, data.weights, fit,
                                              seed=_seed(self.options.seed, r, "train", member), energy_targets_kJ_mol=energy_targets))
-            if self.reinverts_dihedrals(model):
+            if self.reinverts_dihedrals:
                 reweighting_ess.append(self._reinvert_dihedrals(model))
             states.append(model.state_dict())
         save_atomic({"models": states}, self.round_dir(r) / "models.pt")
@@ -295,18 +298,13 @@ class ActiveLearningLoop:
             info["dihedral_reweighting_ess"] = min(reweighting_ess)
         return info
 
-    def reinverts_dihedrals(self, model: CGSchNet) -> bool:
-        """Whether a fit of ``model`` is followed by the re-inversion of its dihedral terms."""
-        return (self.model_options.dihedral_reinversion == "after_fit" and model.has_network
-                and self.model_options.dihedral_prior in INVERTED_DIHEDRAL_MODES)
-
     def _with_label_free_prior(self, model: CGSchNet) -> CGSchNet:
         """``model`` with the prior inverted before any label instead of its own re-inversion, for its next
         fine-tune. A fit against the re-inverted terms would feed back: force matching pushes the network
         against the terms that undo its dihedral share, the next re-inversion undoes more, and the
         network's energy spread and the reweighting's variance grow round by round (measured: the weights'
         ESS 0.28 → 0.02 over four rounds)."""
-        if self.reinverts_dihedrals(model):
+        if self.reinverts_dihedrals:
             model.prior.load_state_dict(self.prior.state_dict())
         return model
 
