@@ -55,6 +55,9 @@ difference of the means, and the paired difference over the seeds both arms ran 
 share its network initialisations and flow draws, so their W1 move together). Results: ``results/al_aldp.json`` and ``results/al_aldp.md``. A variant (other
 settings for every arm) runs under its own name: ``--name al_aldp_learned -o cg_model.dihedral_prior=learned``
 puts its runs in ``runs/al_aldp_learned/`` and its results in ``results/al_aldp_learned.{json,md}``.
+``--reevaluate KEY=VALUE ...`` trains nothing: it simulates the last round of the finished runs of
+``--name`` again under those settings (e.g. ``simulation.final_bias_factor=4``, a CG MD biased along
+the dihedrals and reweighted) in ``runs/<label>/`` and reports that evaluation under ``--label``.
 """
 
 from __future__ import annotations
@@ -161,6 +164,21 @@ def read_arm(runs: Path, arm: str, seed: int) -> dict:
             "w1_per_round": [r["w1"] for r in data["rounds"]], "wall_s": data.get("benchmark_wall_s")}
 
 
+def reevaluated(runs: Path, copies: Path, arm: str, seed: int, overrides: list[str]) -> dict:
+    """:func:`read_arm` of a finished run with its evaluation replaced by that of its last round simulated again
+    in ``copies/<arm>/seed<s>`` under ``overrides`` (the run's seed + 1000; al_final_md_noise.py). The last
+    round's CG MD serves only the evaluation (its frames become no query), so this is the run under those
+    evaluation settings, up to the final MD's seed."""
+    from al_final_md_noise import repeat_final_round  # a sibling script: this folder leads sys.path
+
+    row = read_arm(runs, arm, seed)
+    final = repeat_final_round(runs / arm / f"seed{seed}", copies / arm / f"seed{seed}", 1, False, tuple(overrides))
+    row.update({key: final[key] for key in ("w1", "w1_tic0", "w1_tic1", "kl64")},
+               basins={k[6:]: final[k] for k in final if k.startswith("basin_")}, frame_weight_ess=final.get("frame_weight_ess"),
+               wall_s=None)
+    return row
+
+
 def summarize(rows: list[dict]) -> dict:
     """Per arm (in the order of ARMS, those with rows): W1 mean, sample std and standard error over
     seeds, KL64, basins, costs."""
@@ -260,7 +278,12 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the multirun commands of the unfinished runs and stop")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report the finished runs among --arms x --seeds (an arm may then have fewer seeds)")
+    parser.add_argument("--reevaluate", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="train nothing: simulate the last round of the finished runs of --name again under these flowcg-al "
+                             "overrides (e.g. simulation.final_bias_factor=4), in runs/LABEL/<arm>/seed<s>, and report that (needs --label)")
     args = parser.parse_args()
+    if args.reevaluate and not args.label:
+        parser.error("--reevaluate needs --label (the re-evaluated runs' folder and results)")
     for static_arm in ("static", "flow_draws"):
         if OmegaConf.load(ARM_CONFIGS / f"{static_arm}.yaml").initial.n_frames != BUDGET:
             sys.exit(f"{ARM_CONFIGS / f'{static_arm}.yaml'}: initial.n_frames must be the label budget {BUDGET}")
@@ -269,7 +292,7 @@ def main() -> None:
     pending = [(arm, seed) for arm, seed in jobs if not run_summary(runs, arm, seed).is_file()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     reference = args.reference.resolve() if args.reference else None
-    for arms, seeds in [] if args.report_only else sweeps(pending):
+    for arms, seeds in [] if args.report_only or args.reevaluate else sweeps(pending):
         command = multirun_command(runs, arms, seeds, reference, args.launcher, args.jobs, args.override)
         print(" ".join(command), flush=True)
         if not args.dry_run:
@@ -279,10 +302,14 @@ def main() -> None:
     if args.dry_run:
         return
     # every run has finished unless --report-only skipped some (a failed multirun raised above)
-    arms = summarize([read_arm(runs, arm, seed) for arm, seed in jobs if run_summary(runs, arm, seed).is_file()])
+    finished = [(arm, seed) for arm, seed in jobs if run_summary(runs, arm, seed).is_file()]
+    if args.reevaluate:
+        arms = summarize([reevaluated(runs, HERE / "runs" / args.label, arm, seed, args.reevaluate) for arm, seed in finished])
+    else:
+        arms = summarize([read_arm(runs, arm, seed) for arm, seed in finished])
     compared = comparisons(arms)
     result = {"budget_labels": BUDGET, "seeds": args.seeds, "reference": str(reference or "shipped with the oracle's model"),
-              "common_overrides": COMMON, "overrides": args.override, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
+              "common_overrides": COMMON, "overrides": args.override, "reevaluated_with": args.reevaluate, "arms": arms, "comparisons": compared, "device": f"{cpu_model()}, one thread per run"}
     label = args.label or args.name
     lines = report(arms, compared)
     if args.versus:

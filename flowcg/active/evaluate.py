@@ -25,7 +25,7 @@ from flowcg.analysis.w1 import fit_cg_tica, w1_tica
 from flowcg.cg.mapping import CGMapping
 from flowcg.errors import ConfigError, MissingFileError, UnreadableFileError
 from flowcg.io import load_npz, save_npz_atomic
-from flowcg.sampling.importance import kish_ess, systematic_resample
+from flowcg.sampling.importance import kish_ess, normalized_weights, systematic_resample
 
 __all__ = ["CGReference", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference",
            "save_walker_cg_reference"]
@@ -46,17 +46,21 @@ class CGReference:
         """Basin populations of the reference's (φ, ψ)."""
         return basin_populations(self.phi, self.psi)
 
-    def evaluate(self, cg_frames_nm: np.ndarray, backmapper: TorsionBackmapper, seed: int = 0) -> dict:
+    def evaluate(self, cg_frames_nm: np.ndarray, backmapper: TorsionBackmapper, seed: int = 0, log_weights=None) -> dict:
         """W1 (joint on TIC0–1 and per TIC), KL64 of (φ, ψ) and basin populations of model CG frames
-        (``basin_*``) beside the reference's (``ref_basin_*``)."""
+        (``basin_*``) beside the reference's (``ref_basin_*``); ``log_weights`` (T,) weigh the frames
+        (a biased CG MD's, reported with their Kish ESS fraction as ``frame_weight_ess``)."""
         if len(cg_frames_nm) == 0:
             return {"w1": float("nan"), "n_frames": 0}
-        metrics = dict(w1_tica(cg_frames_nm, self.frames_nm, self.tica, seed=seed))
+        metrics = dict(w1_tica(cg_frames_nm, self.frames_nm, self.tica, seed=seed, model_log_weights=log_weights))
         phi, psi = backmapper.torsions(cg_frames_nm).numpy().T
-        metrics["kl64"] = ramachandran_kl(self.phi, self.psi, phi, psi)
-        metrics.update({f"basin_{k}": v for k, v in basin_populations(phi, psi).items()})
+        weights = None if log_weights is None else normalized_weights(log_weights)
+        metrics["kl64"] = ramachandran_kl(self.phi, self.psi, phi, psi, weights=weights)
+        metrics.update({f"basin_{k}": v for k, v in basin_populations(phi, psi, weights).items()})
         metrics.update({f"ref_basin_{k}": v for k, v in self.basins.items()})
         metrics["n_frames"] = len(cg_frames_nm)
+        if log_weights is not None:
+            metrics["frame_weight_ess"] = kish_ess(log_weights)
         return metrics
 
 

@@ -44,6 +44,7 @@ from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
 from flowcg.errors import ConfigError, InputError
 from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic
 from flowcg.md.langevin import LangevinBAOAB
+from flowcg.units import kT
 
 __all__ = ["ActiveLearningLoop", "LoopOptions", "ModelOptions", "SimulationOptions"]
 
@@ -111,7 +112,15 @@ class SimulationOptions:
     starts it from frames of the evaluation reference, a spread over every basin that is the same
     for every arm (a CG model that is right stays there; started in one basin, a short run measures
     how far the model got, not where it settles). Only the last round may start there: a round
-    whose frames become queries would otherwise learn from the yardstick."""
+    whose frames become queries would otherwise learn from the yardstick.
+
+    ``final_bias_factor`` γ > 1 biases the last round's run by V = −(1 − 1/γ) U_dihedral, U_dihedral
+    the dihedral terms of the prior inverted before any label (≈ the frames' free energy of the CG
+    dihedrals), and weighs each frame by exp(+V/kT): the evaluation then measures the model's own
+    ensemble (exact for any V of the dihedrals alone) with the basins' barriers lowered by the share
+    1 − 1/γ, so that a basin holding 0.2 % of the ensemble, which 64 unbiased replicas visit as a
+    handful of crossings or none, is sampled and weighed (well-tempered metadynamics' bias at
+    convergence, frozen in advance; Barducci et al. 2008)."""
 
     n_replicas: int = 64
     n_steps: int = 3000
@@ -123,8 +132,11 @@ class SimulationOptions:
     final_n_steps: int | None = None
     final_n_replicas: int | None = None
     final_start_from: str | None = None
+    final_bias_factor: float | None = None
 
     def __post_init__(self):
+        if self.final_bias_factor is not None and not self.final_bias_factor > 1:
+            raise ConfigError(f"simulation.final_bias_factor must be null (no bias) or > 1, got {self.final_bias_factor}")
         if self.start_from not in ("initial", "data"):
             raise ConfigError(f"simulation.start_from must be 'initial' (frames of the initial data) or 'data' (all labels so far), got '{self.start_from}'")
         if self.final_start_from not in (None, "initial", "data", "reference"):
@@ -198,6 +210,9 @@ class ActiveLearningLoop:
             raise ConfigError("loop.candidates=flow needs the flow oracle (oracle=flow)")
         if simulation.final_start_from == "reference" and reference is None:
             raise ConfigError("simulation.final_start_from=reference needs an evaluation reference")
+        if simulation.final_bias_factor is not None and model_options.dihedral_prior not in INVERTED_DIHEDRAL_MODES:
+            raise ConfigError(f"simulation.final_bias_factor biases by the inverted dihedral terms: it needs cg_model.dihedral_prior "
+                              f"{' or '.join(INVERTED_DIHEDRAL_MODES)}, not '{model_options.dihedral_prior}'")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.mapping, self.backmapper, self.oracle, self.strategy = mapping, backmapper, oracle, strategy
@@ -332,26 +347,51 @@ class ActiveLearningLoop:
         else:
             data = self.initial if start_from == "initial" else self.dataset(r)
             start_frames = data.cg_positions_nm[rng.choice(len(data), size=n_replicas, replace=True, p=data.weights / data.weights.sum())]
-        integrator = LangevinBAOAB(mean_force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
+        biased = final and s.final_bias_factor is not None
+        force = self._biased(mean_force, s.final_bias_factor) if biased else mean_force
+        integrator = LangevinBAOAB(force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
         dtype = models[0].dtype
         n_steps = s.final_n_steps if final and s.final_n_steps else s.n_steps
         result = integrator.run(torch.as_tensor(start_frames, dtype=dtype), n_steps, s.save_every,
                                 seed=_seed(self.options.seed, r, "simulate"))
         frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
-        save_npz_atomic(self.round_dir(r) / "simulation.npz", frames=frames, alive=alive)
+        record = {"frames": frames, "alive": alive}
+        if biased:  # w = exp(+V/kT), V = −(1 − 1/γ) U_dihedral
+            with torch.no_grad():
+                u = self.prior.dihedral_energy(torch.as_tensor(frames.reshape(-1, *frames.shape[2:]), dtype=torch.float64))
+            bias = -(1 - 1 / s.final_bias_factor) * u.numpy().reshape(frames.shape[:2])
+            record["log_weights"] = bias / kT(self.options.temperature_K)
+        save_npz_atomic(self.round_dir(r) / "simulation.npz", **record)
         return {"n_replicas": n_replicas, "n_stopped": int(len(result.stopped)),
                 "stop_reasons": sorted({reason for reason in result.stop_reason if reason})}
 
+    def _biased(self, force: Callable[[torch.Tensor], torch.Tensor], bias_factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``force`` plus −∇V, V = −(1 − 1/γ) U_dihedral of the label-free prior (:class:`SimulationOptions`)."""
+        share = 1 - 1 / bias_factor
+
+        def biased(x: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                y = x.detach().to(torch.float64).requires_grad_(True)
+                (gradient,) = torch.autograd.grad(self.prior.dihedral_energy(y).sum(), y)
+            return force(x) + (share * gradient).to(x.dtype)
+
+        return biased
+
     def simulated_frames(self, r: int) -> np.ndarray:
         """(n, n_beads, 3) frames of round r's simulation from replicas still running."""
-        sim = load_npz(self.round_dir(r) / "simulation.npz", what="CG simulation record", keys=["frames", "alive"])
-        return sim["frames"][sim["alive"]]
+        return self._simulation_record(r)[0]
+
+    def _simulation_record(self, r: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Round r's frames from replicas still running and their log weights (None: an unbiased run)."""
+        sim = load_npz(self.round_dir(r) / "simulation.npz", what="CG simulation record", keys=["frames", "alive"], optional=["log_weights"])
+        log_weights = sim["log_weights"][sim["alive"]] if "log_weights" in sim else None
+        return sim["frames"][sim["alive"]], log_weights
 
     def _evaluate(self, r: int) -> dict:
-        frames = self.simulated_frames(r)
+        frames, log_weights = self._simulation_record(r)
         metrics = {"round": r, "n_frames": len(frames)}
         if self.reference is not None:
-            metrics.update(self.reference.evaluate(frames, self.backmapper, seed=self.options.seed))
+            metrics.update(self.reference.evaluate(frames, self.backmapper, seed=self.options.seed, log_weights=log_weights))
         data = self.dataset(r)
         metrics.update(n_labels=len(data), n_queries=data.n_queries,
                        oracle_evaluations=sum(self.journal.entry(q, "query")["n_energy_evaluations"] for q in range(r)),

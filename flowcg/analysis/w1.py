@@ -17,6 +17,11 @@ an exact linear programme (POT's network simplex ``ot.emd2`` on the Euclidean co
 so each set is subsampled (seeded) to at most ``max_samples`` points first. In one dimension
 W1 is the L¹ distance between the quantile functions, computed exactly on all samples
 (``scipy.stats.wasserstein_distance``); the per-TIC values come from that.
+
+Weighted model frames (biased CG MD, each frame weighted by exp(+V/kT) for its bias V) enter the
+joint W1 as an unweighted sample of the reweighted ensemble, ``max_samples`` points drawn by
+systematic resampling (:func:`~flowcg.sampling.importance.systematic_resample`), and the 1-D W1
+with their weights.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import ot
 import torch
 from deeptime.decomposition import TICA
 from scipy.stats import wasserstein_distance
+
+from flowcg.sampling.importance import normalized_weights, systematic_resample
 
 __all__ = ["fit_cg_tica", "pairwise_distance_features", "project_tica", "w1_projections", "w1_samples", "w1_tica"]
 
@@ -108,8 +115,11 @@ def w1_samples(a, b, max_samples: int | None = 2000, seed: int = 0) -> float:
     return float(ot.emd2(ot.unif(len(a)), ot.unif(len(b)), cost, numItermax=10_000_000))
 
 
-def w1_projections(model, reference, max_samples: int | None = 2000, seed: int = 0) -> dict[str, float | int]:
+def w1_projections(model, reference, max_samples: int | None = 2000, seed: int = 0, model_log_weights=None) -> dict[str, float | int]:
     """Joint and per-component W1 between projected points model (n, k) and reference (m, k).
+
+    ``model_log_weights`` (n,): log weights of the model points (None: equal weights); the joint W1
+    then takes ``max_samples`` (or n) points resampled by weight (module docstring).
 
     Returns ``w1`` (joint, Euclidean, subsampled as in :func:`w1_samples`), ``w1_tic<c>`` (exact
     1-D W1 of component c on all points), ``n_model`` and ``n_reference`` (before subsampling).
@@ -117,9 +127,17 @@ def w1_projections(model, reference, max_samples: int | None = 2000, seed: int =
     model, reference = _as_numpy(model).astype(np.float64), _as_numpy(reference).astype(np.float64)
     if model.ndim != 2 or reference.ndim != 2 or model.shape[1] != reference.shape[1]:
         raise ValueError(f"need (n, k) and (m, k) projections, got {model.shape} and {reference.shape}")
-    result: dict[str, float | int] = {"w1": w1_samples(model, reference, max_samples, seed)}
+    weights = None
+    joint_model = model
+    if model_log_weights is not None:
+        log_w = np.asarray(model_log_weights, dtype=np.float64).reshape(-1)
+        if log_w.shape != (len(model),):
+            raise ValueError(f"need one log weight per model point ({len(model)}), got shape {log_w.shape}")
+        weights = normalized_weights(log_w)
+        joint_model = model[systematic_resample(log_w, max_samples or len(model), seed=seed)]
+    result: dict[str, float | int] = {"w1": w1_samples(joint_model, reference, max_samples, seed)}
     for c in range(model.shape[1]):
-        result[f"w1_tic{c}"] = float(wasserstein_distance(model[:, c], reference[:, c]))
+        result[f"w1_tic{c}"] = float(wasserstein_distance(model[:, c], reference[:, c], u_weights=weights))
     result["n_model"], result["n_reference"] = len(model), len(reference)
     return result
 
@@ -131,6 +149,7 @@ def w1_tica(
     n_components: int = 2,
     max_samples: int | None = 2000,
     seed: int = 0,
+    model_log_weights=None,
 ) -> dict[str, float | int]:
     """W1 between model and reference CG frames on the first ``n_components`` TICs.
 
@@ -141,10 +160,11 @@ def w1_tica(
         n_components: number of leading TICs.
         max_samples: subsample size per set for the joint W1 (None: all points).
         seed: seed of the subsampling.
+        model_log_weights: (n,) log weights of the model frames (pooled like them), or None.
 
     Returns:
         The dict of :func:`w1_projections`, in TIC units.
     """
     model = project_tica(model_frames, tica, n_components)
     reference = project_tica(reference_frames, tica, n_components)
-    return w1_projections(model, reference, max_samples, seed)
+    return w1_projections(model, reference, max_samples, seed, model_log_weights)

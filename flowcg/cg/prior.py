@@ -97,6 +97,7 @@ from flowcg.units import kT
 
 __all__ = [
     "DIHEDRAL_MODES",
+    "DIHEDRAL_TERMS",
     "CGPrior",
     "FourierDihedralPairs",
     "FourierDihedrals",
@@ -113,6 +114,8 @@ __all__ = [
 DIHEDRAL_MODES = ("none", "boltzmann", "learned", "boltzmann_2d")
 #: the modes whose dihedral terms are read off frames (:func:`invert_dihedral_terms`)
 INVERTED_DIHEDRAL_MODES = ("boltzmann", "boltzmann_2d")
+#: the names of a :class:`CGPrior`'s terms that depend on the dihedrals alone
+DIHEDRAL_TERMS = ("dihedrals", "dihedral_pairs")
 
 
 def _index_buffer(indices, width: int) -> Tensor:
@@ -253,6 +256,15 @@ class CGPrior(nn.Module):
         for term in self.terms.values():
             if next(term.parameters(), None) is None:
                 energy = energy + term(x)
+        return energy
+
+    def dihedral_energy(self, x: Tensor) -> Tensor:
+        """The dihedral terms' energy (B,) in kJ/mol: a function of the CG dihedrals alone (1-D
+        ``dihedrals`` and coupled ``dihedral_pairs``; zero without them)."""
+        energy = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for name in DIHEDRAL_TERMS:
+            if name in self.terms:
+                energy = energy + self.terms[name](x)
         return energy
 
     def energies(self, x: Tensor) -> dict[str, Tensor]:

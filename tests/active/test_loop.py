@@ -255,7 +255,7 @@ class FixedFrames:
     def __init__(self, frames_nm):
         self.frames_nm = frames_nm
 
-    def evaluate(self, frames, backmapper, seed=0):
+    def evaluate(self, frames, backmapper, seed=0, log_weights=None):
         return {}
 
 
@@ -277,6 +277,45 @@ def test_the_final_run_can_start_from_the_reference(tmp_path, parts):
                            TINY_MODEL, simulation)
     with pytest.raises(ValueError, match="final_start_from"):
         SimulationOptions(final_start_from="anywhere")
+
+
+def test_the_final_run_can_be_biased_along_the_dihedrals_and_reweighted(tmp_path, parts):
+    """simulation.final_bias_factor = γ: the last round's CG MD runs on the model's force minus the
+    gradient of V = −(1 − 1/γ) U_dihedral (the label-free prior's dihedral terms) and saves each frame's
+    log weight V/kT, which the evaluation applies; earlier rounds stay unbiased and unweighted."""
+    mapping, backmapper, oracle, initial = parts
+    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
+    simulation = replace(TINY_SIMULATION, final_bias_factor=4.0)
+    seen = {}
+
+    class WeightsSeen(FixedFrames):
+        def evaluate(self, frames, backmapper, seed=0, log_weights=None):
+            seen[len(seen)] = log_weights
+            return {}
+
+    loop = ActiveLearningLoop(tmp_path, mapping, backmapper, oracle, build_strategy("random"), initial, options, TINY_MODEL,
+                              simulation, reference=WeightsSeen(initial.cg_positions_nm))
+    loop.run()
+    assert seen[0] is None and loop._simulation_record(0)[1] is None
+    frames, log_weights = loop._simulation_record(1)
+    with torch.no_grad():
+        u_dihedral = loop.prior.dihedral_energy(torch.as_tensor(frames, dtype=torch.float64)).numpy()
+    kt = 0.0083144626 * loop.options.temperature_K
+    np.testing.assert_allclose(log_weights, -0.75 * u_dihedral / kt, rtol=1e-10)
+    np.testing.assert_array_equal(seen[1], log_weights)
+    assert np.ptp(log_weights) > 0
+    # the biased force is −∇(U_model + V)
+    (model,) = loop.committee(1)
+    x = torch.as_tensor(frames[:5], dtype=model.dtype)
+    y = x.double().requires_grad_(True)
+    (grad_v,) = torch.autograd.grad((-0.75 * loop.prior.dihedral_energy(y)).sum(), y)
+    expected = model.forces(x, create_graph=False) - grad_v.to(model.dtype)
+    torch.testing.assert_close(loop._biased(lambda z: model.forces(z, create_graph=False), 4.0)(x), expected)
+    with pytest.raises(ValueError, match="final_bias_factor must be null"):
+        SimulationOptions(final_bias_factor=1.0)
+    with pytest.raises(ValueError, match="needs cg_model.dihedral_prior"):
+        ActiveLearningLoop(tmp_path / "none", mapping, backmapper, oracle, build_strategy("random"), initial, options,
+                           replace(TINY_MODEL, dihedral_prior="none"), simulation)
 
 
 def test_initial_data_from_the_reference_labels_its_frames_with_the_oracle(parts):

@@ -37,6 +37,24 @@ def test_subsampling_is_seeded_and_capped():
         w1_samples(a, b[:, :1])
 
 
+def test_weighted_model_points_are_the_reweighted_ensemble():
+    """Points drawn from a biased density and weighted by target/biased score as the target's sample:
+    a wide normal N(0, 2²) reweighted to N(1, 0.5²) against an exact N(1, 0.5²) sample."""
+    rng = np.random.default_rng(3)
+    biased = rng.normal(scale=2.0, size=(40_000, 2))
+    log_w = (-0.5 * ((biased - 1) / 0.5) ** 2 + 0.5 * (biased / 2.0) ** 2).sum(axis=1)
+    target = rng.normal(loc=1.0, scale=0.5, size=(2000, 2))
+    weighted = w1_projections(biased, target, max_samples=2000, model_log_weights=log_w)
+    unweighted = w1_projections(biased, target, max_samples=2000)
+    assert weighted["w1"] < 0.1 < unweighted["w1"]
+    assert max(weighted["w1_tic0"], weighted["w1_tic1"]) < 0.05
+    # equal weights are the unweighted measure (the 1-D values exactly)
+    equal = w1_projections(biased[:500], target[:500], model_log_weights=np.zeros(500))
+    assert equal["w1_tic0"] == pytest.approx(w1_projections(biased[:500], target[:500])["w1_tic0"], abs=1e-12)
+    with pytest.raises(ValueError, match="one log weight per model point"):
+        w1_projections(biased, target, model_log_weights=log_w[:10])
+
+
 def random_walk_trajectory(n_frames, seed):
     """A 4-bead CG trajectory (T, 4, 3) nm: a slowly drifting end bead on a fast-jiggling chain."""
     rng = np.random.default_rng(seed)
