@@ -348,7 +348,7 @@ class ActiveLearningLoop:
             data = self.initial if start_from == "initial" else self.dataset(r)
             start_frames = data.cg_positions_nm[rng.choice(len(data), size=n_replicas, replace=True, p=data.weights / data.weights.sum())]
         biased = final and s.final_bias_factor is not None
-        force = self._biased(mean_force, s.final_bias_factor) if biased else mean_force
+        force = self._biased(mean_force) if biased else mean_force
         integrator = LangevinBAOAB(force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
         dtype = models[0].dtype
         n_steps = s.final_n_steps if final and s.final_n_steps else s.n_steps
@@ -356,24 +356,27 @@ class ActiveLearningLoop:
                                 seed=_seed(self.options.seed, r, "simulate"))
         frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
         record = {"frames": frames, "alive": alive}
-        if biased:  # w = exp(+V/kT), V = −(1 − 1/γ) U_dihedral
+        if biased:  # w = exp(+V/kT)
             with torch.no_grad():
-                u = self.prior.dihedral_energy(torch.as_tensor(frames.reshape(-1, *frames.shape[2:]), dtype=torch.float64))
-            bias = -(1 - 1 / s.final_bias_factor) * u.numpy().reshape(frames.shape[:2])
-            record["log_weights"] = bias / kT(self.options.temperature_K)
+                bias = self._final_bias_kj_mol(torch.as_tensor(frames.reshape(-1, *frames.shape[2:])))
+            record["log_weights"] = bias.numpy().reshape(frames.shape[:2]) / kT(self.options.temperature_K)
         save_npz_atomic(self.round_dir(r) / "simulation.npz", **record)
         return {"n_replicas": n_replicas, "n_stopped": int(len(result.stopped)),
                 "stop_reasons": sorted({reason for reason in result.stop_reason if reason})}
 
-    def _biased(self, force: Callable[[torch.Tensor], torch.Tensor], bias_factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``force`` plus −∇V, V = −(1 − 1/γ) U_dihedral of the label-free prior (:class:`SimulationOptions`)."""
-        share = 1 - 1 / bias_factor
+    def _final_bias_kj_mol(self, x: torch.Tensor) -> torch.Tensor:
+        """V (B,) in kJ/mol (float64) of the last round's run: −(1 − 1/γ) U_dihedral of the label-free
+        prior, γ = ``simulation.final_bias_factor`` (:class:`SimulationOptions`)."""
+        return -(1 - 1 / self.simulation.final_bias_factor) * self.prior.dihedral_energy(x.to(torch.float64))
+
+    def _biased(self, force: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``force`` plus the bias's force −∇V (:meth:`_final_bias_kj_mol`)."""
 
         def biased(x: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
                 y = x.detach().to(torch.float64).requires_grad_(True)
-                (gradient,) = torch.autograd.grad(self.prior.dihedral_energy(y).sum(), y)
-            return force(x) + (share * gradient).to(x.dtype)
+                (gradient,) = torch.autograd.grad(self._final_bias_kj_mol(y).sum(), y)
+            return force(x) - gradient.to(x.dtype)
 
         return biased
 
