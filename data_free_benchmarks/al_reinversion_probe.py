@@ -5,8 +5,8 @@
 Each RUN is a finished ``flowcg-al`` folder whose models kept the dihedral terms inverted before any label
 (``cg_model.dihedral_reinversion=once``, or a run from before the option). It is copied to
 ``runs/<label>/<arm>_<seed>``; the copy's last-round models get their dihedral terms re-inverted on the
-run's prior frames with their own network energy in the weights
-(:func:`flowcg.cg.prior.invert_dihedral_terms`), and the last round is simulated and evaluated again with
+run's prior frames with their own network energy in the weights, by the loop's own
+:meth:`~flowcg.active.loop.ActiveLearningLoop.reinvert_dihedrals` (what ``dihedral_reinversion=after_fit`` does), and the last round is simulated and evaluated again with
 the run's own seed, so only the dihedral terms differ from the original. Rerunning skips finished runs.
 Results: ``results/<label>.{json,md}``.
 """
@@ -22,7 +22,6 @@ import torch
 
 from al_final_md_noise import run_config
 from flowcg.hardware import cpu_model
-from flowcg.cg.prior import invert_dihedral_terms
 from flowcg.cli.al import build_loop
 from flowcg.io import load_json, save_atomic, save_json_atomic, write_atomic
 
@@ -38,14 +37,8 @@ def reinvert_and_evaluate(run: Path, copy: Path) -> dict:
     shutil.copytree(run, copy, dirs_exist_ok=True)
     loop, _, _ = build_loop(run_config(run), copy)
     last = loop.options.rounds
-    models, ess = loop.committee(last), []
-    frames = torch.as_tensor(loop.prior_frames_nm, dtype=torch.float64)
-    for model in models:
-        model.double()
-        with torch.no_grad():
-            network = model.network_energy(frames).numpy()
-        ess.append(invert_dihedral_terms(model.prior, frames, loop.options.temperature_K, network))
-        model.float()
+    models = loop.committee(last)
+    ess = [loop.reinvert_dihedrals(model) for model in models]
     save_atomic({"models": [model.state_dict() for model in models]}, loop.round_dir(last) / "models.pt")
     metrics = loop.simulate_and_evaluate(last)
     result = {"reweighting_ess": min(ess), **{key: metrics[key] for key in METRICS}}

@@ -305,7 +305,7 @@ class ActiveLearningLoop:
             losses.append(fit_force_matching(model, data.cg_positions_nm, data.cg_forces_kJ_mol_nm, data.weights, fit,
                                              seed=_seed(self.options.seed, r, "train", member), energy_targets_kJ_mol=energy_targets))
             if self.reinverts_dihedrals:
-                reweighting_ess.append(self._reinvert_dihedrals(model))
+                reweighting_ess.append(self.reinvert_dihedrals(model))
             states.append(model.state_dict())
         save_atomic({"models": states}, self.round_dir(r) / "models.pt")
         info = {"n_rows": len(data), "n_queries": data.n_queries, "force_mse": float(np.mean([l["force_mse"] for l in losses]))}
@@ -323,9 +323,10 @@ class ActiveLearningLoop:
             model.prior.load_state_dict(self.prior.state_dict())
         return model
 
-    def _reinvert_dihedrals(self, model: CGSchNet) -> float:
-        """Refit ``model``'s dihedral terms on the prior's frames with its network's energy in the weights
-        (:func:`~flowcg.cg.prior.invert_dihedral_terms`); returns the weights' Kish ESS fraction."""
+    def reinvert_dihedrals(self, model: CGSchNet) -> float:
+        """Refit, in place, ``model``'s dihedral terms on the prior's frames with its network's energy (in
+        the model's precision) in the weights (:func:`~flowcg.cg.prior.invert_dihedral_terms`); returns the
+        weights' Kish ESS fraction. What ``cg_model.dihedral_reinversion=after_fit`` does after every fit."""
         with torch.no_grad():
             network = model.network_energy(torch.as_tensor(self.prior_frames_nm, dtype=model.dtype)).double().numpy()
         return invert_dihedral_terms(model.prior, self.prior_frames_nm, self.options.temperature_K, network)

@@ -114,8 +114,10 @@ __all__ = [
 DIHEDRAL_MODES = ("none", "boltzmann", "learned", "boltzmann_2d")
 #: the modes whose dihedral terms are read off frames (:func:`invert_dihedral_terms`)
 INVERTED_DIHEDRAL_MODES = ("boltzmann", "boltzmann_2d")
-#: the names of a :class:`CGPrior`'s terms that depend on the dihedrals alone
-DIHEDRAL_TERMS = ("dihedrals", "dihedral_pairs")
+#: the names of a :class:`CGPrior`'s terms that depend on the dihedrals alone: one-dimensional
+#: (:class:`FourierDihedrals`) and coupled consecutive pairs (:class:`FourierDihedralPairs`)
+SINGLE_DIHEDRALS, DIHEDRAL_PAIRS = "dihedrals", "dihedral_pairs"
+DIHEDRAL_TERMS = (SINGLE_DIHEDRALS, DIHEDRAL_PAIRS)
 
 
 def _index_buffer(indices, width: int) -> Tensor:
@@ -454,11 +456,11 @@ def fit_prior(
     pairs, single = consecutive_dihedral_pairs(quadruples) if dihedrals == "boltzmann_2d" else ([], list(range(len(quadruples))))
     if dihedrals != "none" and single:
         zeros = np.zeros((len(single), dihedral_terms))
-        terms["dihedrals"] = FourierDihedrals(quadruples[single], zeros, zeros, learnable=dihedrals == "learned")
+        terms[SINGLE_DIHEDRALS] = FourierDihedrals(quadruples[single], zeros, zeros, learnable=dihedrals == "learned")
     if pairs:
         orders = fourier_orders_2d(dihedral_terms)
         zeros = np.zeros((len(pairs), len(orders)))
-        terms["dihedral_pairs"] = FourierDihedralPairs(quadruples[np.array(pairs)], orders, zeros, zeros)
+        terms[DIHEDRAL_PAIRS] = FourierDihedralPairs(quadruples[np.array(pairs)], orders, zeros, zeros)
     prior = CGPrior(terms)
     if dihedrals in INVERTED_DIHEDRAL_MODES:
         invert_dihedral_terms(prior, x, temperature_K, bins=dihedral_bins)
@@ -490,15 +492,17 @@ def invert_dihedral_terms(prior: CGPrior, cg_positions_nm, temperature_K: float,
             raise ValueError(f"network energies must be {len(x)} finite values, got shape {network.shape}")
         other = other + network
     weights = np.exp((other - other.max()) / kt)
-    single = prior.terms["dihedrals"] if "dihedrals" in prior.terms and not isinstance(prior.terms["dihedrals"].a, nn.Parameter) else None
+    single = prior.terms[SINGLE_DIHEDRALS] if SINGLE_DIHEDRALS in prior.terms else None
+    if single is not None and isinstance(single.a, nn.Parameter):  # learned, not inverted
+        single = None
     with torch.no_grad():
         if single is not None:
             phi = FourierDihedrals.coordinates(x, single.quadruples).numpy()
             for d in range(phi.shape[1]):
                 a, b = fit_fourier_dihedral(phi[:, d], kt, single.a.shape[1], bins, weights=weights)
                 single.a[d], single.b[d] = torch.as_tensor(a), torch.as_tensor(b)
-        if "dihedral_pairs" in prior.terms:
-            term = prior.terms["dihedral_pairs"]
+        if DIHEDRAL_PAIRS in prior.terms:
+            term = prior.terms[DIHEDRAL_PAIRS]
             phi = FourierDihedrals.coordinates(x, term.quadruple_pairs[:, 0]).numpy()
             psi = FourierDihedrals.coordinates(x, term.quadruple_pairs[:, 1]).numpy()
             n_terms = int(term.orders.abs().max())
