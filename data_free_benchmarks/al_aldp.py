@@ -48,8 +48,11 @@ Yardstick: the CG reference shipped with the oracle's model (``flowcg/pretrained
 reference_cg.npz``: biased-walker frames resampled by weight, TICA fitted on a plain MD) unless
 ``--reference`` names another. Metric: W1 between each arm's final CG MD and the reference, on the
 reference TICA's first two components, plus the Ramachandran KL64(ref‖CG MD) and the basin
-populations. The final CG MD (evaluation only) is 64 replicas × 100 ps started from reference frames
-(``simulation.final_start_from=reference``: the same spread of starts for every arm and seed).
+populations. The final CG MD (evaluation only) is 64 replicas × 30 ps started from reference frames
+(``simulation.final_start_from=reference``: the same spread of starts for every arm and seed), biased
+along the CG dihedrals and reweighted (``simulation.final_bias_factor=4``: every replica crosses between
+the basins, so the 0.2 % of αL is weighed instead of counted as a few crossings), its first 6 ps
+dropped (``COMMON``).
 Relative improvement = 1 − W1_AL / W1_baseline on seed means, with the standard error of the
 difference of the means, and the paired difference over the seeds both arms ran (arms of one seed
 share its network initialisations and flow draws, so their W1 move together). Results: ``results/al_aldp.json`` and ``results/al_aldp.md``. A variant (other
@@ -86,9 +89,12 @@ ARM_CONFIGS = HERE / "conf" / "al_arm"
 
 INITIAL_FRAMES, ROUNDS, QUERIES, DRAWS = 500, 4, 25, 32
 BUDGET = INITIAL_FRAMES + ROUNDS * QUERIES * DRAWS
-#: overrides of every arm; the final CG MD, which only serves the evaluation, runs 100 ps per replica instead of 6 ps,
-#: from frames of the reference
-COMMON = ["experiment=al_aldp", "simulation.final_n_steps=50000", "simulation.final_start_from=reference"]
+#: overrides of every arm; the final CG MD, which only serves the evaluation, runs 30 ps per replica from frames of the
+#: reference, biased along the CG dihedrals (gamma = 4) and reweighted, its first 6 ps dropped (since 2026-12-07, stop 40;
+#: runs before it: 100 ps unbiased, reproduced by adding
+#: -o simulation.final_n_steps=50000 simulation.final_burn_in_saves=null simulation.final_bias_factor=null)
+COMMON = ["experiment=al_aldp", "simulation.final_start_from=reference", "simulation.final_n_steps=15000",
+          "simulation.final_burn_in_saves=100", "simulation.final_bias_factor=4"]
 #: the arms, each a config of the group al_arm (data_free_benchmarks/conf/al_arm/<arm>.yaml):
 #: al_threshold_0.01 lowers the coverage threshold, so that AL spends the whole label budget like the
 #: other arms; committee: strategy=committee with three models; random: strategy=random; static:

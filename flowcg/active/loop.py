@@ -108,7 +108,8 @@ class SimulationOptions:
     Replicas start from frames of the initial data (``start_from="initial"``: every arm and
     round starts alike, so the evaluation compares models, not starting sets) or of all labels
     so far (``"data"``). The last round's run, which only serves the evaluation, can be made
-    longer with ``final_n_steps``, wider with ``final_n_replicas`` and started elsewhere with ``final_start_from``: ``"reference"``
+    longer with ``final_n_steps``, wider with ``final_n_replicas``, with another burn-in with ``final_burn_in_saves``
+    and started elsewhere with ``final_start_from`` (each ``final_<name>`` null: ``<name>``): ``"reference"``
     starts it from frames of the evaluation reference, a spread over every basin that is the same
     for every arm (a CG model that is right stays there; started in one basin, a short run measures
     how far the model got, not where it settles). Only the last round may start there: a round
@@ -131,10 +132,15 @@ class SimulationOptions:
     start_from: str = "initial"
     final_n_steps: int | None = None
     final_n_replicas: int | None = None
+    final_burn_in_saves: int | None = None
     final_start_from: str | None = None
     final_bias_factor: float | None = None
 
     def __post_init__(self):
+        for name in ("burn_in_saves", "final_burn_in_saves"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"simulation.{name} must be >= 0, got {value}")
         if self.final_bias_factor is not None and not self.final_bias_factor > 1:
             raise ConfigError(f"simulation.final_bias_factor must be null (no bias) or > 1, got {self.final_bias_factor}")
         if self.start_from not in ("initial", "data"):
@@ -142,6 +148,11 @@ class SimulationOptions:
         if self.final_start_from not in (None, "initial", "data", "reference"):
             raise ConfigError("simulation.final_start_from must be null (= start_from), 'initial', 'data' or 'reference', "
                               f"got '{self.final_start_from}'")
+
+    def setting(self, name: str, final: bool):
+        """``final_<name>`` for the last round's run where it is set, else ``<name>``."""
+        override = getattr(self, f"final_{name}") if final else None
+        return getattr(self, name) if override is None else override
 
 
 @dataclass
@@ -339,9 +350,12 @@ class ActiveLearningLoop:
 
         s = self.simulation
         final = r == self.options.rounds
-        start_from = s.final_start_from if final and s.final_start_from else s.start_from
+        start_from, n_replicas = s.setting("start_from", final), s.setting("n_replicas", final)
+        n_steps, burn_in_saves = s.setting("n_steps", final), s.setting("burn_in_saves", final)
+        if burn_in_saves >= n_steps // s.save_every:
+            raise ConfigError(f"simulation: a burn-in of {burn_in_saves} saves leaves none of the {n_steps // s.save_every} saves of "
+                              f"{n_steps} steps ({'final_' if final else ''}burn_in_saves too large)")
         rng = np.random.default_rng(_seed(self.options.seed, r, "simulate"))
-        n_replicas = s.final_n_replicas if final and s.final_n_replicas else s.n_replicas
         if start_from == "reference":  # resampled by weight already: an unweighted ensemble
             n_frames = len(self.reference.frames_nm)
             start_frames = self.reference.frames_nm[rng.choice(n_frames, size=n_replicas, replace=n_frames < n_replicas)]
@@ -352,10 +366,9 @@ class ActiveLearningLoop:
         force = self._biased(mean_force) if biased else mean_force
         integrator = LangevinBAOAB(force, self.mapping.masses, s.timestep_ps, s.friction_per_ps, self.options.temperature_K)
         dtype = models[0].dtype
-        n_steps = s.final_n_steps if final and s.final_n_steps else s.n_steps
         result = integrator.run(torch.as_tensor(start_frames, dtype=dtype), n_steps, s.save_every,
                                 seed=_seed(self.options.seed, r, "simulate"))
-        frames, alive = result.frames[s.burn_in_saves:].numpy(), result.alive[s.burn_in_saves:].numpy()
+        frames, alive = result.frames[burn_in_saves:].numpy(), result.alive[burn_in_saves:].numpy()
         record = {"frames": frames, "alive": alive}
         if biased:  # w = exp(+V/kT)
             with torch.no_grad():

@@ -260,15 +260,18 @@ class FixedFrames:
 
 
 def test_the_final_run_can_start_from_the_reference(tmp_path, parts):
+    """final_start_from, final_n_replicas and final_burn_in_saves change the last round's run alone."""
     mapping, backmapper, oracle, initial = parts
     shifted = initial.cg_positions_nm + 10.0  # the CG model is translation-invariant: only where runs start tells them apart
     options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
     simulation = SimulationOptions(n_replicas=4, n_steps=60, save_every=10, burn_in_saves=1, final_start_from="reference",
-                                   final_n_replicas=6)
+                                   final_n_replicas=6, final_burn_in_saves=4)
     loop = ActiveLearningLoop(tmp_path, mapping, backmapper, oracle, build_strategy("random"), initial, options, TINY_MODEL,
                               simulation, reference=FixedFrames(shifted))
     loop.run()
     assert [Journal(tmp_path / "journal.json").entry(r, "simulate")["n_replicas"] for r in (0, 1)] == [4, 6]  # only the last is wider
+    saved = [np.load(loop.round_dir(r) / "simulation.npz")["frames"].shape[:2] for r in (0, 1)]
+    assert saved == [(5, 4), (2, 6)]  # (saves, replicas): 6 saves, 1 or 4 dropped
     centre = initial.cg_positions_nm.mean(axis=(0, 1))
     assert np.all(np.abs(loop.simulated_frames(0).mean(axis=(0, 1)) - centre) < 1.0)
     assert np.all(np.abs(loop.simulated_frames(1).mean(axis=(0, 1)) - centre - 10.0) < 1.0)
@@ -277,6 +280,12 @@ def test_the_final_run_can_start_from_the_reference(tmp_path, parts):
                            TINY_MODEL, simulation)
     with pytest.raises(ValueError, match="final_start_from"):
         SimulationOptions(final_start_from="anywhere")
+    with pytest.raises(ValueError, match="final_burn_in_saves must be >= 0"):
+        SimulationOptions(final_burn_in_saves=-1)
+    too_long = ActiveLearningLoop(tmp_path / "long", mapping, backmapper, oracle, build_strategy("random"), initial, options, TINY_MODEL,
+                                  replace(simulation, final_burn_in_saves=6), reference=FixedFrames(shifted))
+    with pytest.raises(ValueError, match="final_burn_in_saves too large"):
+        too_long.run()
 
 
 def test_the_final_run_can_be_biased_along_the_dihedrals_and_reweighted(tmp_path, parts):
