@@ -137,10 +137,16 @@ class SimulationOptions:
     final_bias_factor: float | None = None
 
     def __post_init__(self):
-        for name in ("burn_in_saves", "final_burn_in_saves"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"simulation.{name} must be >= 0, got {value}")
+        if self.save_every < 1:
+            raise ConfigError(f"simulation.save_every must be >= 1, got {self.save_every}")
+        for final in (False, True):  # checked here, not when the run starts: the last round comes after all training
+            name = "final_burn_in_saves" if final and self.final_burn_in_saves is not None else "burn_in_saves"
+            burn_in, n_saves = self.setting("burn_in_saves", final), self.setting("n_steps", final) // self.save_every
+            if burn_in < 0:
+                raise ConfigError(f"simulation.{name} must be >= 0, got {burn_in}")
+            if burn_in >= n_saves:
+                raise ConfigError(f"simulation: a burn-in of {burn_in} saves leaves none of the {n_saves} saves of "
+                                  f"{'the last round' if final else 'a round'} ({name} too large)")
         if self.final_bias_factor is not None and not self.final_bias_factor > 1:
             raise ConfigError(f"simulation.final_bias_factor must be null (no bias) or > 1, got {self.final_bias_factor}")
         if self.start_from not in ("initial", "data"):
@@ -352,9 +358,6 @@ class ActiveLearningLoop:
         final = r == self.options.rounds
         start_from, n_replicas = s.setting("start_from", final), s.setting("n_replicas", final)
         n_steps, burn_in_saves = s.setting("n_steps", final), s.setting("burn_in_saves", final)
-        if burn_in_saves >= n_steps // s.save_every:
-            raise ConfigError(f"simulation: a burn-in of {burn_in_saves} saves leaves none of the {n_steps // s.save_every} saves of "
-                              f"{n_steps} steps ({'final_' if final else ''}burn_in_saves too large)")
         rng = np.random.default_rng(_seed(self.options.seed, r, "simulate"))
         if start_from == "reference":  # resampled by weight already: an unweighted ensemble
             n_frames = len(self.reference.frames_nm)

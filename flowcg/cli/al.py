@@ -113,6 +113,9 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> tuple[ActiveLearningLoop, Labe
     backmapper = TorsionBackmapper(InternalCoordinateTransform.from_topology(target.topology), target.positions, mapping)
     oracle, pretrained = build_oracle(cfg.oracle, target, mapping, backmapper)
     strategy = build_strategy(**OmegaConf.to_container(cfg.strategy, resolve=True))
+    # the options are checked before any energy is evaluated: a bad one is an error now, not after the initial data
+    model_options = build_from_options(ModelOptions, "cg_model", OmegaConf.to_container(cfg.cg_model, resolve=True))
+    simulation = build_from_options(SimulationOptions, "simulation", OmegaConf.to_container(cfg.simulation, resolve=True))
 
     reference_path = _reference_path(cfg, pretrained)
     reference = load_cg_reference(reference_path, mapping, backmapper, cfg.reference_lag_frames) if reference_path else None
@@ -130,9 +133,7 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> tuple[ActiveLearningLoop, Labe
                     fit=fit, finetune_steps=cfg.loop.finetune_steps, max_candidates=cfg.loop.max_candidates,
                     temperature_K=target.temperature, seed=cfg.seed, query_weight=cfg.loop.query_weight,
                     candidates=cfg.loop.candidates),
-        build_from_options(ModelOptions, "cg_model", OmegaConf.to_container(cfg.cg_model, resolve=True)),
-        build_from_options(SimulationOptions, "simulation", OmegaConf.to_container(cfg.simulation, resolve=True)),
-        reference=reference, initial_tica=initial_tica,
+        model_options, simulation, reference=reference, initial_tica=initial_tica,
     )
     return loop, initial, reference_path
 
