@@ -176,12 +176,15 @@ def configure_compile(model: StructuredFlow, setting, model_kind: str) -> Struct
     return model.use_compile(setting is True or (setting == "auto" and model_kind == "internal"))
 
 
-def final_slow_components(cfg: DictConfig) -> int:
-    """Components of the slow mixture at the end of a run: those of its last prior refit (see
-    :func:`~flowcg.training.recipe.build_phases`), else the model's own."""
+def final_slow_prior(cfg: DictConfig) -> tuple[int, str]:
+    """(components, slow_blocks) of the slow prior at the end of a run: the components of its last
+    prior refit (see :func:`~flowcg.training.recipe.build_phases`), else the model's own, and
+    ``joint`` once a refit has joined the blocks (``prior_refit.slow_blocks: joint``), else the model's."""
     phases = build_phases(_plain(cfg.get("recipe")).get("phases"), _plain(cfg.train), _plain(cfg.get("prior_refit")))
     refits = [p for p in phases if p.kind == "refit"]
-    return int(refits[-1].settings["n_components"]) if refits else int(cfg.model.n_components)
+    components = int(refits[-1].settings["n_components"]) if refits else int(cfg.model.n_components)
+    joined = any(p.settings.get("slow_blocks") == "joint" for p in refits)
+    return components, "joint" if joined else cfg.model.get("slow_blocks", "joint")
 
 
 @dataclass
@@ -205,7 +208,10 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
     if not config_path.is_file():
         raise MissingFileError(f"{run_dir} is not a flowcg run folder: no {CONFIG_NAME}")
     cfg = OmegaConf.load(config_path)
-    cfg.model.n_components = final_slow_components(cfg)  # the config's own answer; no resize to fit the weights
+    # the config's own answer; no resize to fit the weights
+    cfg.model.n_components, slow_blocks = final_slow_prior(cfg)
+    if "slow_blocks" in cfg.model:
+        cfg.model.slow_blocks = slow_blocks
     # the saved weights hold the fitted standardisation: no need to minimise and evaluate energies again
     target, model, torch_device = build_target_and_model(cfg, device, fit_reference=False)
     saved = load_torch(run_dir / MODEL_NAME, map_location=torch_device, what="model file")

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from flowcg.compiled import MAX_VARIANTS, CheckedCompile, allow_recompiles, compile_flow_piece, compile_transform
 from flowcg.errors import ConfigError
 from flowcg.flows.couplings import MixedSplineCoupling, SplineCoupling
+from flowcg.latent.product import BlockMixture
 from flowcg.latent.structured import StructuredLatent
 
 @dataclass
@@ -139,14 +140,17 @@ class StructuredFlow(nn.Module):
         return self.latent.slow_dim
 
     def match_slow_prior(self, state_dict) -> "StructuredFlow":
-        """Give the slow mixture as many components as ``state_dict`` holds, in place, before loading it.
+        """Give the slow mixture as many components (and, after a joining refit, the joint form) as
+        ``state_dict`` holds, in place, before loading it.
 
         A prior refit (:mod:`flowcg.training.prior_refit`) changes the number; resuming a recipe or
         warm-starting from a refit run calls this explicitly (``load_state_dict`` itself refuses a
         mismatch). The parameters keep their identity, so an optimiser holding them stays valid."""
-        saved_logits = next((value for key, value in state_dict.items()  # one mixture, or the first block of a BlockMixture
-                             if key in ("latent.slow.logits", "latent.slow.blocks.0.logits")), None)
-        if saved_logits is not None and saved_logits.shape[0] != self.latent.slow.n_components:
+        joint = "latent.slow.logits" in state_dict  # one mixture, or the first block of a BlockMixture
+        saved_logits = state_dict.get("latent.slow.logits" if joint else "latent.slow.blocks.0.logits")
+        if joint and isinstance(self.latent.slow, BlockMixture):  # a refit joined the blocks (StructuredLatent.join_slow_)
+            self.latent.join_slow_(saved_logits.shape[0])
+        elif saved_logits is not None and saved_logits.shape[0] != self.latent.slow.n_components:
             self.latent.slow.resize_(saved_logits.shape[0])
         return self
 

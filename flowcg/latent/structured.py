@@ -57,6 +57,19 @@ class StructuredLatent(nn.Module):
         """z = (z_slow, z_fast) with z_fast ~ p(z_fast | z_slow) reparameterised, one draw per row of z_slow."""
         return torch.cat([z_slow, self.fast.rsample(z_slow)], dim=1)
 
+    @torch.no_grad()
+    def join_slow_(self, n_components: int) -> DiagonalGaussianMixture:
+        """The slow prior as one mixture of ``n_components`` over all slow latents, in place, returned.
+
+        A product of block mixtures (:class:`BlockMixture`) is replaced by a joint mixture with
+        placeholder parameters (to be fitted or loaded); a joint one is resized. The product trains
+        well (K components per block hold K^B combinations) but cannot hold the blocks' correlations
+        in p(z_slow); a joint mixture fitted to weighted draws can (:mod:`flowcg.training.prior_refit`)."""
+        if isinstance(self.slow, BlockMixture):
+            reference = next(self.slow.parameters())
+            self.slow = DiagonalGaussianMixture(self.slow_dim, n_components, periodic=self.slow.periodic).to(reference)
+        return self.slow.resize_(n_components)
+
     def uniform_slow(self, n: int) -> Tensor:
         """n draws of z_slow uniform on the torus [−π, π)^ds: the defensive part of a slow proposal.
 

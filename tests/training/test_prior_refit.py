@@ -138,3 +138,70 @@ def test_tempered_refit_steps_toward_the_target_when_the_weights_are_too_spread(
     assert kish_ess(draw_samples(model, target, 20_000).log_w) > 0.95
     with pytest.raises(ValueError, match="min_ess must be in"):
         PriorRefitConfig(n_components=3, min_ess=1.5)
+
+
+def test_state_weights_average_the_conditional_and_recover_the_slow_marginal(small_flow, model_as_target):
+    """The target's conditional is narrower than the model's (a finite weight variance), so one draw per
+    state carries a noisy weight; M = 16 draws per state average it (W(s) ∝ p(s)/π(s)): the states' weights are far less
+    spread than single draws', and the refit lands on the target's slow marginal at the full step."""
+    torch.manual_seed(0)
+    model = small_flow(n_components=1, seed=0)
+    truth = _three_mode_truth(model)
+    with torch.no_grad():
+        truth.latent.fast.log_std_offset.add_(-0.7)
+    target = model_as_target(truth)
+    single = draw_samples(model, target, 20_000).log_w
+    evaluations = target.n_energy_evaluations
+    config = PriorRefitConfig(n_components=3, n_samples=32_000, per_state_draws=16, rounds=2)
+    records = refit_slow_prior(model, target, config, seed=0)
+    assert target.n_energy_evaluations - evaluations == 2 * 32_000  # n_samples counts draws, not states
+    assert records[0]["per_state_draws"] == 16 and records[0]["ess_of_draws"] > 2 * kish_ess(single)
+    order = torch.argsort(model.latent.slow.means[:, 0])
+    torch.testing.assert_close(model.latent.slow.means[order], truth.latent.slow.means, atol=0.08, rtol=0)
+    torch.testing.assert_close(model.latent.slow.weights[order], truth.latent.slow.weights, atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="per_state_draws must be ≥ 1"):
+        PriorRefitConfig(n_components=3, per_state_draws=0)
+    with pytest.raises(ValueError, match="at least per_state_draws"):
+        PriorRefitConfig(n_components=3, n_samples=8, per_state_draws=16)
+
+
+def _two_block_model(seed: int) -> StructuredFlow:
+    """Two slow latents with a product prior (one mixture per latent), a conditional Gaussian fast latent."""
+    from nflows.transforms import IdentityTransform
+
+    from flowcg.latent.conditional import ConditionalDiagonalGaussian
+    from flowcg.latent.product import BlockMixture
+    from flowcg.latent.structured import StructuredLatent
+
+    torch.manual_seed(seed)
+    slow = BlockMixture([[0], [1]], n_components=2, init_spread=2.0, init_std=1.5, seed=seed)
+    return StructuredFlow(StructuredLatent(slow, ConditionalDiagonalGaussian(2, 1, hidden=8)), IdentityTransform()).double()
+
+
+def test_joint_refit_holds_the_correlation_a_product_of_blocks_cannot(model_as_target):
+    """The target's slow marginal puts its mass at (−2, −2) and (2, 2): the best product of the two
+    marginals also puts half of it at (−2, 2) and (2, −2) (Kish ESS ≈ 0.5), one joint mixture holds it
+    (ESS ≈ 1). The joined model reloads into a model built with the product (match_slow_prior)."""
+    from flowcg.latent.mixture import DiagonalGaussianMixture
+
+    truth = _two_block_model(seed=0)
+    truth.latent.slow = DiagonalGaussianMixture(2, 2, periodic=False).double()
+    with torch.no_grad():
+        truth.latent.slow.means.copy_(torch.tensor([[-2.0, -2.0], [2.0, 2.0]]))
+        truth.latent.slow.log_stds.fill_(-0.7)
+    target = model_as_target(truth)
+    product, joined = _two_block_model(seed=0), _two_block_model(seed=0)
+    joined.latent.fast.load_state_dict(truth.latent.fast.state_dict())
+    product.latent.fast.load_state_dict(truth.latent.fast.state_dict())
+    refit_slow_prior(product, target, PriorRefitConfig(n_components=2, n_samples=20_000, rounds=2), seed=0)
+    refit_slow_prior(joined, target, PriorRefitConfig(n_components=2, n_samples=20_000, rounds=2, slow_blocks="joint"), seed=0)
+    torch.manual_seed(1)
+    assert kish_ess(draw_samples(product, target, 20_000).log_w) < 0.6
+    assert kish_ess(draw_samples(joined, target, 20_000).log_w) > 0.97
+    assert isinstance(joined.latent.slow, DiagonalGaussianMixture)
+    fresh = _two_block_model(seed=5)
+    fresh.match_slow_prior(joined.state_dict()).load_state_dict(joined.state_dict())
+    x = joined.sample(64).x
+    torch.testing.assert_close(fresh.log_prob(x), joined.log_prob(x))
+    with pytest.raises(ValueError, match="slow_blocks must be null"):
+        PriorRefitConfig(n_components=2, slow_blocks="bonded")

@@ -80,3 +80,46 @@ def test_every_shipped_recipe_validates_against_the_shipped_defaults(recipe_file
     refit = OmegaConf.to_container(OmegaConf.load(conf / "train.yaml").prior_refit)
     phases = build_phases(OmegaConf.to_container(OmegaConf.load(recipe_file).phases), train, refit)
     assert phases[0].kind == "train"
+
+
+def _product_model():
+    """Both double-well coordinates slow, with a product prior (one mixture per coordinate)."""
+    from flowcg.latent import BlockMixture
+
+    torch.manual_seed(0)
+    model = build_flow(2, 2, 2, n_couplings=2, hidden=16)
+    model.latent.slow = BlockMixture([[0], [1]], n_components=2, init_spread=2.0, seed=0)
+    return model
+
+
+@pytest.mark.parametrize("kill_after_calls", [26, 33])  # in the refit, in the train phase after it
+def test_a_refit_that_joins_the_slow_blocks_resumes_exactly(tmp_path, kill_after_calls):
+    """prior_refit.slow_blocks = joint replaces the product by one mixture; a resumed chain rebuilds
+    that form from its state (match_slow_prior) and ends with the uninterrupted run's parameters."""
+    from flowcg.latent import DiagonalGaussianMixture
+
+    recipe = [{"kind": "train"}, {"kind": "refit", "n_components": 3, "slow_blocks": "joint", "per_state_draws": 4},
+              {"kind": "train", "schedule": {"kind": "constant"}, "final_steps": 12, "lr": 3e-4}]
+    phases = build_phases(recipe, TRAIN, REFIT)
+    reference_model = _product_model()
+    run_recipe(reference_model, KillableDoubleWell(), phases, tmp_path / "a", seed=0)
+    assert isinstance(reference_model.latent.slow, DiagonalGaussianMixture) and reference_model.latent.slow.n_components == 3
+    with pytest.raises(Killed):
+        run_recipe(_product_model(), KillableDoubleWell(kill_after_calls=kill_after_calls), phases, tmp_path / "b", seed=0)
+    model = _product_model()
+    run_recipe(model, KillableDoubleWell(), phases, tmp_path / "b", seed=0, resume=True)
+    assert reference_model.state_dict().keys() == model.state_dict().keys()
+    for p, q in zip(reference_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_a_run_reloads_with_the_slow_prior_its_last_refit_left():
+    from flowcg.builders import final_slow_prior
+
+    cfg = OmegaConf.create({"model": {"n_components": 6, "slow_blocks": "bonded"}, "train": TRAIN, "prior_refit": REFIT,
+                            "recipe": {"phases": [{"kind": "train"}, {"kind": "refit", "n_components": 12}]}})
+    assert final_slow_prior(cfg) == (12, "bonded")
+    cfg.recipe.phases.append({"kind": "refit", "n_components": 32, "slow_blocks": "joint"})
+    assert final_slow_prior(cfg) == (32, "joint")
+    cfg.recipe.phases = [{"kind": "train"}]
+    assert final_slow_prior(cfg) == (6, "bonded")
