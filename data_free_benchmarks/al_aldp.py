@@ -60,7 +60,8 @@ settings for every arm) runs under its own name: ``--name al_aldp_learned -o cg_
 puts its runs in ``runs/al_aldp_learned/`` and its results in ``results/al_aldp_learned.{json,md}``.
 ``--reevaluate KEY=VALUE ...`` trains nothing: it simulates the last round of the finished runs of
 ``--name`` again under those settings (e.g. ``simulation.final_bias_factor=4``, a CG MD biased along
-the dihedrals and reweighted) in ``runs/<label>/`` and reports that evaluation under ``--label``.
+the dihedrals and reweighted) in ``runs/<label>/`` and reports that evaluation under ``--label``; a run
+whose own config already holds those settings (made with today's ``COMMON``) is reported as it is.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
@@ -178,11 +180,21 @@ def reevaluated(runs: Path, copies: Path, arm: str, seed: int, overrides: list[s
     from al_final_md_noise import repeat_final_round  # a sibling script: this folder leads sys.path
 
     row = read_arm(runs, arm, seed)
+    if evaluated_under(runs / arm / f"seed{seed}", overrides):  # its own last round already ran so: no second simulation
+        return row
     final = repeat_final_round(runs / arm / f"seed{seed}", copies / arm / f"seed{seed}", 1, False, tuple(overrides))
     row.update({key: final[key] for key in ("w1", "w1_tic0", "w1_tic1", "kl64")},
                basins={k[6:]: final[k] for k in final if k.startswith("basin_")}, frame_weight_ess=final.get("frame_weight_ess"),
                wall_s=None)
     return row
+
+
+def evaluated_under(run: Path, overrides: list[str]) -> bool:
+    """Whether the finished ``run``'s own config already holds every KEY=VALUE of ``overrides`` (values compared as
+    YAML scalars, so 4 matches 4.0): e.g. a run made with today's ``COMMON``, which holds the biased evaluation."""
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    pairs = (override.split("=", 1) for override in overrides)
+    return all(OmegaConf.select(config, key) == yaml.safe_load(value) for key, value in pairs)
 
 
 def summarize(rows: list[dict]) -> dict:
