@@ -56,8 +56,10 @@ Per-state weights (``per_state_draws`` M > 1). The tempered refit stops short of
 draw's weight carries the conditional error too. Drawing M configurations x_j ~ q(x | s) at each
 of n_samples / M states s and weighting the state by the mean W(s) = (1/M) Σ_j w(x_j) averages
 that error out: E[W(s)] ∝ p(s)/π(s) exactly, and its spread over states is the slow prior's error
-alone, so the refit can take the full step (α = 1). On the tetrapeptide (stop 40's model, M = 16)
-the states' Kish ESS was 0.13–0.32 where single draws had 0.05–0.07 (``data_free_benchmarks/RESULTS.md``).
+alone, so the refit can take the full step (α = 1). On trained tetrapeptide models (M = 16) the
+states' Kish ESS was 0.14–0.30 where single draws of the same models have 0.02–0.06
+(``data_free_benchmarks/RESULTS.md``, "A joint slow refit on per-state weights"); ``min_ess`` still
+tempers the states' weights where they are too spread (the hexapeptide's: 0.004).
 
 Joint refit (``slow_blocks: joint``). A product of per-residue mixtures (``model.slow_blocks:
 bonded``) trains well but its best fit to p(s) is the product of p's marginals (module
@@ -172,7 +174,7 @@ def _state_draws(model: StructuredFlow, target: Target, config: PriorRefitConfig
     Why: E_q(x|s)[w] π(s) = p(s), the target's slow marginal, so W(s) is an unbiased weight of s
     toward p(s) whose conditional part is averaged over M draws (Rao–Blackwellised in x) instead
     of carried by one. When Var(log w | s) is most of Var(log w), as on the tetrapeptide, the states'
-    weights are far less spread than the draws' (Kish ESS 0.2–0.3 against 0.01–0.05 at M = 16),
+    weights are far less spread than the draws' (Kish ESS 0.14–0.30 against 0.02–0.06 at M = 16),
     so the refit can take the full step (α = 1) toward p(s) that the tempered one only approaches.
     """
     per_state = config.per_state_draws
