@@ -77,9 +77,10 @@ def _torus_model(n_components: int, seed: int) -> StructuredFlow:
     return StructuredFlow(latent, IdentityTransform()).double()
 
 
-def test_defensive_refit_finds_a_basin_the_model_never_visits(model_as_target):
+@pytest.mark.parametrize("per_state_draws", [1, 8])
+def test_defensive_refit_finds_a_basin_the_model_never_visits(model_as_target, per_state_draws):
     """The target puts 2 % of its mass at s = 2.5 rad, where the model's prior has ~no mass: draws from
-    π alone cannot see it, the uniform share of the defensive proposal does."""
+    π alone cannot see it, the uniform share of the defensive proposal does (draw by draw, or state by state)."""
     model = _torus_model(1, seed=1)
     truth = copy.deepcopy(model)
     with torch.no_grad():
@@ -91,8 +92,9 @@ def test_defensive_refit_finds_a_basin_the_model_never_visits(model_as_target):
         truth.latent.slow.logits.copy_(torch.log(torch.tensor([0.98, 0.02])))
     target = model_as_target(truth)
     plain, defensive = copy.deepcopy(model), model
-    refit_slow_prior(plain, target, PriorRefitConfig(n_components=2, n_samples=20_000), seed=0)
-    records = refit_slow_prior(defensive, target, PriorRefitConfig(n_components=2, n_samples=20_000, uniform_fraction=0.3), seed=0)
+    refit_slow_prior(plain, target, PriorRefitConfig(n_components=2, n_samples=20_000, per_state_draws=per_state_draws), seed=0)
+    records = refit_slow_prior(defensive, target, PriorRefitConfig(n_components=2, n_samples=20_000, uniform_fraction=0.3,
+                                                                   per_state_draws=per_state_draws), seed=0)
     assert records[0]["uniform_fraction"] == 0.3
 
     def rare_mass(flow):
