@@ -56,7 +56,7 @@ def conditional_split(model, target, slow_states: np.ndarray, per_state: int) ->
     rows = []
     for state in slow_states:
         repeated = torch.as_tensor(np.repeat(state[None], per_state, 0), dtype=torch.float32)
-        draws = draw_samples(model, target, per_state, batch_size=per_state, slow=lambda m: repeated[:m])
+        draws = draw_samples(model, target, per_state, batch_size=per_state, slow=repeated)
         log_w = draws.log_w[np.isfinite(draws.log_w)]
         rows.append({"z_slow_rad": state.tolist(), "var_log_w": float(log_w.var()), "mean_log_w": float(log_w.mean()),
                      "ess": kish_ess(draws.log_w), "n_finite": int(log_w.size)})

@@ -146,8 +146,8 @@ class StructuredFlow(nn.Module):
         A prior refit (:mod:`flowcg.training.prior_refit`) changes the number; resuming a recipe or
         warm-starting from a refit run calls this explicitly (``load_state_dict`` itself refuses a
         mismatch). The parameters keep their identity, so an optimiser holding them stays valid."""
-        joint = "latent.slow.logits" in state_dict  # one mixture, or the first block of a BlockMixture
-        saved_logits = state_dict.get("latent.slow.logits" if joint else "latent.slow.blocks.0.logits")
+        joint = "latent.slow.logits" in state_dict  # saved as one mixture, else as blocks (BlockMixture)
+        saved_logits = state_dict.get("latent.slow.logits" if joint else "latent.slow.blocks.0.logits")  # block 0: K of every block
         if joint and isinstance(self.latent.slow, BlockMixture):  # a refit joined the blocks (StructuredLatent.join_slow_)
             self.latent.join_slow_(saved_logits.shape[0])
         elif saved_logits is not None and saved_logits.shape[0] != self.latent.slow.n_components:

@@ -69,18 +69,24 @@ class SampleSet:
 
 @torch.no_grad()
 def draw_samples(model: StructuredFlow, target: Target, n: int, batch_size: int = 10_000, beta: float = 1.0,
-                 slow: Callable[[int], torch.Tensor] | None = None) -> SampleSet:
+                 slow: Callable[[int], torch.Tensor] | torch.Tensor | None = None) -> SampleSet:
     """Draw n iid samples in batches and score them under the target.
 
-    ``slow``: draw each batch of m as x ~ q(x | s) at s = slow(m) (e.g. ``model.latent.uniform_slow``)
-    instead of x ~ q; log q and log w stay those of the joint q."""
+    ``slow``: draw each batch of m as x ~ q(x | s) at s = slow(m) (e.g. ``model.latent.uniform_slow``),
+    or at the next m rows of a tensor of n slow states, instead of x ~ q; log q and log w stay those
+    of the joint q."""
     if n < 1:
         raise ConfigError(f"number of samples must be ≥ 1, got {n}")
+    if isinstance(slow, torch.Tensor) and len(slow) != n:
+        raise ValueError(f"draw_samples needs one slow state per draw: {len(slow)} states for {n} draws")
     model.eval()
     parts: dict[str, list[np.ndarray]] = {"x": [], "log_q": [], "u": [], "z_slow": [], "in_state": []}
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        draw = model.sample(m) if slow is None else model.sample_given_slow(slow(m))
+        if slow is None:
+            draw = model.sample(m)
+        else:
+            draw = model.sample_given_slow(slow[start: start + m] if isinstance(slow, torch.Tensor) else slow(m))
         parts["x"].append(draw.x.cpu().double().numpy())
         parts["in_state"].append(target.in_state(parts["x"][-1]))
         parts["log_q"].append(draw.log_q.cpu().double().numpy())

@@ -183,8 +183,7 @@ def _state_draws(model: StructuredFlow, target: Target, config: PriorRefitConfig
     with torch.no_grad():
         states = torch.cat([model.latent.slow.sample(n_states - n_uniform), model.latent.uniform_slow(n_uniform)]) \
             if n_uniform else model.latent.slow.sample(n_states)
-    batches = iter(states.repeat_interleave(per_state, 0).split(config.batch_size))  # draw_samples asks batch by batch
-    draws = draw_samples(model, target, n_states * per_state, config.batch_size, slow=lambda size: next(batches))
+    draws = draw_samples(model, target, n_states * per_state, config.batch_size, slow=states.repeat_interleave(per_state, 0))
     with np.errstate(divide="ignore"):  # a state whose draws all have zero weight keeps log W = −inf
         log_mean_w = logsumexp(clean_log_weights(draws.log_w).reshape(n_states, per_state), axis=1) - math.log(per_state)
     z_slow = states.cpu().double().numpy()

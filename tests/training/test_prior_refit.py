@@ -207,3 +207,14 @@ def test_joint_refit_holds_the_correlation_a_product_of_blocks_cannot(model_as_t
     torch.testing.assert_close(fresh.log_prob(x), joined.log_prob(x))
     with pytest.raises(ValueError, match="slow_blocks must be null"):
         PriorRefitConfig(n_components=2, slow_blocks="bonded")
+
+
+def test_draws_at_given_slow_states_follow_the_states_across_batches(small_flow, model_as_target):
+    """draw_samples(slow=tensor): row i of the tensor is draw i's slow state, whatever the batching."""
+    model = small_flow(n_components=1, seed=0)
+    target = model_as_target(_three_mode_truth(model))
+    states = torch.linspace(-3.0, 3.0, 10, dtype=torch.float64)[:, None]
+    draws = draw_samples(model, target, 10, batch_size=4, slow=states)
+    torch.testing.assert_close(torch.as_tensor(draws.z_slow), states)
+    with pytest.raises(ValueError, match="one slow state per draw"):
+        draw_samples(model, target, 12, batch_size=4, slow=states)
