@@ -57,3 +57,49 @@ def test_walker_yardstick_resamples_by_weight_and_fits_tica_on_the_md(backbone, 
     again = save_walker_cg_reference(walkers, backbone, path, tmp_path / "again.npz", n_frames=400)  # TICA frames carried over
     with np.load(again) as a, np.load(time_series) as md_frames:
         np.testing.assert_array_equal(a["tica_frames_nm"], md_frames["cg_frames_nm"])
+
+
+class _ConstantForce(torch.nn.Module):
+    """A CG 'model' whose force is the mean force plus a fixed offset (kJ/mol/nm)."""
+
+    dtype = torch.float64
+
+    def __init__(self, mean_force, offset: float):
+        super().__init__()
+        self.mean_force, self.offset = mean_force, offset
+
+    def forces(self, x, create_graph=False):
+        return self.mean_force(x) + self.offset
+
+
+class _BasinTorsions:
+    """(φ, ψ) of a frame read from its first bead: φ = −1.5 rad (β or αR by the sign of x) or +1 rad (αL)."""
+
+    def torsions(self, x):
+        x = torch.as_tensor(x)
+        phi = torch.where(x[:, 0, 1] > 0, 1.0, -1.5)
+        psi = torch.where(x[:, 0, 0] > 0, 2.5, -0.7)
+        return torch.stack([phi, psi], dim=1)
+
+
+def test_held_out_force_error_differences_are_mean_force_errors():
+    """Labels F = F̄(X) + noise: a model off F̄ by δ per component scores δ² more than the exact mean force
+    (the noise is common to both, module docstring of flowcg.active.evaluate); a committee scores its mean
+    force; the per-basin losses split the rows by (φ, ψ)."""
+    from flowcg.active.evaluate import held_out_force_error
+    from flowcg.active.labels import Labels
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    x = rng.normal(size=(n, 3, 3))
+    mean_force = lambda positions: -2.0 * torch.as_tensor(positions)  # noqa: E731 (a harmonic mean force)
+    forces = mean_force(x).numpy() + rng.normal(scale=5.0, size=x.shape)
+    labels = Labels(np.zeros((n, 1, 3)), x, forces, np.ones(n), np.arange(n), np.zeros(n))
+    exact = held_out_force_error([_ConstantForce(mean_force, 0.0)], labels, _BasinTorsions())
+    off = held_out_force_error([_ConstantForce(mean_force, 0.5)], labels, _BasinTorsions())
+    assert abs(exact["force_mse"] - 25.0) < 4 * exact["force_mse_se"]
+    np.testing.assert_allclose(off["force_mse"] - exact["force_mse"], 0.25, atol=0.03)
+    committee = held_out_force_error([_ConstantForce(mean_force, 1.0), _ConstantForce(mean_force, -1.0)], labels, _BasinTorsions())
+    np.testing.assert_allclose(committee["force_mse"], exact["force_mse"], rtol=1e-12)
+    assert exact["n_beta"] + exact["n_alpha_R"] + exact["n_alpha_L"] == n and min(exact["n_beta"], exact["n_alpha_L"]) > 4000
+    np.testing.assert_allclose(exact["row_errors"].mean(), exact["force_mse"], rtol=1e-12)
