@@ -64,14 +64,14 @@ def test_sampling_a_molecule_writes_trajectory_weights_and_cv_report(vacuum_run,
         assert (out / name).is_file(), name
 
 
-@pytest.mark.parametrize("name", ["aldp_implicit", "aldp_vacuum"])
-def test_shipped_model_samples_finite_and_reloads_exactly(name):
+@pytest.mark.parametrize("name, n_atoms", [("aldp_implicit", 22), ("aldp_vacuum", 22), ("ala4_implicit", 42)])
+def test_shipped_model_samples_finite_and_reloads_exactly(name, n_atoms):
     assert name in available(), f"pretrained model {name} is not shipped"
     run = load_pretrained(name)
     torch.manual_seed(0)
     draw = run.model.sample(256)
     u = run.target.energy(draw.x)
-    assert draw.x.shape == (256, 22, 3) and torch.isfinite(draw.log_q).all() and torch.isfinite(u).all()
+    assert draw.x.shape == (256, n_atoms, 3) and torch.isfinite(draw.log_q).all() and torch.isfinite(u).all()
     # in float64, so the comparison measures the reload and the inverse map, not float32 rounding
     model = run.model.double()
     x64 = model.sample(64)
