@@ -66,12 +66,12 @@ def score_run(run: Path, held_out_path: Path, n: int) -> dict:
 
 
 def comparisons(rows: dict[str, dict[int, dict]]) -> dict:
-    """Each strategy arm against each baseline on the seeds both ran: the loss difference (baseline − arm, positive =
-    arm better) paired over seeds with its SE, and the pooled held-out paired SE of one seed's difference
-    (rows of one held-out set: how much of the difference is the held-out set's noise)."""
+    """Each strategy arm against each baseline, and each baseline against the prior alone (what its labels teach), on
+    the seeds both ran: the loss difference (second − first, positive = first better) paired over seeds with its SE,
+    and the mean over seeds of the held-out set's own SE of one seed's difference (how much of it is that set's noise)."""
     result = {}
-    for a, b in [(a, b) for a in STRATEGY_ARMS + ["static", "random_iw", "flow_draws"] for b in BASELINES + ["prior_only"]
-                 if a != b and a in rows and b in rows]:
+    pairs = [(a, b) for a in STRATEGY_ARMS for b in BASELINES] + [(b, "prior_only") for b in BASELINES if b != "prior_only"]
+    for a, b in [(a, b) for a, b in pairs if a in rows and b in rows]:
         seeds = sorted(set(rows[a]) & set(rows[b]))
         if not seeds:
             continue
