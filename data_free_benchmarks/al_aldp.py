@@ -47,8 +47,9 @@ evaluation per draw.
 Yardstick: the CG reference shipped with the oracle's model (``flowcg/pretrained/aldp_implicit/
 reference_cg.npz``: biased-walker frames resampled by weight, TICA fitted on a plain MD) unless
 ``--reference`` names another. Metric: W1 between each arm's final CG MD and the reference, on the
-reference TICA's first two components, plus the Ramachandran KL64(ref‖CG MD) and the basin
-populations. The final CG MD (evaluation only) is 64 replicas × 30 ps started from reference frames
+reference TICA's first two components, plus the Ramachandran KL64(ref‖CG MD), the basin
+populations and the held-out force-matching loss (``loop.held_out_draws``: what the labels teach at fixed
+(φ, ψ), where W1 is at its floor; ``al_force_error.py`` scores runs made before it). The final CG MD (evaluation only) is 64 replicas × 30 ps started from reference frames
 (``simulation.final_start_from=reference``: the same spread of starts for every arm and seed), biased
 along the CG dihedrals and reweighted (``simulation.final_bias_factor=4``: every replica crosses between
 the basins, so the 0.2 % of αL is weighed instead of counted as a few crossings), its first 6 ps
@@ -169,7 +170,8 @@ def read_arm(runs: Path, arm: str, seed: int) -> dict:
             "reference_basins": {k[10:]: final[k] for k in final if k.startswith("ref_basin_")},
             "labels": final["n_labels"], "evaluations": data["initial_evaluations"] + data["prior_evaluations"] + final["oracle_evaluations"],
             "oracle_wall_s": data["initial_wall_s"] + data["prior_wall_s"] + final["oracle_wall_s"],
-            "w1_per_round": [r["w1"] for r in data["rounds"]], "wall_s": data.get("benchmark_wall_s")}
+            "w1_per_round": [r["w1"] for r in data["rounds"]], "wall_s": data.get("benchmark_wall_s"),
+            "held_out_force_mse": final.get("held_out_force_mse")}
 
 
 def reevaluated(runs: Path, copies: Path, arm: str, seed: int, overrides: list[str]) -> dict:
@@ -205,7 +207,10 @@ def summarize(rows: list[dict]) -> dict:
         mine = [r for r in rows if r["arm"] == arm]
         w1 = np.array([r["w1"] for r in mine])
         std = float(w1.std(ddof=1)) if len(w1) > 1 else float("nan")
+        held_out = [r["held_out_force_mse"] for r in mine if r.get("held_out_force_mse") is not None]
         arms[arm] = {"w1_mean": float(w1.mean()), "w1_std": std, "w1_se": std / np.sqrt(len(w1)),
+                     "held_out_force_mse_mean": float(np.mean(held_out)) if held_out else None,
+                     "held_out_force_mse_se": float(np.std(held_out, ddof=1) / np.sqrt(len(held_out))) if len(held_out) > 1 else None,
                      "kl64_mean": float(np.mean([r["kl64"] for r in mine])),
                      "basins_mean": {b: float(np.mean([r["basins"][b] for r in mine])) for b in mine[0]["basins"]},
                      "labels": [r["labels"] for r in mine], "evaluations": [r["evaluations"] for r in mine],
@@ -255,17 +260,27 @@ def versus(arms: dict, other: Path) -> dict:
     return result
 
 
+def _held_out_cell(arm: dict) -> str:
+    """The arm's held-out force-matching loss (``loop.held_out_draws``), mean ± SE over seeds; – for runs made
+    before the loop scored it (``al_force_error.py`` scores those)."""
+    if arm["held_out_force_mse_mean"] is None:
+        return "–"
+    se = arm["held_out_force_mse_se"]
+    return f"{arm['held_out_force_mse_mean']:.0f}" + (f" ± {se:.0f}" if se is not None else "")
+
+
 def report(arms: dict, compared: dict) -> list[str]:
     reference_basins = next(iter(arms.values()))["per_seed"][0]["reference_basins"]
     basins = list(reference_basins)
-    lines = ["| arm | W1 mean ± SE (std) | per seed | KL64 mean | " + " | ".join(basins) + " | labels | energy evaluations | oracle s | run s |",
-             "|---|---|---|---|" + "---|" * len(basins) + "---|---|---|---|",
-             "| reference | – | – | – | " + " | ".join(f"{reference_basins[b]:.4f}" for b in basins) + " | – | – | – | – |"]
+    lines = ["| arm | W1 mean ± SE (std) | per seed | KL64 mean | " + " | ".join(basins)
+             + " | held-out force loss (kJ/mol/nm)² | labels | energy evaluations | oracle s | run s |",
+             "|---|---|---|---|" + "---|" * len(basins) + "---|---|---|---|---|",
+             "| reference | – | – | – | " + " | ".join(f"{reference_basins[b]:.4f}" for b in basins) + " | – | – | – | – | – |"]
     for arm, a in arms.items():
         per_seed = ", ".join(f"{r['w1']:.4f}" for r in a["per_seed"])
         wall = [w for w in a["wall_s"] if w is not None]
         lines.append(f"| {arm} | {a['w1_mean']:.4f} ± {a['w1_se']:.4f} ({a['w1_std']:.4f}) | {per_seed} | {a['kl64_mean']:.2f} | "
-                     + " | ".join(f"{a['basins_mean'][b]:.4f}" for b in basins)
+                     + " | ".join(f"{a['basins_mean'][b]:.4f}" for b in basins) + f" | {_held_out_cell(a)}"
                      + f" | {min(a['labels'])}–{max(a['labels'])} | {min(a['evaluations'])}–{max(a['evaluations'])} | "
                      f"{np.mean(a['oracle_wall_s']):.0f} | {np.mean(wall) if wall else float('nan'):.0f} |")
     lines += ["", "| comparison | relative W1 improvement | W1 difference ± SE | beyond 2 SE | paired seeds: difference ± SE | beyond 2 paired SE |",

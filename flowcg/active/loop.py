@@ -8,7 +8,9 @@ Round r = 0 … R runs the steps
               the network itself is always fitted against the prior inverted before any label);
     simulate  batched BAOAB from data frames with the committee's mean force; stopped replicas
               are counted and dropped;
-    evaluate  W1 / Ramachandran KL of the simulated frames against the reference (if given);
+    evaluate  W1 / Ramachandran KL of the simulated frames against the reference (if given), and the
+              committee's force-matching loss on held-out equilibrium labels (``held_out_draws`` > 0,
+              flow oracle: :func:`~flowcg.active.evaluate.held_out_force_error`, what the labels teach);
     select    at most M query frames among the candidates (a :mod:`~flowcg.active.selection` strategy):
               the simulated frames, or one-shot draws of the flow oracle (``candidates="flow"``);
     query     the oracle labels them;
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from flowcg.active.backmap import TorsionBackmapper
-from flowcg.active.evaluate import CGReference
+from flowcg.active.evaluate import CGReference, held_out_force_error
 from flowcg.active.flow_oracle import FlowOracle
 from flowcg.active.journal import Journal
 from flowcg.active.labels import Labels, Oracle
@@ -56,6 +58,8 @@ QUERY_WEIGHTS = ("labels", "unit", "importance")
 CANDIDATES = ("simulation", "flow")
 #: seed offset of the prior's flow draws, so that they are not the initial draws of initial.source=flow
 PRIOR_SEED_OFFSET = 7919
+#: seed offset of the held-out flow draws of the evaluation, apart from every draw the loop learns from
+HELD_OUT_SEED_OFFSET = 271_828
 
 
 @dataclass
@@ -171,7 +175,10 @@ class LoopOptions:
     oracle's weights), ``"unit"`` (one per query) or ``"importance"`` (an equilibrium design again:
     the oracle's joint importance weights times the strategy's design weights,
     :meth:`Labels.importance_weighted`; needs ``candidates="flow"``, whose density is known, and a
-    strategy that draws with known probabilities); temperature_K of the CG model."""
+    strategy that draws with known probabilities); temperature_K of the CG model; held_out_draws: the
+    evaluation's held-out labels, that many one-shot draws of the flow oracle resampled by weight
+    (:meth:`FlowOracle.equilibrium`, seed + :data:`HELD_OUT_SEED_OFFSET`, kept in ``held_out_labels.npz``), on
+    which every round's models are scored (0: none; needs the flow oracle)."""
 
     rounds: int = 4
     queries_per_round: int = 25
@@ -183,8 +190,11 @@ class LoopOptions:
     seed: int = 0
     query_weight: str = "unit"
     candidates: str = "simulation"
+    held_out_draws: int = 0
 
     def __post_init__(self):
+        if self.held_out_draws < 0:
+            raise ConfigError(f"loop.held_out_draws must be ≥ 0, got {self.held_out_draws}")
         if self.query_weight not in QUERY_WEIGHTS:
             raise ConfigError(f"loop.query_weight must be one of {', '.join(QUERY_WEIGHTS)}, got '{self.query_weight}'")
         if self.candidates not in CANDIDATES:
@@ -249,6 +259,7 @@ class ActiveLearningLoop:
         self.prior = fit_prior(prior_frames["cg_positions_nm"], mapping, options.temperature_K, dihedrals=model_options.dihedral_prior)
         #: what the prior's own frames cost the oracle (0 when the initial data serve)
         self.prior_cost = {"prior_evaluations": int(prior_frames["n_energy_evaluations"]), "prior_wall_s": float(prior_frames["wall_s"])}
+        self.held_out = self._held_out_labels()
 
     def _prior_frames(self) -> dict:
         """The CG frames of the prior's Boltzmann inversion and their oracle cost: the initial data's
@@ -274,6 +285,23 @@ class ActiveLearningLoop:
                   "wall_s": draws.wall_s}
         save_npz_atomic(path, **frames)
         return frames
+
+    def _held_out_labels(self) -> Labels | None:
+        """The evaluation's held-out labels (:class:`LoopOptions`), drawn once and read back on resume; None when
+        ``held_out_draws`` is 0, or (logged) when the oracle is not a flow."""
+        n = self.options.held_out_draws
+        if n == 0:
+            return None
+        if not isinstance(self.oracle, FlowOracle):
+            log.warning("loop.held_out_draws=%d: held-out labels are flow draws, and the oracle is '%s'; no held-out force error",
+                        n, getattr(self.oracle, "name", type(self.oracle).__name__))
+            return None
+        path = self.run_dir / "held_out_labels.npz"
+        if path.is_file():
+            return Labels.load(path)
+        labels = self.oracle.equilibrium(n, seed=self.options.seed + HELD_OUT_SEED_OFFSET)
+        labels.save(path)
+        return labels
 
     # ------------------------------------------------------------------ data
     def round_dir(self, round_index: int) -> Path:
@@ -412,6 +440,9 @@ class ActiveLearningLoop:
         metrics = {"round": r, "n_frames": len(frames)}
         if self.reference is not None:
             metrics.update(self.reference.evaluate(frames, self.backmapper, seed=self.options.seed, log_weights=log_weights))
+        if self.held_out is not None:
+            scored = held_out_force_error(self.committee(r), self.held_out, self.backmapper)
+            metrics.update({f"held_out_{k}": v for k, v in scored.items() if k != "row_errors"})
         data = self.dataset(r)
         metrics.update(n_labels=len(data), n_queries=data.n_queries,
                        oracle_evaluations=sum(self.journal.entry(q, "query")["n_energy_evaluations"] for q in range(r)),

@@ -132,7 +132,7 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> tuple[ActiveLearningLoop, Labe
         LoopOptions(rounds=cfg.loop.rounds, queries_per_round=cfg.loop.queries_per_round, committee_size=cfg.loop.committee_size,
                     fit=fit, finetune_steps=cfg.loop.finetune_steps, max_candidates=cfg.loop.max_candidates,
                     temperature_K=target.temperature, seed=cfg.seed, query_weight=cfg.loop.query_weight,
-                    candidates=cfg.loop.candidates),
+                    candidates=cfg.loop.candidates, held_out_draws=cfg.loop.held_out_draws),
         model_options, simulation, reference=reference, initial_tica=initial_tica,
     )
     return loop, initial, reference_path

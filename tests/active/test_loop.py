@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from flowcg.active.backmap import TorsionBackmapper
+from flowcg.active.evaluate import held_out_force_error
 from flowcg.active.flow_oracle import FlowOracle
 from flowcg.active.journal import Journal
 from flowcg.active.labels import Labels
@@ -204,7 +205,7 @@ def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
                  "loop.rounds=1", "loop.queries_per_round=3", "strategy=random", "fit.steps=20", "loop.finetune_steps=5",
                  "simulation.n_replicas=4", "simulation.n_steps=100", "simulation.save_every=10", "simulation.burn_in_saves=2",
                  "cg_model.hidden=16", "cg_model.n_filters=16", "cg_model.n_interactions=1", "cg_model.prior_draws=40",
-                 f"hydra.run.dir={tmp_path}"]
+                 "loop.held_out_draws=50", f"hydra.run.dir={tmp_path}"]
     subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True, timeout=600)
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert [m["round"] for m in summary["rounds"]] == [0, 1]
@@ -212,9 +213,30 @@ def test_flowcg_al_runs_one_tiny_round_on_aldp_vacuum(tmp_path):
     assert summary["initial_frames"] == 30 and summary["strategy"] == "random"
     assert summary["prior_evaluations"] == 40 and len(np.load(tmp_path / "prior_frames.npz")["cg_positions_nm"]) == 40
     assert (tmp_path / "free_energy_round_001.png").is_file()
+    assert all(np.isfinite(m["held_out_force_mse"]) for m in summary["rounds"]) and len(Labels.load(tmp_path / "held_out_labels.npz")) == 50
     # a finished run resumes to the same result without doing any work
     subprocess.run([sys.executable, "-m", "flowcg.cli.al", *overrides], check=True, env=env, capture_output=True, timeout=600)
     assert json.loads((tmp_path / "metrics.json").read_text())["rounds"] == summary["rounds"]
+
+
+def test_every_round_is_scored_on_one_held_out_set_drawn_once(tmp_path, parts):
+    """loop.held_out_draws: the held-out labels are drawn once (their own seed), kept, read back by a resumed
+    loop, and every round's committee is scored on them. Without a flow oracle the score is skipped (logged),
+    not an error."""
+    options = replace(TINY_LOOP, held_out_draws=40)
+    loop = make_loop(tmp_path / "run", parts, options=options)
+    metrics = loop.run()
+    held_out = Labels.load(tmp_path / "run" / "held_out_labels.npz")
+    assert len(held_out) == 40 and held_out.n_energy_evaluations == 40
+    assert not np.isin(held_out.cg_positions_nm[:, 0, 0], parts[3].cg_positions_nm[:, 0, 0]).any()  # not the initial data
+    for r, m in enumerate(metrics):
+        expected = held_out_force_error(loop.committee(r), held_out, parts[1])
+        assert m["held_out_force_mse"] == pytest.approx(expected["force_mse"]) and m["held_out_n_beta"] == expected["n_beta"]
+    resumed = make_loop(tmp_path / "run", parts, options=options)
+    np.testing.assert_array_equal(resumed.held_out.cg_forces_kJ_mol_nm, held_out.cg_forces_kJ_mol_nm)
+    assert make_loop(tmp_path / "md", parts, oracle=object(), options=options).held_out is None
+    with pytest.raises(ValueError, match="held_out_draws"):
+        replace(TINY_LOOP, held_out_draws=-1)
 
 
 def test_prior_draws_need_the_flow_oracle(tmp_path, parts):
