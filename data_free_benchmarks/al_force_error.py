@@ -16,7 +16,9 @@ labels), from a seed (:data:`HELD_OUT_SEED`) no arm draws from; made once per be
 arm was scored, is the loss over all held-out rows of each finished run's last-round model (the committee's
 mean force, as its CG MD uses it), mean ± SE over seeds; the per-basin losses (β, αR, φ > 0) and every
 round's loss come beside it. Comparisons pair seeds as ``al_aldp.py`` does. Nothing is trained or simulated:
-the runs of ``al_aldp.py --name NAME`` are read as they are. Results: ``results/<label>.{json,md}``.
+the runs of ``al_aldp.py --name NAME`` are read as they are. Results: ``results/<label>.{json,md}``. Runs made
+since 2026-12-07 (stop 42) score themselves every round (``loop.held_out_draws``, on their own set of seed
++ 271 828); this script is for those made before, and for one set shared by every seed.
 """
 
 from __future__ import annotations
