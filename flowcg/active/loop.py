@@ -190,7 +190,7 @@ class LoopOptions:
     seed: int = 0
     query_weight: str = "unit"
     candidates: str = "simulation"
-    held_out_draws: int = 0
+    held_out_draws: int = 20_000
 
     def __post_init__(self):
         if self.held_out_draws < 0:

@@ -24,9 +24,14 @@ from flowcg.cg.training import FitOptions
 from flowcg.errors import InputError
 from flowcg.pretrained import load_pretrained
 
+def loop_options(**settings) -> LoopOptions:
+    """LoopOptions without the held-out evaluation (20 000 flow draws by default), unless a test asks for it."""
+    return LoopOptions(**{"held_out_draws": 0, **settings})
+
+
 TINY_MODEL = ModelOptions(hidden=16, n_filters=16, n_rbf=8, n_interactions=1)
 TINY_SIMULATION = SimulationOptions(n_replicas=6, n_steps=200, save_every=10, burn_in_saves=2)
-TINY_LOOP = LoopOptions(rounds=2, queries_per_round=4, fit=FitOptions(steps=30, batch_size=32), finetune_steps=10, max_candidates=50)
+TINY_LOOP = loop_options(rounds=2, queries_per_round=4, fit=FitOptions(steps=30, batch_size=32), finetune_steps=10, max_candidates=50)
 
 
 class Killed(RuntimeError):
@@ -115,7 +120,7 @@ def test_a_kill_inside_the_oracle_loses_and_duplicates_nothing(tmp_path, parts):
 
 
 def test_committee_strategy_trains_and_queries_a_committee(tmp_path, parts):
-    options = LoopOptions(rounds=1, queries_per_round=3, committee_size=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
+    options = loop_options(rounds=1, queries_per_round=3, committee_size=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
     with pytest.raises(ValueError, match="committee_size"):
         make_loop(tmp_path / "one", parts, strategy="committee")
     loop = make_loop(tmp_path, parts, strategy="committee", options=options)
@@ -149,7 +154,7 @@ def test_dihedral_terms_are_reinverted_after_each_fit(tmp_path, parts):
     """cg_model.dihedral_reinversion=after_fit (the default): each saved model's dihedral term is the
     inversion of the prior's frames with that model's network energy in the weights (journalled with the
     weights' ESS); with "once" the models keep the loop's prior term."""
-    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=20, batch_size=16), finetune_steps=5)
+    options = loop_options(rounds=1, queries_per_round=2, fit=FitOptions(steps=20, batch_size=16), finetune_steps=5)
     loop = make_loop(tmp_path / "after_fit", parts, options=options)
     loop.run()
     for r in (0, 1):
@@ -175,7 +180,7 @@ def test_dihedral_terms_are_reinverted_after_each_fit(tmp_path, parts):
 def test_learned_dihedral_terms_are_trained_and_saved_with_each_model(tmp_path, parts):
     """cg_model.dihedral_prior=learned: the loop's prior holds zero coefficients; each round's model
     fits its own by force matching and models.pt carries them."""
-    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=20, batch_size=16), finetune_steps=5)
+    options = loop_options(rounds=1, queries_per_round=2, fit=FitOptions(steps=20, batch_size=16), finetune_steps=5)
     loop = make_loop(tmp_path, parts, options=options, model=replace(TINY_MODEL, dihedral_prior="learned"))
     loop.run()
     assert float(loop.prior.terms["dihedrals"].b.detach().abs().sum()) == 0.0
@@ -188,7 +193,7 @@ def test_learned_dihedral_terms_are_trained_and_saved_with_each_model(tmp_path, 
 def test_the_prior_alone_runs_the_loop_with_a_2d_dihedral_term(tmp_path, parts):
     """cg_model.n_interactions=0 (the prior_only arm): nothing is fitted, the models are the prior, and
     the CG MD runs on its forces; dihedral_prior=boltzmann_2d couples φ and ψ in one term."""
-    options = LoopOptions(rounds=0, fit=FitOptions(steps=5, batch_size=8))
+    options = loop_options(rounds=0, fit=FitOptions(steps=5, batch_size=8))
     loop = make_loop(tmp_path, parts, options=options, model=replace(TINY_MODEL, n_interactions=0, dihedral_prior="boltzmann_2d"))
     loop.run()
     assert "dihedral_pairs" in loop.prior.terms and "dihedrals" not in loop.prior.terms
@@ -285,7 +290,7 @@ def test_the_final_run_can_start_from_the_reference(tmp_path, parts):
     """final_start_from, final_n_replicas and final_burn_in_saves change the last round's run alone."""
     mapping, backmapper, oracle, initial = parts
     shifted = initial.cg_positions_nm + 10.0  # the CG model is translation-invariant: only where runs start tells them apart
-    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
+    options = loop_options(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
     simulation = SimulationOptions(n_replicas=4, n_steps=60, save_every=10, burn_in_saves=1, final_start_from="reference",
                                    final_n_replicas=6, final_burn_in_saves=4)
     loop = ActiveLearningLoop(tmp_path, mapping, backmapper, oracle, build_strategy("random"), initial, options, TINY_MODEL,
@@ -313,7 +318,7 @@ def test_the_final_run_can_be_biased_along_the_dihedrals_and_reweighted(tmp_path
     gradient of V = −(1 − 1/γ) U_dihedral (the label-free prior's dihedral terms) and saves each frame's
     log weight V/kT, which the evaluation applies; earlier rounds stay unbiased and unweighted."""
     mapping, backmapper, oracle, initial = parts
-    options = LoopOptions(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
+    options = loop_options(rounds=1, queries_per_round=2, fit=FitOptions(steps=10, batch_size=16), finetune_steps=5)
     simulation = replace(TINY_SIMULATION, final_bias_factor=4.0)
     seen = {}
 
