@@ -11,8 +11,8 @@ between models are differences of mean-force error; the labels' own noise is com
 
 Held-out set: ``--n-held-out`` one-shot draws of the oracle's flow resampled by their importance weights
 (:meth:`FlowOracle.equilibrium`, an unweighted equilibrium sample with the mapped instantaneous forces as
-labels), from a seed (:data:`HELD_OUT_SEED`) no arm draws from; made once per benchmark name in
-``runs/<name>/held_out_forces_<n>.npz`` and shared by every arm. The primary figure, declared before any
+labels), from a seed no arm draws from (the loop's ``HELD_OUT_SEED_OFFSET``: seed 0's own held-out set); made once per benchmark name in
+``runs/<name>/held_out_forces_<n>.npz`` and shared by every arm and seed. The primary figure, declared before any
 arm was scored, is the loss over all held-out rows of each finished run's last-round model (the committee's
 mean force, as its CG MD uses it), mean ± SE over seeds; the per-basin losses (β, αR, φ > 0) and every
 round's loss come beside it. Comparisons pair seeds as ``al_aldp.py`` does. Nothing is trained or simulated:
@@ -31,35 +31,33 @@ import numpy as np
 
 from al_aldp import ARMS, BASELINES, HERE, NAME, STRATEGY_ARMS, run_summary
 from al_final_md_noise import run_config
-from flowcg.active.evaluate import held_out_force_error
+from flowcg.active.evaluate import held_out_force_error, held_out_labels
 from flowcg.active.flow_oracle import FlowOracle
 from flowcg.active.labels import Labels
+from flowcg.active.loop import HELD_OUT_SEED_OFFSET
 from flowcg.analysis.ramachandran import BASINS
 from flowcg.builders import cpu_model
 from flowcg.cli.al import build_loop
 from flowcg.io import save_json_atomic, write_atomic
 
-#: seed of the held-out draws: the arms' own draws use seeds 0-9 (initial data, rounds) and those + 7919 (prior)
-HELD_OUT_SEED = 271_828
+def finished_loop(run: Path):
+    """The loop of the finished ``run``, built from its config: it reads the run's initial labels and prior frames
+    back and writes nothing (its own held-out draws are off: the runs share the set of :func:`shared_held_out`)."""
+    return build_loop(run_config(run, extra=("loop.held_out_draws=0",)), run)[0]
 
 
-def held_out_labels(path: Path, loop, n: int) -> Labels:
-    """The shared held-out set at ``path``, drawn from the run's flow oracle when absent (module docstring)."""
-    if path.is_file():
-        return Labels.load(path)
-    if not isinstance(loop.oracle, FlowOracle):
+def shared_held_out(loop, path: Path, n: int) -> Labels:
+    """The held-out set of every run of the benchmark (module docstring): seed-0 runs' own held-out seed, drawn
+    once from the flow oracle of ``loop`` into ``path``."""
+    if not path.is_file() and not isinstance(loop.oracle, FlowOracle):
         raise SystemExit(f"{path} is drawn by a flow oracle: score an arm with oracle=flow first")
-    labels = loop.oracle.equilibrium(n, seed=HELD_OUT_SEED)
-    labels.save(path)
-    print(f"held-out set: {n} equilibrium draws, {labels.n_energy_evaluations} evaluations, {labels.wall_s:.0f} s -> {path}", flush=True)
+    labels = held_out_labels(loop.oracle, n, HELD_OUT_SEED_OFFSET, path)
+    print(f"held-out set: {len(labels)} equilibrium draws, {labels.n_energy_evaluations} evaluations -> {path}", flush=True)
     return labels
 
 
-def score_run(run: Path, held_out_path: Path, n: int) -> dict:
-    """Held-out loss of every round's model of the finished ``run`` (the last round's per basin too)."""
-    cfg = run_config(run)
-    loop, _, _ = build_loop(cfg, run)  # reads the run's initial labels and prior frames back; writes nothing
-    labels = held_out_labels(held_out_path, loop, n)
+def score(loop, labels: Labels) -> dict:
+    """Held-out loss of every round's model of a finished loop (the last round's per basin too)."""
     per_round = [held_out_force_error(loop.committee(r), labels, loop.backmapper) for r in range(loop.options.rounds + 1)]
     final = per_round[-1]
     return {"force_mse": final["force_mse"], "force_mse_se": final["force_mse_se"],
@@ -115,10 +113,14 @@ def main() -> None:
     held_out_path = runs / f"held_out_forces_{args.n_held_out}.npz"
     started = time.perf_counter()
     rows: dict[str, dict[int, dict]] = {}
+    held_out = None
     for arm in args.arms:
         for seed in args.seeds:
             if run_summary(runs, arm, seed).is_file():
-                rows.setdefault(arm, {})[seed] = score_run(runs / arm / f"seed{seed}", held_out_path, args.n_held_out)
+                loop = finished_loop(runs / arm / f"seed{seed}")
+                if held_out is None:
+                    held_out = shared_held_out(loop, held_out_path, args.n_held_out)
+                rows.setdefault(arm, {})[seed] = score(loop, held_out)
                 print(f"{arm} seed {seed}: {rows[arm][seed]['force_mse']:.2f} ± {rows[arm][seed]['force_mse_se']:.2f}", flush=True)
     if not rows:
         raise SystemExit(f"no finished run of {args.arms} x seeds {args.seeds} in {runs}")
@@ -134,8 +136,7 @@ def main() -> None:
     for arm in arms.values():
         for row in arm["per_seed"].values():
             row.pop("row_errors")
-    held_out = Labels.load(held_out_path)
-    result = {"name": args.name, "held_out": {"path": str(held_out_path.relative_to(HERE)), "n": len(held_out), "seed": HELD_OUT_SEED,
+    result = {"name": args.name, "held_out": {"path": str(held_out_path.relative_to(HERE)), "n": len(held_out), "seed": HELD_OUT_SEED_OFFSET,
                                               "evaluations": held_out.n_energy_evaluations},
               "arms": arms, "comparisons": compared, "wall_s": time.perf_counter() - started, "device": f"{cpu_model()}"}
     label = args.label or f"{args.name}_force_error"

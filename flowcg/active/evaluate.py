@@ -34,15 +34,17 @@ import numpy as np
 import torch
 
 from flowcg.active.backmap import TorsionBackmapper
+from flowcg.active.flow_oracle import FlowOracle
 from flowcg.active.labels import Labels
 from flowcg.analysis.ramachandran import BASINS, basin_labels, basin_populations, plot_ramachandran, ramachandran_kl
 from flowcg.analysis.w1 import fit_cg_tica, w1_tica
 from flowcg.cg.mapping import CGMapping
+from flowcg.cg.schnet import committee_forces
 from flowcg.errors import ConfigError, MissingFileError, UnreadableFileError
 from flowcg.io import load_npz, save_npz_atomic
 from flowcg.sampling.importance import kish_ess, normalized_weights, systematic_resample
 
-__all__ = ["CGReference", "held_out_force_error", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference",
+__all__ = ["CGReference", "held_out_force_error", "held_out_labels", "load_cg_reference", "plot_round_ramachandran", "plot_w1_per_round", "save_cg_reference",
            "save_walker_cg_reference"]
 
 
@@ -162,6 +164,19 @@ def plot_w1_per_round(metrics: list[dict], path: str | Path) -> Path | None:
     return Path(path)
 
 
+def held_out_labels(oracle: FlowOracle, n: int, seed: int, path: str | Path) -> Labels:
+    """n held-out equilibrium labels of the flow ``oracle`` (one-shot draws resampled by weight,
+    :meth:`FlowOracle.equilibrium`), drawn once into ``path`` (atomic) and read back from it after, so that every
+    model scored on them meets the same set (:func:`held_out_force_error`); ``seed`` must be one no model's data
+    were drawn from."""
+    path = Path(path)
+    if path.is_file():
+        return Labels.load(path)
+    labels = oracle.equilibrium(n, seed=seed)
+    labels.save(path)
+    return labels
+
+
 def held_out_force_error(models: Sequence[torch.nn.Module], labels: Labels, backmapper: TorsionBackmapper,
                          batch_size: int = 4096) -> dict:
     """Force-matching loss (kJ/mol/nm)² of the mean force of ``models`` (a committee, as the CG MD uses it) on
@@ -187,7 +202,7 @@ def held_out_force_error(models: Sequence[torch.nn.Module], labels: Labels, back
     predicted = []
     for start in range(0, len(labels), batch_size):
         x = torch.as_tensor(labels.cg_positions_nm[start:start + batch_size], dtype=dtype)
-        predicted.append(torch.stack([m.forces(x, create_graph=False).detach() for m in models]).mean(0).to(torch.float64))
+        predicted.append(committee_forces(models, x).to(torch.float64))
     residual = torch.cat(predicted).numpy() - labels.cg_forces_kJ_mol_nm
     row_errors = (residual**2).mean(axis=(1, 2))
     w = labels.weights / labels.weights.sum()

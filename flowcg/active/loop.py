@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -35,13 +36,13 @@ import numpy as np
 import torch
 
 from flowcg.active.backmap import TorsionBackmapper
-from flowcg.active.evaluate import CGReference, held_out_force_error
+from flowcg.active.evaluate import CGReference, held_out_force_error, held_out_labels
 from flowcg.active.flow_oracle import FlowOracle
 from flowcg.active.journal import Journal
 from flowcg.active.labels import Labels, Oracle
 from flowcg.cg.mapping import CGMapping
 from flowcg.cg.prior import DIHEDRAL_MODES, INVERTED_DIHEDRAL_MODES, fit_prior, invert_dihedral_terms
-from flowcg.cg.schnet import CGSchNet
+from flowcg.cg.schnet import CGSchNet, committee_forces
 from flowcg.cg.training import FitOptions, fit_force_matching, tica_free_energy
 from flowcg.errors import ConfigError, InputError
 from flowcg.io import load_npz, load_torch, save_atomic, save_json_atomic, save_npz_atomic
@@ -296,12 +297,7 @@ class ActiveLearningLoop:
             log.warning("loop.held_out_draws=%d: held-out labels are flow draws, and the oracle is '%s'; no held-out force error",
                         n, getattr(self.oracle, "name", type(self.oracle).__name__))
             return None
-        path = self.run_dir / "held_out_labels.npz"
-        if path.is_file():
-            return Labels.load(path)
-        labels = self.oracle.equilibrium(n, seed=self.options.seed + HELD_OUT_SEED_OFFSET)
-        labels.save(path)
-        return labels
+        return held_out_labels(self.oracle, n, self.options.seed + HELD_OUT_SEED_OFFSET, self.run_dir / "held_out_labels.npz")
 
     # ------------------------------------------------------------------ data
     def round_dir(self, round_index: int) -> Path:
@@ -378,10 +374,7 @@ class ActiveLearningLoop:
 
     def _simulate(self, r: int) -> dict:
         models = self.committee(r)
-
-        def mean_force(x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([m.forces(x, create_graph=False) for m in models]).mean(0)
-
+        mean_force = partial(committee_forces, models)
         s = self.simulation
         final = r == self.options.rounds
         start_from, n_replicas = s.setting("start_from", final), s.setting("n_replicas", final)

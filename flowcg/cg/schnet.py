@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from flowcg.errors import ConfigError
 
-__all__ = ["CGSchNet", "GaussianRBF", "ShiftedSoftplus", "cosine_cutoff"]
+__all__ = ["CGSchNet", "GaussianRBF", "ShiftedSoftplus", "committee_forces", "cosine_cutoff"]
 
 
 class ShiftedSoftplus(nn.Module):
@@ -202,3 +202,9 @@ class CGSchNet(nn.Module):
     def forces(self, x: Tensor, create_graph: bool | None = None) -> Tensor:
         """F = −∂U/∂X (B, n, 3) in kJ/mol/nm (see :meth:`energy_and_forces`)."""
         return self.energy_and_forces(x, create_graph)[1]
+
+
+def committee_forces(models: Sequence[CGSchNet], x: Tensor) -> Tensor:
+    """The committee's mean force (B, n, 3) in kJ/mol/nm at CG frames x: what its CG MD runs on, and what
+    its evaluations score (no graph kept)."""
+    return torch.stack([m.forces(x, create_graph=False) for m in models]).mean(0)

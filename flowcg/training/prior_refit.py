@@ -164,7 +164,7 @@ def _defensive_draws(model: StructuredFlow, target: Target, config: PriorRefitCo
     sizes = {None: config.n_samples - n_uniform, model.latent.uniform_slow: n_uniform}
     parts = [draw_samples(model, target, n, config.batch_size, slow=slow) for slow, n in sizes.items() if n]
     z_slow, log_w = np.concatenate([p.z_slow for p in parts]), np.concatenate([p.log_w for p in parts])
-    return z_slow, log_w + _log_prior_over_proposal(model, z_slow, config.uniform_fraction if n_uniform else 0.0)
+    return z_slow, log_w + _log_prior_over_proposal(model, z_slow, config.uniform_fraction, n_uniform)
 
 
 def _state_draws(model: StructuredFlow, target: Target, config: PriorRefitConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -187,12 +187,13 @@ def _state_draws(model: StructuredFlow, target: Target, config: PriorRefitConfig
     with np.errstate(divide="ignore"):  # a state whose draws all have zero weight keeps log W = −inf
         log_mean_w = logsumexp(clean_log_weights(draws.log_w).reshape(n_states, per_state), axis=1) - math.log(per_state)
     z_slow = states.cpu().double().numpy()
-    return z_slow, log_mean_w + _log_prior_over_proposal(model, z_slow, config.uniform_fraction if n_uniform else 0.0)
+    return z_slow, log_mean_w + _log_prior_over_proposal(model, z_slow, config.uniform_fraction, n_uniform)
 
 
-def _log_prior_over_proposal(model: StructuredFlow, z_slow: np.ndarray, uniform_fraction: float) -> np.ndarray | float:
-    """log π(s) − log r(s), r = (1 − f) π + f U the slow proposal (0 when f = 0: no draw was uniform)."""
-    if uniform_fraction == 0:
+def _log_prior_over_proposal(model: StructuredFlow, z_slow: np.ndarray, uniform_fraction: float, n_uniform: int) -> np.ndarray | float:
+    """log π(s) − log r(s), r = (1 − f) π + f U the slow proposal; 0 when none of the draws was uniform (n_uniform = 0,
+    which f > 0 rounds to for small n)."""
+    if n_uniform == 0:
         return 0.0
     with torch.no_grad():
         log_prior = model.latent.slow.log_prob(torch.as_tensor(z_slow).to(next(model.latent.slow.parameters()))).cpu().double().numpy()
