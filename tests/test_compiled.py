@@ -2,9 +2,10 @@
 
 import logging
 
+import pytest
 import torch
 
-from flowcg.compiled import CheckedCompile
+from flowcg.compiled import CheckedCompile, compile_flow_piece
 
 
 def _double(x):
@@ -61,3 +62,32 @@ def test_a_failing_backward_compilation_falls_back_to_eager(caplog):
     assert "failed (kernel.so: file too short)" in caplog.text and not kernel.active
     out.sum().backward()  # the eager result's backward
     torch.testing.assert_close(x.grad, torch.full((4,), 2.0))
+
+
+@pytest.mark.compile
+def test_inside_an_enclosing_compiled_function_it_is_the_eager_function():
+    """A compiled piece called from a larger compiled graph is traced into that graph (the flow's map
+    of a training step holds every coupling layer's piece): its own compiled kernel is not called,
+    and nothing is checked or counted as one of its signatures."""
+    calls = []
+    kernel = CheckedCompile(_double, "a doubling", _agree)
+    kernel._compiled = lambda x: calls.append(len(x)) or 2 * x
+    outer = torch.compile(lambda x: kernel(x) + 1, dynamic=False)
+    torch.testing.assert_close(outer(torch.arange(4.0)), 2 * torch.arange(4.0) + 1)
+    assert calls == [] and kernel._checked == set() and kernel.active
+
+
+def test_a_chain_with_reduced_precision_conditioners_is_checked_at_bfloat16s_tolerance():
+    """Compiled and eager round a layer's output differently by a few ulps, which can flip the bfloat16 rounding of the
+    next conditioner's input: the map of all layers is checked at bfloat16's tolerance while it runs so, at float32's
+    otherwise."""
+    x = torch.linspace(1.0, 2.0, 8)
+    for reduced, stays_on in ((True, True), (False, False)):
+        kernel = compile_flow_piece(_double, "a chain", accepts=lambda x: True, reduced_precision=lambda: reduced)
+        kernel._compiled = lambda x: 2 * x * (1 + 1e-3)  # bfloat16's noise, not float32's
+        kernel(x)
+        assert kernel.active is stays_on
+    kernel = compile_flow_piece(_double, "a chain", accepts=lambda x: True, reduced_precision=lambda: True)
+    kernel._compiled = lambda x: 3 * x  # a miscompiled kernel is caught either way
+    kernel(x)
+    assert not kernel.active

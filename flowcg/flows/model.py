@@ -12,10 +12,16 @@ mixture is (B, K, dim, 9) terms), every coupling layer whole (conditioner, the g
 it, spline) and the fixed coordinate map, forward and inverse, through compiled kernels
 (:func:`~flowcg.compiled.compile_transform`: ``torch.compile`` for fixed shapes, checked against
 the eager evaluation on first use, eager on any failure). Compiling the spline alone left the
-autograd bookkeeping of the small ops around it as costly as the spline. One graph per layer, not
-one for the whole push-forward: layers of equal shapes share inductor's cached kernels, so a
-flow compiles in one to two minutes cold (a few seconds warm), where the whole push-forward took minutes and gave
-no faster a step. Inside a compiled layer the spline is recomputed in the backward rather than
+autograd bookkeeping of the small ops around it as costly as the spline. One graph per layer for
+sampling, density evaluation and the inverse: layers of equal shapes share inductor's cached
+kernels, so a flow compiles in one to two minutes cold (a few seconds warm). A training step's
+push (with grad) goes through one more graph, the couplings and the coordinate map together
+(:meth:`StructuredFlow.map`; the layers' own compiled pieces are traced into it eagerly): one
+backward graph instead of one per piece, 8–11 % faster per step on the shipped flow
+(data_free_benchmarks/RESULTS.md, "Flow throughput", item 8), for one to three more minutes of
+compilation per training batch size, cold. The latent density stays a graph of its own, so that a prior refit, which resizes
+the slow mixture, does not recompile the map. (The whole push-forward of the first engine, splines through
+nflows, took minutes to compile and gave no faster a step.) Inside a compiled layer the spline is recomputed in the backward rather than
 its intermediates saved (:func:`~flowcg.flows.splines.rational_quadratic`): writing and reading
 them back cost more than the arithmetic. Randomness stays outside the compiled region, so the random stream, and the exact resume of a training run, do not depend on
 whether the flow is compiled.
@@ -72,6 +78,7 @@ class StructuredFlow(nn.Module):
         self.bijection = bijection
         self.coordinates = coordinates
         self._latent_log_prob: CheckedCompile | None = None
+        self._compiled_map: CheckedCompile | None = None
 
     def use_compile(self, enabled: bool = True, min_batch: int = 256) -> "StructuredFlow":
         """Evaluate the latent density and the coupling layers on batches of ≥ ``min_batch`` through
@@ -85,6 +92,13 @@ class StructuredFlow(nn.Module):
         self._latent_log_prob = compile_flow_piece(
             self.latent.log_prob, "the latent density", accepts=lambda z: len(z) >= min_batch
         ) if enabled else None
+        mixed = [layer for layer in couplings if isinstance(layer, MixedSplineCoupling)]
+        self._compiled_map = compile_flow_piece(
+            self.map, "the flow's map (training)", accepts=lambda z: len(z) >= min_batch and torch.is_grad_enabled(),
+            parameters=list(self.bijection.parameters()) + (list(self.coordinates.parameters()) if self.coordinates is not None else []),
+            state=lambda: tuple(layer.conditioner_dtype for layer in mixed),
+            reduced_precision=lambda: any(layer.conditioner_dtype is not None for layer in mixed),
+        ) if enabled else None
         return self
 
     @property
@@ -92,7 +106,7 @@ class StructuredFlow(nn.Module):
         """Whether some part of the push-forward goes through an active compiled kernel."""
         transforms = self._couplings() + ([self.coordinates] if self.coordinates is not None else [])
         kernels = [transform.__dict__.get(direction) for transform in transforms for direction in ("forward", "inverse")]
-        return any(kernel.active for kernel in [*kernels, self._latent_log_prob] if kernel is not None)
+        return any(kernel.active for kernel in [*kernels, self._latent_log_prob, self._compiled_map] if kernel is not None)
 
     @contextmanager
     def conditioner_precision(self, dtype: torch.dtype | None) -> Iterator[None]:
@@ -154,13 +168,17 @@ class StructuredFlow(nn.Module):
             self.latent.slow.resize_(saved_logits.shape[0])
         return self
 
+    def map(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Latents z (B, dim) ↦ configurations x = C(T(z)) and log|det ∂x/∂z|, differentiable."""
+        y, logdet = self.bijection(z)
+        if self.coordinates is None:
+            return y, logdet
+        x, logdet_coords = self.coordinates(y)
+        return x, logdet + logdet_coords
+
     def push(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Latents z (B, dim) ↦ configurations x and their log q(x), differentiable."""
-        y, logdet = self.bijection(z)
-        x = y
-        if self.coordinates is not None:
-            x, logdet_coords = self.coordinates(y)
-            logdet = logdet + logdet_coords
+        x, logdet = (self._compiled_map or self.map)(z)
         return x, (self._latent_log_prob or self.latent.log_prob)(z) - logdet
 
     def _push_forward(self, z: Tensor, sample_weights: Tensor) -> FlowSample:

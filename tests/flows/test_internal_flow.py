@@ -168,7 +168,8 @@ def test_slow_coordinates_are_checked(vacuum):
 
 @pytest.mark.compile
 def test_compiled_couplings_agree_with_eager(vacuum):
-    """The fast path (coupling layers and coordinate map compiled, both directions) gives the eager samples,
+    """The fast path (coupling layers and coordinate map compiled, both directions, and the training push's map
+    as one graph) gives the eager samples,
     log q (pushed forward and pulled back) and parameter gradients to round-off, and the model
     reports it as active."""
     torch.manual_seed(3)
@@ -189,6 +190,7 @@ def test_compiled_couplings_agree_with_eager(vacuum):
     model.use_compile(min_batch=256)
     fast = push_and_gradients()
     assert model.compiled
+    assert model._compiled_map.active and len(model._compiled_map._checked) == 1  # the push with grad: one graph of all layers
     transforms = [*model._couplings(), model.coordinates]  # every coupling layer and the coordinate map, both ways
     assert all(len(t.forward._checked) == 1 and len(t.inverse._checked) == 1 for t in transforms)
     torch.testing.assert_close(fast[0], eager[0], rtol=0, atol=1e-5)
@@ -199,6 +201,7 @@ def test_compiled_couplings_agree_with_eager(vacuum):
     with model.conditioner_precision(torch.bfloat16):  # mixed precision: compiled and checked as a variant of its own
         mixed = push_and_gradients()
     assert model.compiled and all(len(layer.forward._checked) == 2 for layer in model._couplings())
+    assert len(model._compiled_map._checked) == 2
     torch.testing.assert_close(mixed[1], fast[1], rtol=0, atol=0.5)
     model.use_compile(False)
     assert not model.compiled
