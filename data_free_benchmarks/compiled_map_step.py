@@ -21,12 +21,11 @@ import argparse
 import copy
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from flow_throughput import step_trainer
+from flow_throughput import add_in_process_arguments, alternating_step_times, step_trainer
 from flowcg import load_target
 from flowcg.builders import cpu_model, load_run
 from flowcg.io import save_json_atomic
@@ -36,10 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=6, help="alternations of the two paths")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per block")
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=2)
+    add_in_process_arguments(parser, blocks=6)
     parser.add_argument("--precisions", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,21 +46,11 @@ def main() -> None:
     for precision in args.precisions:
         models = {"per_layer": copy.deepcopy(shipped).use_compile(), "map": copy.deepcopy(shipped).use_compile()}
         models["per_layer"]._compiled_map = None
-        times: dict[str, list[float]] = {name: [] for name in models}
         with tempfile.TemporaryDirectory() as run_dir:
             dtype = None if precision == "float32" else precision
             trainers = {name: step_trainer(model, target, args.batch, run_dir, conditioner_dtype=dtype) for name, model in models.items()}
-            for name, trainer in trainers.items():  # compile both before timing
-                start = time.perf_counter()
-                for _ in range(3):
-                    trainer.train_step()
-                result["first_steps_s"][f"{name} {precision}"] = time.perf_counter() - start
-            for _ in range(args.blocks):
-                for name, trainer in trainers.items():
-                    for _ in range(args.steps):
-                        start = time.perf_counter()
-                        trainer.train_step()
-                        times[name].append(time.perf_counter() - start)
+            times, first = alternating_step_times(trainers, args.blocks, args.steps)
+        result["first_steps_s"].update({f"{name} {precision}": seconds for name, seconds in first.items()})
         assert models["map"].compiled and models["map"]._compiled_map.active, "the map fell back to eager: see the log"
         for name, values in times.items():
             result["median_step_ms"][f"{name} {precision}"] = statistics.median(values) * 1e3

@@ -57,6 +57,34 @@ def _timed(call, seconds: float, min_calls: int = 3) -> tuple[float, int]:
 PATHS = {"eager": (False, None), "fast": (True, None), "fast-bf16": (True, "bfloat16")}
 
 
+def add_in_process_arguments(parser: argparse.ArgumentParser, blocks: int) -> None:
+    """The options of an in-process A/B of training steps (``mixed_precision_step.py``, ``compiled_map_step.py``)."""
+    parser.add_argument("--blocks", type=int, default=blocks, help="alternations of the settings")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per block")
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def alternating_step_times(trainers: dict, blocks: int, steps: int, warmup: int = 3) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each trainer's ``train_step`` wall times (s), ``steps`` per trainer in each of ``blocks`` alternations, so that
+    the VM's drift falls on every setting alike; before, ``warmup`` untimed steps each (their compilation), whose
+    wall seconds per trainer are returned too."""
+    first: dict[str, float] = {}
+    for name, trainer in trainers.items():
+        start = time.perf_counter()
+        for _ in range(warmup):
+            trainer.train_step()
+        first[name] = time.perf_counter() - start
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(blocks):
+        for name, trainer in trainers.items():
+            for _ in range(steps):
+                start = time.perf_counter()
+                trainer.train_step()
+                times[name].append(time.perf_counter() - start)
+    return times, first
+
+
 def step_trainer(model, target, batch: int, run_dir: str, **settings):
     """A trainer whose ``train_step`` is the timed step: β = 1, batch ``batch``, a learning rate too small
     to move the weights measurably; ``settings`` add TrainConfig fields (absent from 5af5968's)."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from flow_throughput import step_trainer
+from flow_throughput import add_in_process_arguments, alternating_step_times, step_trainer
 from flowcg import load_target
 from flowcg.builders import cpu_model, load_run
 from flowcg.io import save_json_atomic
@@ -33,27 +32,15 @@ SETTINGS = {"float32": None, "bfloat16": "bfloat16"}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=8, help="alternations of the two settings")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per block")
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=2)
+    add_in_process_arguments(parser, blocks=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_run(ROOT / "flowcg/pretrained/aldp_implicit").model.use_compile()
     target = load_target("aldp_implicit", compile=True)
-    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as run_dir:
         # one trainer per setting on the same model (each its own Adam; at lr 1e-6 the weights stay put)
         trainers = {name: step_trainer(model, target, args.batch, run_dir, conditioner_dtype=dtype) for name, dtype in SETTINGS.items()}
-        for trainer in trainers.values():  # compile both variants before timing
-            for _ in range(3):
-                trainer.train_step()
-        for _ in range(args.blocks):
-            for name, trainer in trainers.items():
-                for _ in range(args.steps):
-                    start = time.perf_counter()
-                    trainer.train_step()
-                    times[name].append(time.perf_counter() - start)
+        times, _ = alternating_step_times(trainers, args.blocks, args.steps)
     medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     result = {"command": "python data_free_benchmarks/mixed_precision_step.py", "cpu": cpu_model(), "threads": args.threads,
               "batch": args.batch, "compiled": model.compiled, "median_step_ms": medians,
